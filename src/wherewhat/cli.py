@@ -1,0 +1,5 @@
+"""Placeholder entry point; replaced by the full CLI."""
+
+
+def main() -> None:
+    raise SystemExit("wherewhat: CLI not built yet")
