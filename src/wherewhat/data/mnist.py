@@ -44,7 +44,9 @@ def read_idx(path: str | Path) -> np.ndarray:
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
         raise DataFormatError(path, "not an IDX file: expected magic bytes 0x00 0x00 at offset 0")
     if raw[2] != 0x08:
-        raise DataFormatError(path, f"expected unsigned-byte data (type 0x08), found 0x{raw[2]:02x}")
+        raise DataFormatError(
+            path, f"expected unsigned-byte data (type 0x08), found 0x{raw[2]:02x}"
+        )
     ndim = raw[3]
     header = 4 + 4 * ndim
     if len(raw) < header:
@@ -53,13 +55,19 @@ def read_idx(path: str | Path) -> np.ndarray:
     expected = int(np.prod(shape))
     if len(raw) - header != expected:
         raise DataFormatError(
-            path, f"header declares shape {shape} ({expected} bytes), file holds {len(raw) - header}"
+            path,
+            f"header declares shape {shape} ({expected} bytes), file holds {len(raw) - header}",
         )
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
 
 
 def _find_idx(root: Path, stem: str) -> Path:
-    for name in (stem, stem + ".gz", stem.replace("-idx", ".idx"), stem.replace("-idx", ".idx") + ".gz"):
+    for name in (
+        stem,
+        stem + ".gz",
+        stem.replace("-idx", ".idx"),
+        stem.replace("-idx", ".idx") + ".gz",
+    ):
         if (root / name).is_file():
             return root / name
     raise DataFormatError(root, f"no {stem} or {stem}.gz in this folder (standard MNIST IDX names)")
@@ -72,7 +80,8 @@ def _load_idx_split(root: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
         raise DataFormatError(image_file, f"expected (N, H, W) images, found shape {images.shape}")
     if labels.ndim != 1 or labels.shape[0] != images.shape[0]:
         raise DataFormatError(
-            label_file, f"expected {images.shape[0]} labels to match {image_file.name}, found {labels.shape}"
+            label_file,
+            f"expected {images.shape[0]} labels to match {image_file.name}, found {labels.shape}",
         )
     return images, labels.astype(np.int64)
 
@@ -97,7 +106,9 @@ def _embedded_split(split: str) -> tuple[np.ndarray, np.ndarray]:
     return images[keep], labels[keep]
 
 
-def load_mnist_digits(split: str = "train", root: str | Path | None = None) -> tuple[Tensor, Tensor]:
+def load_mnist_digits(
+    split: str = "train", root: str | Path | None = None
+) -> tuple[Tensor, Tensor]:
     """Real MNIST digits as ``(images uint8 (N, 28, 28), labels int64 (N,))``.
 
     Args:
@@ -115,7 +126,9 @@ def load_mnist_digits(split: str = "train", root: str | Path | None = None) -> t
         root = Path(root)
         if not root.is_dir():
             raise DataFormatError(root, "expected a folder holding the MNIST IDX files")
-        parts = [_load_idx_split(root, s) for s in (("train", "test") if split == "all" else (split,))]
+        parts = [
+            _load_idx_split(root, s) for s in (("train", "test") if split == "all" else (split,))
+        ]
         images = np.concatenate([p[0] for p in parts])
         labels = np.concatenate([p[1] for p in parts])
     return torch.from_numpy(np.ascontiguousarray(images)), torch.from_numpy(labels)

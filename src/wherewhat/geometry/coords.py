@@ -89,6 +89,4 @@ def points_to_box(points: Tensor) -> Tensor:
 def clip_points(points: Tensor, size: tuple[int, int]) -> Tensor:
     """Clamp ``(..., 2)`` points into the ``(H, W)`` image's extent ``[0, W] x [0, H]``."""
     height, width = size
-    return torch.stack(
-        [points[..., 0].clamp(0, width), points[..., 1].clamp(0, height)], dim=-1
-    )
+    return torch.stack([points[..., 0].clamp(0, width), points[..., 1].clamp(0, height)], dim=-1)

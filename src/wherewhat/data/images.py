@@ -1,0 +1,284 @@
+"""Image-classification data for self-supervised learning: CIFAR-10 arrays and image folders.
+
+Two on-disk formats:
+
+* **CIFAR-10 ``.npz``**: keys ``x_train`` (N, H, W, 3) uint8, ``y_train`` (N,) int, ``x_test``,
+  ``y_test`` and optionally ``classes`` (names). This is the layout of ``shared/data/cifar10``;
+  any array set of that shape works (e.g. STL-10 converted to arrays).
+* **Image folder**: ``ROOT/train/<class>/*.png|jpg`` and ``ROOT/test/<class>/*``, torchvision's
+  ``ImageFolder`` layout, one folder per split.
+
+Both give uint8 HWC images + int64 labels. Views for self-supervised methods are made by a
+``train_transform`` callable (tensor image -> anything), so the SSL method owns augmentation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from wherewhat.errors import DataFormatError
+
+__all__ = [
+    "ImageArrays",
+    "load_cifar_npz",
+    "load_image_folder",
+    "balanced_subset",
+    "ImageArrayDataset",
+    "SelfSupervisedDataModule",
+]
+
+_IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
+
+
+@dataclass
+class ImageArrays:
+    """Train and test images ``(N, H, W, C)`` uint8 with labels ``(N,)`` int64 and class names."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    classes: list[str]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+def _check_split(path: Path, images: np.ndarray, labels: np.ndarray, split: str) -> np.ndarray:
+    if images.ndim != 4 or images.shape[-1] not in (1, 3) or images.dtype != np.uint8:
+        raise DataFormatError(
+            path,
+            f"x_{split}: expected uint8 (N, H, W, 1|3) images, found {images.dtype} {images.shape}",
+        )
+    if labels.ndim != 1 or labels.shape[0] != images.shape[0]:
+        raise DataFormatError(
+            path, f"y_{split}: expected ({images.shape[0]},) labels, found {labels.shape}"
+        )
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise DataFormatError(path, f"y_{split}: expected integer labels, found {labels.dtype}")
+    if labels.size and labels.min() < 0:
+        raise DataFormatError(path, f"y_{split}: negative label {labels.min()}")
+    return labels.astype(np.int64)
+
+
+def load_cifar_npz(path: str | Path) -> ImageArrays:
+    """Read CIFAR-style arrays from an ``.npz`` file (layout in the module docstring)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataFormatError(path, "no such file (expected a CIFAR-style .npz)")
+    try:
+        with np.load(path, allow_pickle=False) as arrays:
+            missing = {"x_train", "y_train", "x_test", "y_test"} - set(arrays.files)
+            if missing:
+                raise DataFormatError(
+                    path, f"missing keys {sorted(missing)}; found {sorted(arrays.files)}"
+                )
+            data = {key: arrays[key] for key in arrays.files}
+    except (OSError, ValueError) as exc:
+        if isinstance(exc, DataFormatError):
+            raise
+        raise DataFormatError(path, f"not a readable .npz archive ({exc})") from exc
+    y_train = _check_split(path, data["x_train"], data["y_train"], "train")
+    y_test = _check_split(path, data["x_test"], data["y_test"], "test")
+    num_classes = int(max(y_train.max(initial=-1), y_test.max(initial=-1))) + 1
+    classes = [str(c) for c in data["classes"]] if "classes" in data else []
+    if not classes:
+        classes = [str(i) for i in range(num_classes)]
+    elif len(classes) < num_classes:
+        raise DataFormatError(
+            path, f"{len(classes)} class names but labels go up to {num_classes - 1}"
+        )
+    return ImageArrays(data["x_train"], y_train, data["x_test"], y_test, classes)
+
+
+def _read_rgb(path: Path) -> np.ndarray:
+    try:
+        with Image.open(path) as image:
+            return np.asarray(image.convert("RGB"))
+    except (UnidentifiedImageError, OSError) as exc:
+        raise DataFormatError(path, f"cannot decode image ({exc})") from exc
+
+
+def _read_folder_split(
+    split_root: Path, classes: list[str] | None
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    if not split_root.is_dir():
+        raise DataFormatError(split_root, "expected a folder with one sub-folder per class")
+    found = sorted(p.name for p in split_root.iterdir() if p.is_dir())
+    if not found:
+        raise DataFormatError(split_root, "no class sub-folders")
+    classes = classes or found
+    unknown = set(found) - set(classes)
+    if unknown:
+        raise DataFormatError(split_root, f"class folders {sorted(unknown)} not in the train split")
+    images, labels = [], []
+    for label, name in enumerate(classes):
+        folder = split_root / name
+        files = (
+            sorted(p for p in folder.glob("*") if p.suffix.lower() in _IMAGE_SUFFIXES)
+            if folder.is_dir()
+            else []
+        )
+        for file in files:
+            images.append(_read_rgb(file))
+            labels.append(label)
+    if not images:
+        raise DataFormatError(split_root, f"no images with suffix in {sorted(_IMAGE_SUFFIXES)}")
+    shapes = {im.shape for im in images}
+    if len(shapes) != 1:
+        raise DataFormatError(
+            split_root,
+            f"images must share one size to be stacked; found sizes {sorted(shapes)[:4]}",
+        )
+    return np.stack(images), np.asarray(labels, dtype=np.int64), classes
+
+
+def load_image_folder(root: str | Path) -> ImageArrays:
+    """Read ``ROOT/train/<class>/*`` and ``ROOT/test/<class>/*`` (same-size images) into arrays."""
+    root = Path(root)
+    x_train, y_train, classes = _read_folder_split(root / "train", None)
+    x_test, y_test, _ = _read_folder_split(root / "test", classes)
+    return ImageArrays(x_train, y_train, x_test, y_test, classes)
+
+
+def balanced_subset(labels: np.ndarray, per_class: int, seed: int) -> np.ndarray:
+    """Indices of ``per_class`` examples of every class, drawn with a fixed seed, sorted."""
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for label in np.unique(labels):
+        members = np.flatnonzero(labels == label)
+        if len(members) < per_class:
+            raise ValueError(f"class {label} has {len(members)} examples, {per_class} requested")
+        chosen.append(rng.choice(members, size=per_class, replace=False))
+    return np.sort(np.concatenate(chosen))
+
+
+class ImageArrayDataset(Dataset):
+    """``(image, label)`` pairs from uint8 HWC arrays; images become float32 ``(C, H, W)`` in [0, 1].
+
+    ``transform`` (optional) is applied to that tensor, e.g. an SSL view sampler returning
+    several views with their boxes.
+    """
+
+    def __init__(
+        self,
+        images: np.ndarray,
+        labels: np.ndarray,
+        transform: Callable[[Tensor], object] | None = None,
+    ):
+        self.images = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
+        self.labels = torch.from_numpy(np.asarray(labels, dtype=np.int64))
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int):
+        image = self.images[index].float().div_(255.0)
+        if self.transform is not None:
+            image = self.transform(image)
+        return image, self.labels[index]
+
+
+class SelfSupervisedDataModule(L.LightningDataModule):
+    """Unlabelled training images, a labelled subset for probes, and the labelled test split.
+
+    Args:
+        npz_path: CIFAR-style ``.npz`` (see module docstring); or
+        image_folder: a folder with ``train/`` and ``test/`` class folders. Exactly one is given.
+        train_transform: callable on a float ``(C, H, W)`` image, e.g. the SSL view sampler.
+        probe_per_class: labelled training examples per class for linear / k-NN probes
+            (``None``: all training images).
+        train_limit / test_limit: use only the first N (class-balanced for train) for quick runs.
+    """
+
+    def __init__(
+        self,
+        npz_path: str | None = None,
+        image_folder: str | None = None,
+        train_transform: Callable[[Tensor], object] | None = None,
+        batch_size: int = 256,
+        probe_per_class: int | None = None,
+        train_limit: int | None = None,
+        test_limit: int | None = None,
+        num_workers: int = 0,
+        seed: int = 0,
+    ):
+        super().__init__()
+        if (npz_path is None) == (image_folder is None):
+            raise ValueError("give exactly one of npz_path or image_folder")
+        self.npz_path, self.image_folder = npz_path, image_folder
+        self.train_transform = train_transform
+        self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
+        self.probe_per_class, self.train_limit, self.test_limit = (
+            probe_per_class,
+            train_limit,
+            test_limit,
+        )
+        self.arrays: ImageArrays | None = None
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.arrays is not None:
+            return
+        arrays = (
+            load_cifar_npz(self.npz_path) if self.npz_path else load_image_folder(self.image_folder)
+        )
+        if self.train_limit is not None:
+            per_class = self.train_limit // arrays.num_classes
+            keep = balanced_subset(arrays.y_train, per_class, self.seed)
+            arrays.x_train, arrays.y_train = arrays.x_train[keep], arrays.y_train[keep]
+        if self.test_limit is not None:
+            arrays.x_test, arrays.y_test = (
+                arrays.x_test[: self.test_limit],
+                arrays.y_test[: self.test_limit],
+            )
+        self.arrays = arrays
+
+    def _loader(self, dataset: Dataset, shuffle: bool, drop_last: bool = False) -> DataLoader:
+        generator = torch.Generator().manual_seed(self.seed)
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            drop_last=drop_last,
+            num_workers=self.num_workers,
+            generator=generator if shuffle else None,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataset(self) -> ImageArrayDataset:
+        self.setup()
+        return ImageArrayDataset(self.arrays.x_train, self.arrays.y_train, self.train_transform)
+
+    def probe_train_dataset(self) -> ImageArrayDataset:
+        """Labelled, un-augmented training images for fitting probes."""
+        self.setup()
+        keep = np.arange(len(self.arrays.y_train))
+        if self.probe_per_class is not None:
+            keep = balanced_subset(self.arrays.y_train, self.probe_per_class, self.seed + 1)
+        return ImageArrayDataset(self.arrays.x_train[keep], self.arrays.y_train[keep])
+
+    def test_dataset(self) -> ImageArrayDataset:
+        self.setup()
+        return ImageArrayDataset(self.arrays.x_test, self.arrays.y_test)
+
+    def train_dataloader(self) -> DataLoader:
+        # drop_last keeps contrastive batch sizes constant; the dropped images are a different
+        # random few each epoch, so no image is systematically unseen.
+        return self._loader(self.train_dataset(), shuffle=True, drop_last=True)
+
+    def probe_train_dataloader(self) -> DataLoader:
+        return self._loader(self.probe_train_dataset(), shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_dataset(), shuffle=False)
