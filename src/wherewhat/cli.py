@@ -1,5 +1,236 @@
-"""Placeholder entry point; replaced by the full CLI."""
+"""The ``wherewhat`` command line.
+
+::
+
+    wherewhat fit      --config configs/digits_classifier.yaml [--trainer.max_epochs 3 ...]
+    wherewhat validate|test|predict --config CONFIG.yaml --ckpt_path RUN/checkpoints/last.ckpt
+    wherewhat fit      --resume runs/digits_classifier/20250101-120000   # continue a run
+    wherewhat tour     [--out runs/tour] [--faces-root PATH] [--full]
+    wherewhat data generate scatter [--config YAML] [--cache-root DIR]
+    wherewhat data preview NAME [--root PATH] --out FILE.png
+    wherewhat bench MODEL_NAME [--input 1x3x128x128] [--threads N ...] [--onnx] [--json]
+    wherewhat export onnx CHECKPOINT --out FILE.onnx [--input 1x1x28x28]
+
+``fit/validate/test/predict`` are LightningCLI commands (``wherewhat fit --help`` lists every
+option); see :mod:`wherewhat.training.harness`. Every other command imports its machinery only
+when it runs, so ``wherewhat --help`` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from wherewhat import __version__
+from wherewhat.errors import ConfigError, DataFormatError
+
+__all__ = ["main", "build_parser", "parse_input_shape"]
+
+LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
+_LIGHTNING_HELP = {
+    "fit": "train a model (LightningCLI; `wherewhat fit --help` for all options)",
+    "validate": "evaluate a checkpoint on the validation split",
+    "test": "evaluate a checkpoint on the test split",
+    "predict": "run a checkpoint on the predict split, save <run>/predictions.pt",
+}
 
 
-def main() -> None:
-    raise SystemExit("wherewhat: CLI not built yet")
+def parse_input_shape(text: str) -> tuple[int, ...]:
+    """``"1x3x128x128"`` -> ``(1, 3, 128, 128)``."""
+    if not re.fullmatch(r"\d+(x\d+)*", text.strip()):
+        raise argparse.ArgumentTypeError(f"expected a shape like 1x3x128x128, got {text!r}")
+    shape = tuple(int(part) for part in text.strip().split("x"))
+    if any(size == 0 for size in shape):
+        raise argparse.ArgumentTypeError(f"shape sizes must be positive, got {text!r}")
+    return shape
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="wherewhat",
+        description="Visual representations that know what is where: train, evaluate, "
+        "compare, visualise and export SSDIR, WorldComp2D, LZU and Spatial Prediction.",
+    )
+    parser.add_argument("--version", action="version", version=f"wherewhat {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    for name in LIGHTNING_COMMANDS:  # listed for --help; dispatched before argparse runs
+        commands.add_parser(name, help=_LIGHTNING_HELP[name], add_help=False)
+
+    tour = commands.add_parser("tour", help="train every method briefly and write an HTML report")
+    tour.add_argument("--out", default="runs/tour", help="output folder (default: runs/tour)")
+    tour.add_argument("--faces-root", default=None, help="folder of 68-point .pts faces")
+    tour.add_argument("--full", action="store_true", help="longer runs instead of the quick tour")
+    tour.add_argument("--seed", type=int, default=0, help="seed of every section (default: 0)")
+    tour.add_argument("--sections", nargs="+", default=None, help="run only these sections")
+
+    data = commands.add_parser("data", help="generate or preview datasets")
+    data_commands = data.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+    generate = data_commands.add_parser("generate", help="generate a synthetic dataset on disk")
+    generate.add_argument("dataset", choices=["scatter"], help="which dataset")
+    generate.add_argument("--config", default=None, help="YAML with ScatterConfig fields")
+    generate.add_argument(
+        "--cache-root", default=None, help="cache folder (default: the library's)"
+    )
+    preview = data_commands.add_parser(
+        "preview", help="draw samples of a dataset with their geometry"
+    )
+    preview.add_argument("name", help="dataset name: faces68 (or pts), scatter")
+    preview.add_argument("--root", default=None, help="dataset folder (scatter: scene cache)")
+    preview.add_argument("--out", required=True, help="PNG file to write")
+    preview.add_argument("--n", type=int, default=16, help="number of samples (default: 16)")
+    preview.add_argument("--seed", type=int, default=0, help="which samples (default: 0)")
+
+    bench = commands.add_parser("bench", help="parameters, FLOPs and CPU latency of a model")
+    bench.add_argument("model", help="model name, e.g. resnet18, mobilenet_v2")
+    bench.add_argument(
+        "--input",
+        type=parse_input_shape,
+        default=(1, 3, 128, 128),
+        help="input shape (default: 1x3x128x128)",
+    )
+    bench.add_argument("--threads", type=int, nargs="+", default=None, help="CPU thread counts")
+    bench.add_argument("--onnx", action="store_true", help="also export and time ONNX Runtime")
+    bench.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    export = commands.add_parser("export", help="export a trained model")
+    export_commands = export.add_subparsers(dest="export_format", metavar="FORMAT", required=True)
+    onnx = export_commands.add_parser("onnx", help="ONNX file that runs in ONNX Runtime")
+    onnx.add_argument("checkpoint", help="Lightning checkpoint (.ckpt)")
+    onnx.add_argument("--out", required=True, help="ONNX file to write")
+    onnx.add_argument("--input", type=parse_input_shape, default=None, help="example input shape")
+    return parser
+
+
+# -- command implementations (lazy imports: each pulls in only what it needs) ------------------
+def _run_tour(args: argparse.Namespace) -> int:
+    from wherewhat.report.tour import run_tour
+
+    kwargs: dict[str, Any] = {
+        "faces_root": args.faces_root,
+        "quick": not args.full,
+        "seed": args.seed,
+    }
+    if args.sections:
+        kwargs["sections"] = args.sections
+    try:
+        report = run_tour(args.out, **kwargs)
+    except Exception as failure:
+        if type(failure).__name__ != "TourFailed":
+            raise
+        print(failure, file=sys.stderr)
+        return 1
+    print(report)
+    return 0
+
+
+def _read_yaml_mapping(path: str | None) -> dict[str, Any]:
+    if path is None:
+        return {}
+    import yaml
+
+    try:
+        content = yaml.safe_load(Path(path).read_text())
+    except OSError as exc:
+        raise DataFormatError(path, f"cannot read ({exc.strerror})") from exc
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = None if mark is None else mark.line + 1
+        raise DataFormatError(path, f"not valid YAML: {exc}", line=line) from exc
+    if content is None:
+        return {}
+    if not isinstance(content, dict):
+        raise DataFormatError(
+            path, f"expected a mapping of ScatterConfig fields, found {type(content).__name__}"
+        )
+    return content
+
+
+def _run_data(args: argparse.Namespace) -> int:
+    if args.data_command == "generate":
+        from wherewhat.data.scatter import ScatterConfig, load_or_generate
+
+        config = ScatterConfig.from_dict(_read_yaml_mapping(args.config))
+        for split in ("train", "test"):
+            scenes = load_or_generate(config, split, cache_root=args.cache_root)
+            print(f"{split}: {_describe_scenes(scenes)}")
+        return 0
+    from wherewhat.report.preview import preview_dataset
+
+    print(preview_dataset(args.name, args.root, args.out, n=args.n, seed=args.seed))
+    return 0
+
+
+def _describe_scenes(scenes: Any) -> str:
+    count = len(getattr(scenes, "grey", ()))
+    where = getattr(scenes, "cache_dir", None)
+    return f"{count} scenes" + (f" in {where}" if where is not None else "")
+
+
+def _bench_table(result: dict[str, Any]) -> str:
+    from wherewhat.bench.tables import format_markdown_table, format_value
+
+    shape = "x".join(str(size) for size in result.get("input_shape", []))
+    header = (
+        f"{result.get('name')}  input {shape}  params {format_value(result.get('params'))}  "
+        f"MACs/image {format_value(result.get('macs_per_image'))}"
+    )
+    columns = [
+        ("backend", "backend"),
+        ("threads", "threads"),
+        ("batch_size", "batch"),
+        ("median_ms", "median ms"),
+        ("p90_ms", "p90 ms"),
+        ("images_per_s", "images/s"),
+    ]
+    return header + "\n\n" + format_markdown_table(result.get("speed", []), columns)
+
+
+def _run_bench(args: argparse.Namespace) -> int:
+    from wherewhat.bench.suite import benchmark_model_by_name
+
+    kwargs: dict[str, Any] = {"onnx": args.onnx}
+    if args.threads is not None:
+        kwargs["threads"] = tuple(args.threads)
+    result = benchmark_model_by_name(args.model, args.input, **kwargs)
+    print(json.dumps(result, indent=2, default=str) if args.json else _bench_table(result))
+    return 0
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from wherewhat.bench.onnx_export import export_checkpoint_to_onnx
+
+    kwargs: dict[str, Any] = {}
+    if args.input is not None:
+        kwargs["input_shape"] = args.input
+    exported = export_checkpoint_to_onnx(args.checkpoint, args.out, **kwargs)
+    print(getattr(exported, "path", None) or args.out)
+    return 0
+
+
+_HANDLERS = {"tour": _run_tour, "data": _run_data, "bench": _run_bench, "export": _run_export}
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point of the ``wherewhat`` console script and of ``python -m wherewhat``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in LIGHTNING_COMMANDS:
+        from wherewhat.training.harness import run_lightning_cli
+
+        try:
+            run_lightning_cli(argv)
+        except ConfigError as error:
+            raise SystemExit(f"wherewhat {argv[0]}: error: {error}") from None
+        return
+    args = build_parser().parse_args(argv)
+    try:
+        code = _HANDLERS[args.command](args)
+    except (ConfigError, DataFormatError, FileNotFoundError) as error:
+        raise SystemExit(f"wherewhat {args.command}: error: {error}") from None
+    if code:
+        raise SystemExit(code)

@@ -1,1 +1,12 @@
-"""wherewhat.training"""
+"""wherewhat.training: the harness behind ``wherewhat fit|validate|test|predict``.
+
+- ``harness``: ``WherewhatCLI`` (LightningCLI subclass), ``RunOptions``, ``run_lightning_cli``,
+  ``expand_resume_args``; how to scale out with DDP, torchrun and SLURM.
+- ``run_dir``: one fresh ``runs/<name>/<YYYYmmdd-HHMMSS>/`` per run, shared by its processes.
+- ``checkpoint_io``: ``AtomicCheckpointIO`` (temp file + fsync + ``os.replace``).
+- ``callbacks``: ``RandomStateCheckpoint`` (RNG states in checkpoints), ``NonFiniteLossGuard``.
+- ``loader``: ``EpochSeededSampler`` and ``ResumableDataLoader`` for exact mid-epoch resume
+  (torch only: data modules import it without pulling in Lightning).
+
+Import the submodules directly; this package imports nothing so that ``loader`` stays light.
+"""

@@ -1,0 +1,109 @@
+"""Markdown tables and result files shared by every benchmark script."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["format_markdown_table", "format_value", "write_results", "write_text_atomic"]
+
+Column = str | tuple[str, str]
+
+
+def format_value(value: Any) -> str:
+    """Readable cell text: ints with thousands separators, floats to 3 significant digits
+    (no exponent below 1e6), missing values as a dash."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool | np.bool_):
+        return "yes" if value else "no"
+    if isinstance(value, int | np.integer):
+        return f"{int(value):,}"
+    if isinstance(value, float | np.floating):
+        value = float(value)
+        if math.isnan(value):
+            return "-"
+        if math.isinf(value) or value == 0.0:
+            return str(value)
+        if abs(value) >= 1e6 or abs(value) < 1e-3:
+            return f"{value:.3g}"
+        digits = max(0, 2 - math.floor(math.log10(abs(value))))
+        return f"{value:,.{digits}f}"
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def format_markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[Column]) -> str:
+    """A GitHub markdown table of ``rows`` (dicts).
+
+    ``columns``: keys, or ``(key, header)`` pairs to give a column a readable header.
+    Numeric columns are right-aligned; a missing key shows as "-".
+    """
+    if not columns:
+        raise ValueError("need at least one column")
+    keys = [c if isinstance(c, str) else c[0] for c in columns]
+    headers = [c if isinstance(c, str) else c[1] for c in columns]
+    numeric = [
+        any(isinstance(r.get(k), int | float | np.number) for r in rows)
+        and all(r.get(k) is None or isinstance(r.get(k), int | float | np.number) for r in rows)
+        for k in keys
+    ]
+    lines = [
+        "| " + " | ".join(headers) + " |",
+        "|" + "|".join("---:" if n else "---" for n in numeric) + "|",
+    ]
+    for row in rows:
+        lines.append("| " + " | ".join(format_value(row.get(k)) for k in keys) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` to ``path`` through a temporary file and a rename (never half-written)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def _to_json(value: Any) -> Any:
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.floating):
+        return float(value)
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    if hasattr(value, "to_dict"):
+        return value.to_dict()
+    raise TypeError(f"cannot store {type(value).__name__} in a JSON result file")
+
+
+def write_results(
+    name: str,
+    data: Any,
+    markdown: str,
+    results_dir: str | os.PathLike = "benchmarks/results",
+) -> tuple[Path, Path]:
+    """Write ``<results_dir>/<name>.json`` (``data``) and ``<name>.md`` (``markdown``) atomically.
+
+    Returns the two paths. ``data`` may hold numpy scalars, paths and objects with
+    ``to_dict()`` (e.g. :class:`~wherewhat.bench.latency.LatencyResult`).
+    """
+    if not name or "/" in name or "\\" in name:
+        raise ValueError(f"result name must be a plain file stem, got {name!r}")
+    directory = Path(results_dir)
+    text = json.dumps(data, indent=2, default=_to_json, allow_nan=True) + "\n"
+    json_path = write_text_atomic(directory / f"{name}.json", text)
+    md_path = write_text_atomic(directory / f"{name}.md", markdown)
+    return json_path, md_path
