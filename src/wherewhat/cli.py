@@ -96,6 +96,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--threads", type=int, nargs="+", default=None, help="CPU thread counts")
     bench.add_argument("--onnx", action="store_true", help="also export and time ONNX Runtime")
+    bench.add_argument("--quick", action="store_true", help="fewer repeats (a rough number)")
+    bench.add_argument(
+        "--throughput-batch", type=int, default=None, help="also time this batch size"
+    )
     bench.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
     export = commands.add_parser("export", help="export a trained model")
@@ -104,6 +108,15 @@ def build_parser() -> argparse.ArgumentParser:
     onnx.add_argument("checkpoint", help="Lightning checkpoint (.ckpt)")
     onnx.add_argument("--out", required=True, help="ONNX file to write")
     onnx.add_argument("--input", type=parse_input_shape, default=None, help="example input shape")
+    onnx.add_argument(
+        "--module-class", default=None, help="LightningModule class (default: from the checkpoint)"
+    )
+    onnx.add_argument(
+        "--exporter",
+        choices=["auto", "torchscript", "dynamo"],
+        default="auto",
+        help="ONNX exporter (default: auto = TorchScript tracer, dynamo if that fails)",
+    )
     return parser
 
 
@@ -187,14 +200,29 @@ def _bench_table(result: dict[str, Any]) -> str:
         ("median_ms", "median ms"),
         ("p90_ms", "p90 ms"),
         ("images_per_s", "images/s"),
+        ("achieved_gflops", "GFLOP/s"),
+        ("percent_of_peak", "% of peak"),
     ]
-    return header + "\n\n" + format_markdown_table(result.get("speed", []), columns)
+    rows = [
+        {
+            **row,
+            "percent_of_peak": None
+            if row.get("fraction_of_peak") is None
+            else 100.0 * row["fraction_of_peak"],
+        }
+        for row in result.get("speed", [])
+    ]
+    return header + "\n\n" + format_markdown_table(rows, columns)
 
 
 def _run_bench(args: argparse.Namespace) -> int:
     from wherewhat.bench.suite import benchmark_model_by_name
 
-    kwargs: dict[str, Any] = {"onnx": args.onnx}
+    kwargs: dict[str, Any] = {
+        "onnx": args.onnx,
+        "quick": args.quick,
+        "throughput_batch": args.throughput_batch,
+    }
     if args.threads is not None:
         kwargs["threads"] = tuple(args.threads)
     result = benchmark_model_by_name(args.model, args.input, **kwargs)
@@ -205,7 +233,7 @@ def _run_bench(args: argparse.Namespace) -> int:
 def _run_export(args: argparse.Namespace) -> int:
     from wherewhat.bench.onnx_export import export_checkpoint_to_onnx
 
-    kwargs: dict[str, Any] = {}
+    kwargs: dict[str, Any] = {"module_class": args.module_class, "exporter": args.exporter}
     if args.input is not None:
         kwargs["input_shape"] = args.input
     exported = export_checkpoint_to_onnx(args.checkpoint, args.out, **kwargs)
