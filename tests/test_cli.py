@@ -120,7 +120,11 @@ def test_bench_export_and_data_commands_call_their_modules(monkeypatch, capsys, 
         benchmark_model_by_name={"name": "resnet18", "input_shape": [2, 3, 32, 32], "speed": []},
     )
     main(["bench", "resnet18", "--input", "2x3x32x32", "--threads", "1", "2", "--json"])
-    assert bench == [("benchmark_model_by_name", ("resnet18", (2, 3, 32, 32)), {"onnx": False, "threads": (1, 2)})]  # fmt: skip
+    expected = {"onnx": False, "quick": False, "throughput_batch": None, "threads": (1, 2)}
+    assert bench == [("benchmark_model_by_name", ("resnet18", (2, 3, 32, 32)), expected)]
+    capsys.readouterr()
+    main(["bench", "resnet18", "--quick", "--throughput-batch", "8", "--onnx", "--json"])
+    assert bench[-1][2] == {"onnx": True, "quick": True, "throughput_batch": 8}
     assert '"name": "resnet18"' in capsys.readouterr().out
 
     exported = types.SimpleNamespace(path=tmp_path / "m.onnx")
@@ -129,6 +133,7 @@ def test_bench_export_and_data_commands_call_their_modules(monkeypatch, capsys, 
     )
     main(["export", "onnx", "x.ckpt", "--out", str(tmp_path / "m.onnx")])
     assert export[0][1] == ("x.ckpt", str(tmp_path / "m.onnx"))
+    assert export[0][2] == {"module_class": None, "exporter": "auto"}
     assert capsys.readouterr().out.strip() == str(tmp_path / "m.onnx")
 
     preview = _stand_in(monkeypatch, "wherewhat.report.preview", preview_dataset=tmp_path / "p.png")
