@@ -25,23 +25,28 @@ __all__ = [
 ]
 
 
-def _wh(size: tuple[int, int] | Tensor, like: Tensor) -> Tensor:
-    """(H, W) -> tensor [W, H] broadcastable against ``(..., 2)`` (x, y) points."""
+def _scale_xy(points: Tensor, size: tuple[int, int] | Tensor, *, inverse: bool) -> Tensor:
+    """Multiply x by 2/W and y by 2/H (or by W/2 and H/2 when ``inverse``).
+
+    Python-number sizes stay Python numbers, so tracing for ONNX export sees no tensor constants.
+    """
     if isinstance(size, Tensor):
-        size = size.to(like)
-        return torch.stack([size[..., 1], size[..., 0]], dim=-1)
+        size = size.to(points)
+        wh = torch.stack([size[..., 1], size[..., 0]], dim=-1)
+        return points * (wh / 2.0) if inverse else points * (2.0 / wh)
     height, width = size
-    return torch.tensor([width, height], dtype=like.dtype, device=like.device)
+    sx, sy = (width / 2.0, height / 2.0) if inverse else (2.0 / width, 2.0 / height)
+    return torch.stack([points[..., 0] * sx, points[..., 1] * sy], dim=-1)
 
 
 def pixel_to_normalized(points: Tensor, size: tuple[int, int] | Tensor) -> Tensor:
     """Pixel-frame points ``(..., 2)`` -> ``grid_sample`` coordinates for an image of ``size=(H, W)``."""
-    return points * (2.0 / _wh(size, points)) - 1.0
+    return _scale_xy(points, size, inverse=False) - 1.0
 
 
 def normalized_to_pixel(points: Tensor, size: tuple[int, int] | Tensor) -> Tensor:
     """Inverse of :func:`pixel_to_normalized`."""
-    return (points + 1.0) * (_wh(size, points) / 2.0)
+    return _scale_xy(points + 1.0, size, inverse=True)
 
 
 def boxes_pixel_to_normalized(boxes: Tensor, size: tuple[int, int] | Tensor) -> Tensor:
