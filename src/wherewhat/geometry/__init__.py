@@ -1,4 +1,4 @@
-"""Geometry: the coordinate conventions, affine crops and the spatial transformer."""
+"""Geometry: coordinate conventions, affine crops, the spatial transformer, zoom/unzoom warps."""
 
 from wherewhat.geometry.affine import (
     apply_affine,
@@ -21,6 +21,19 @@ from wherewhat.geometry.coords import (
     pixel_to_normalized,
     points_to_box,
 )
+from wherewhat.geometry.saliency import (
+    AdaptiveSaliency,
+    FixedSaliency,
+    LearnedSaliency,
+    SaliencySource,
+    UniformSaliency,
+    boxes_saliency,
+    dataset_saliency,
+    jitter_boxes,
+    load_saliency,
+    save_saliency,
+    uniform_saliency,
+)
 from wherewhat.geometry.transformer import (
     box_coverage,
     extract,
@@ -28,8 +41,43 @@ from wherewhat.geometry.transformer import (
     place,
     place_theta,
 )
+from wherewhat.geometry.warp import (
+    UnzoomGrid,
+    identity_grid,
+    saliency_to_grid,
+    sampling_grid,
+    unwarp_boxes,
+    unwarp_points,
+    unzoom,
+    unzoom_grid,
+    warp_boxes,
+    warp_points,
+    zoom,
+)
 
 __all__ = [
+    "AdaptiveSaliency",
+    "FixedSaliency",
+    "LearnedSaliency",
+    "SaliencySource",
+    "UniformSaliency",
+    "UnzoomGrid",
+    "boxes_saliency",
+    "dataset_saliency",
+    "identity_grid",
+    "jitter_boxes",
+    "load_saliency",
+    "saliency_to_grid",
+    "sampling_grid",
+    "save_saliency",
+    "uniform_saliency",
+    "unwarp_boxes",
+    "unwarp_points",
+    "unzoom",
+    "unzoom_grid",
+    "warp_boxes",
+    "warp_points",
+    "zoom",
     "apply_affine",
     "box_crop_affine",
     "box_coverage",
