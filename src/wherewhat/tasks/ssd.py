@@ -1,0 +1,196 @@
+"""Training and evaluation of :class:`~wherewhat.models.ssd.SSDDetector` on scattered MNIST.
+
+Batches are those of :class:`~wherewhat.data.scatter.ScatterMNISTDataModule`: ``image``
+(B, C, H, W) in [0, 1], ``boxes`` list of (n, 4) XYXY px, ``labels`` list of (n,) digit classes.
+A batch whose targets are malformed raises ``ValueError`` naming the batch index (no batch is
+ever skipped). Logged: ``train/loss``, ``train/loc_loss``, ``train/cls_loss``, ``val/loss``,
+``val/map_50``, ``val/map`` (COCO AP at IoU 0.5 and 0.5:0.95, torchmetrics with pycocotools),
+and the same under ``test/``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+import lightning.pytorch as pl
+import torch
+from torch import Tensor, nn
+from torchmetrics.detection import MeanAveragePrecision
+
+from wherewhat.models.ssd import SSDDetector, SSDInference, validate_targets
+
+__all__ = ["SSDTask"]
+
+
+class SSDTask(pl.LightningModule):
+    """SSD detector training: class-agnostic (``num_classes=1``) or one class per digit (10).
+
+    Args:
+        image_size, in_channels, num_classes, width_mult, first_stride, anchors_per_cell,
+            min_anchor_size, max_anchor_size, iou_threshold, negative_ratio: passed to
+            :class:`SSDDetector`.
+        lr, weight_decay: AdamW.
+        warmup_steps: linear learning-rate warm-up from 1 % (BN + Adam on a fresh SSD head
+            otherwise jumps around in the first steps).
+        schedule: ``"cosine"`` decays to zero over ``trainer.estimated_stepping_batches``
+            (a resumed run must keep ``max_epochs`` / ``max_steps``), ``"constant"`` keeps it.
+        eval_score_threshold: detections kept for mAP (low, so that the precision-recall curve
+            is complete); ``detect_score_threshold`` is the one used by ``predict``.
+        nms_iou, max_detections: post-processing of :meth:`SSDDetector.detect`.
+    """
+
+    def __init__(
+        self,
+        image_size: tuple[int, int] = (128, 128),
+        in_channels: int = 1,
+        num_classes: int = 1,
+        width_mult: float = 0.25,
+        first_stride: int | None = None,
+        anchors_per_cell: int = 2,
+        min_anchor_size: float | None = None,
+        max_anchor_size: float | None = None,
+        iou_threshold: float = 0.5,
+        negative_ratio: float = 3.0,
+        lr: float = 2e-3,
+        weight_decay: float = 1e-4,
+        warmup_steps: int = 100,
+        schedule: Literal["cosine", "constant"] = "cosine",
+        eval_score_threshold: float = 0.05,
+        detect_score_threshold: float = 0.5,
+        nms_iou: float = 0.45,
+        max_detections: int = 100,
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        self.model = SSDDetector(
+            image_size=tuple(image_size),
+            in_channels=in_channels,
+            num_classes=num_classes,
+            width_mult=width_mult,
+            first_stride=first_stride,
+            anchors_per_cell=anchors_per_cell,
+            min_anchor_size=min_anchor_size,
+            max_anchor_size=max_anchor_size,
+            iou_threshold=iou_threshold,
+            negative_ratio=negative_ratio,
+        )
+        self.val_map = MeanAveragePrecision(iou_type="bbox", backend="pycocotools")
+        self.test_map = MeanAveragePrecision(iou_type="bbox", backend="pycocotools")
+        self.example_input_array = torch.zeros(1, in_channels, *image_size)
+
+    def forward(self, images: Tensor) -> dict[str, Any]:
+        return self.model(images)
+
+    def export_model(self) -> nn.Module:
+        """Images ``(B, C, H, W)`` -> ``{"boxes" (B, A, 4), "scores" (B, A, K)}``, NMS outside
+        (see :class:`SSDInference`)."""
+        return SSDInference(self.model).eval()
+
+    # -- batches -------------------------------------------------------------------------------
+    def targets_of(self, batch: dict, batch_idx: int) -> tuple[Tensor, list[dict[str, Tensor]]]:
+        """Images and detector targets (labels mapped to 1..K) of a data-module batch; a
+        malformed batch raises ``ValueError`` naming ``batch_idx``."""
+        try:
+            if not isinstance(batch, dict) or not {"image", "boxes", "labels"} <= set(batch):
+                raise ValueError("expected a dict with 'image', 'boxes' and 'labels'")
+            images = batch["image"]
+            if not isinstance(images, Tensor) or images.ndim != 4:
+                raise ValueError("'image' must be a (B, C, H, W) tensor")
+            boxes, labels = batch["boxes"], batch["labels"]
+            if len(boxes) != len(images) or len(labels) != len(images):
+                raise ValueError(
+                    f"{len(images)} images but {len(boxes)} box sets and {len(labels)} label sets"
+                )
+            targets = []
+            for index, (b, lab) in enumerate(zip(boxes, labels, strict=True)):
+                if not isinstance(lab, Tensor) or lab.is_floating_point():
+                    raise ValueError(f"labels of image {index} must be an integer tensor")
+                try:
+                    targets.append({"boxes": b, "labels": self.model.detector_labels(lab)})
+                except ValueError as error:
+                    raise ValueError(f"labels of image {index}: {error}") from None
+            validate_targets(targets, len(images), self.model.num_classes)
+        except ValueError as error:
+            raise ValueError(f"malformed batch {batch_idx}: {error}") from error
+        return images, targets
+
+    def _loss(self, batch: dict, batch_idx: int, stage: str) -> tuple[dict, dict[str, Tensor]]:
+        images, targets = self.targets_of(batch, batch_idx)
+        outputs = self.model(images)
+        losses = self.model.loss(outputs, targets)
+        on_step = stage == "train"
+        for name, value in losses.items():
+            self.log(
+                f"{stage}/{name}",
+                value,
+                prog_bar=name == "loss",
+                on_step=on_step,
+                on_epoch=True,
+                batch_size=len(images),
+                sync_dist=not on_step,
+            )
+        return outputs, {"targets": targets, **losses}
+
+    def training_step(self, batch: dict, batch_idx: int) -> Tensor:
+        return self._loss(batch, batch_idx, "train")[1]["loss"]
+
+    def _evaluate(self, batch: dict, batch_idx: int, stage: str, metric: Any) -> None:
+        outputs, extra = self._loss(batch, batch_idx, stage)
+        detections = self.model.detect(
+            outputs,
+            score_threshold=self.hparams.eval_score_threshold,
+            nms_iou=self.hparams.nms_iou,
+            max_detections=self.hparams.max_detections,
+        )
+        preds = [{k: d[k] for k in ("boxes", "scores", "labels")} for d in detections]
+        metric.update(preds, extra["targets"])
+
+    def _log_map(self, stage: str, metric: Any) -> None:
+        result = metric.compute()
+        self.log(f"{stage}/map_50", result["map_50"].float(), prog_bar=True, sync_dist=False)
+        self.log(f"{stage}/map", result["map"].float(), prog_bar=True, sync_dist=False)
+        metric.reset()
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._evaluate(batch, batch_idx, "val", self.val_map)
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_map("val", self.val_map)
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self._evaluate(batch, batch_idx, "test", self.test_map)
+
+    def on_test_epoch_end(self) -> None:
+        self._log_map("test", self.test_map)
+
+    def predict_step(self, batch: dict | Tensor, batch_idx: int) -> list[dict[str, Tensor]]:
+        images = batch["image"] if isinstance(batch, dict) else batch
+        return self.model.detect(
+            self.model(images),
+            score_threshold=self.hparams.detect_score_threshold,
+            nms_iou=self.hparams.nms_iou,
+            max_detections=self.hparams.max_detections,
+        )
+
+    def configure_optimizers(self) -> Any:
+        optimizer = torch.optim.AdamW(
+            self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay
+        )
+        total = self.trainer.estimated_stepping_batches
+        warmup = max(0, int(self.hparams.warmup_steps))
+        cosine = self.hparams.schedule == "cosine" and math.isfinite(total)
+        if warmup == 0 and not cosine:
+            return optimizer
+        total_steps = max(1, int(total)) if math.isfinite(total) else 0
+
+        def factor(step: int) -> float:
+            if step < warmup:
+                return 0.01 + 0.99 * step / warmup
+            if not cosine:
+                return 1.0
+            progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+            return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
