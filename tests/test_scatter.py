@@ -346,3 +346,19 @@ def test_datamodule_yields_batches_and_fixed_validation_split(tmp_path):
     assert next(iter(dm.test_dataloader()))["image"].shape[0] == 4
     with pytest.raises(ConfigError, match="val_fraction"):
         ScatterMNISTDataModule(val_fraction=1.0)
+
+
+def test_train_loader_resumes_mid_epoch_with_the_same_batches(tmp_path):
+    dm = ScatterMNISTDataModule.from_config(SMALL, batch_size=3, cache_root=str(tmp_path))
+    dm.prepare_data()
+    dm.setup("fit")
+    uninterrupted = [batch["image"] for batch in dm.train_dataloader()]
+    interrupted = dm.train_dataloader()
+    iterator = iter(interrupted)
+    next(iterator), next(iterator)
+    state = interrupted.state_dict()
+    resumed = dm.train_dataloader()
+    resumed.load_state_dict(state)
+    rest = [batch["image"] for batch in resumed]
+    assert len(rest) == len(uninterrupted) - 2
+    assert all(torch.equal(a, b) for a, b in zip(rest, uninterrupted[2:], strict=True))

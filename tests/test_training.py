@@ -23,7 +23,7 @@ from wherewhat.training.callbacks import (
 )
 from wherewhat.training.checkpoint_io import PARTIAL_MARKER, AtomicCheckpointIO
 from wherewhat.training.harness import run_lightning_cli
-from wherewhat.training.loader import EpochSeededSampler, ResumableDataLoader
+from wherewhat.data.loader import EpochSeededSampler, ResumableDataLoader
 from wherewhat.training.run_dir import RUN_DIR_ENV
 
 REPO = Path(__file__).resolve().parents[1]

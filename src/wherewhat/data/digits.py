@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from wherewhat.data.mnist import load_mnist_digits
 from wherewhat.errors import ConfigError
-from wherewhat.training.loader import ResumableDataLoader, SampleKey
+from wherewhat.data.loader import ResumableDataLoader, SampleKey
 
 __all__ = ["DigitsDataset", "DigitsDataModule", "random_shift"]
 
@@ -42,7 +42,7 @@ class DigitsDataset(Dataset):
         max_shift: augmentation: random shift in pixels (0 = none).
 
     Keys are indices, or ``(index, sample_seed)`` pairs from
-    :class:`~wherewhat.training.loader.EpochSeededSampler`; with a plain index the augmentation
+    :class:`~wherewhat.data.loader.EpochSeededSampler`; with a plain index the augmentation
     draws from the global torch RNG.
     """
 

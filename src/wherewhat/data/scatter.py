@@ -66,6 +66,7 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from wherewhat.data.loader import ResumableDataLoader
 from wherewhat.data.mnist import load_mnist_digits
 from wherewhat.data.scatter_cache import (
     FORMAT_VERSION,
@@ -946,7 +947,19 @@ class ScatterMNISTDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, shuffle=True)
+        # Resumable: its position inside the epoch is saved in checkpoints, so a run resumed
+        # mid-epoch sees exactly the batches an uninterrupted run would have seen.
+        if self.train_set is None:
+            raise RuntimeError("call setup('fit') before asking for the train loader")
+        return ResumableDataLoader(
+            self.train_set,
+            batch_size=self.batch_size,
+            shuffle=True,
+            seed=self.split_seed,
+            num_workers=self.num_workers,
+            collate_fn=collate_scenes,
+            persistent_workers=self.num_workers > 0,
+        )
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_set, shuffle=False)

@@ -5,8 +5,8 @@
 - ``run_dir``: one fresh ``runs/<name>/<YYYYmmdd-HHMMSS>/`` per run, shared by its processes.
 - ``checkpoint_io``: ``AtomicCheckpointIO`` (temp file + fsync + ``os.replace``).
 - ``callbacks``: ``RandomStateCheckpoint`` (RNG states in checkpoints), ``NonFiniteLossGuard``.
-- ``loader``: ``EpochSeededSampler`` and ``ResumableDataLoader`` for exact mid-epoch resume
+- exact mid-epoch resume needs the train loader to be ``wherewhat.data.loader.ResumableDataLoader``
   (torch only: data modules import it without pulling in Lightning).
 
-Import the submodules directly; this package imports nothing so that ``loader`` stays light.
+Import the submodules directly; this package imports nothing itself.
 """

@@ -71,7 +71,7 @@ class RandomStateCheckpoint(Callback):
     Restoring happens in ``on_train_start``, i.e. after Lightning has rebuilt the dataloaders and
     run the sanity-check validation, right before the first resumed training step: whatever those
     drew from the global generators, the next step sees exactly the state the interrupted run
-    had after its last saved step. Together with :class:`~wherewhat.training.loader.ResumableDataLoader`
+    had after its last saved step. Together with :class:`~wherewhat.data.loader.ResumableDataLoader`
     this makes dropout masks, shuffling and augmentation of a resumed run equal to those of an
     uninterrupted run.
 

@@ -17,7 +17,7 @@ On top of plain LightningCLI every run gets:
 - atomic checkpoint files (:class:`~wherewhat.training.checkpoint_io.AtomicCheckpointIO`);
 - exact resume with ``--ckpt_path .../last.ckpt`` or ``--resume RUN_DIR``: RNG states
   (:class:`~wherewhat.training.callbacks.RandomStateCheckpoint`) and the position inside the
-  epoch (:class:`~wherewhat.training.loader.ResumableDataLoader`) are restored;
+  epoch (:class:`~wherewhat.data.loader.ResumableDataLoader`) are restored;
 - a stop with step / batch / value on a non-finite loss (``--run.skip_nonfinite_loss true`` to
   skip and count such batches instead);
 - a rich progress bar on a terminal (``--run.progress auto|rich|tqdm|none``; ``auto`` shows none
