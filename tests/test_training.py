@@ -14,6 +14,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from wherewhat.data.digits import DigitsDataModule, DigitsDataset
+from wherewhat.data.loader import EpochSeededSampler, ResumableDataLoader
 from wherewhat.tasks.digits import DigitClassifierTask
 from wherewhat.training.callbacks import (
     NonFiniteLossError,
@@ -23,7 +24,6 @@ from wherewhat.training.callbacks import (
 )
 from wherewhat.training.checkpoint_io import PARTIAL_MARKER, AtomicCheckpointIO
 from wherewhat.training.harness import run_lightning_cli
-from wherewhat.data.loader import EpochSeededSampler, ResumableDataLoader
 from wherewhat.training.run_dir import RUN_DIR_ENV
 
 REPO = Path(__file__).resolve().parents[1]

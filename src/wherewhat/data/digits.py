@@ -15,9 +15,9 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from wherewhat.data.loader import ResumableDataLoader, SampleKey
 from wherewhat.data.mnist import load_mnist_digits
 from wherewhat.errors import ConfigError
-from wherewhat.data.loader import ResumableDataLoader, SampleKey
 
 __all__ = ["DigitsDataset", "DigitsDataModule", "random_shift"]
 

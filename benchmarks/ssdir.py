@@ -1,0 +1,161 @@
+"""SSDIR benchmark: detector variant (class-agnostic, per class) x seeds, every metric, speed.
+
+Each arm trains the SSD detector, then SSDIR on it (detector frozen), and evaluates on the
+test scenes: class-agnostic AP50 / AP50:95, reconstruction MSE, the Table-2 probe (logistic
+regression on train-scene z_what, objects labelled at IoU >= 0.5, unmatched objects counted),
+training minutes, inference scenes/s at batch 1 and 32 (SSDIR forward, torch, 2 threads),
+parameters and MACs. Then the de-duplication ablation (nms / soft / none) on the first seed.
+The pipeline is :func:`wherewhat.report.sections.ssdir.run_ssdir_bench` (the tour runs its
+quick version).
+
+    .venv/bin/python benchmarks/ssdir.py                  # full: 2 variants x 3 seeds + ablation
+    .venv/bin/python benchmarks/ssdir.py --seeds 0        # one seed
+    .venv/bin/python benchmarks/ssdir.py --quick          # < 3 min on 2 quiet cores
+
+Full settings take the model, data and epoch settings from configs/ssd_scatter_mnist.yaml,
+configs/ssd_scatter_mnist_per_class.yaml (must agree except num_classes) and
+configs/ssdir_scatter_mnist.yaml when they exist (``--no-configs`` to use the built-in
+defaults). Run it on a quiet machine: timings under contention are meaningless.
+
+Writes benchmarks/results/ssdir.json and .md (``--quick``: ssdir_quick.*, so a quick check
+never overwrites the full results) and the figures as ssdir[_quick]-<variant>-<name>.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from wherewhat.bench.tables import write_results
+from wherewhat.report.html import write_atomic
+from wherewhat.report.sections.ssdir import (
+    DEDUP_MODES,
+    VARIANTS,
+    SSDIRBenchSettings,
+    run_ssdir_bench,
+    ssdir_markdown,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS_DIR = ROOT / "benchmarks" / "results"
+CONFIGS = {
+    "detector": ROOT / "configs" / "ssd_scatter_mnist.yaml",
+    "detector_per_class": ROOT / "configs" / "ssd_scatter_mnist_per_class.yaml",
+    "ssdir": ROOT / "configs" / "ssdir_scatter_mnist.yaml",
+}
+# Handled by the benchmark itself (the variant, the frozen detector and its checkpoint).
+_NOT_FROM_CONFIG = {"num_classes", "detector_checkpoint", "detector_args", "detector"}
+_DATA_FROM_SETTINGS = {"n_train", "n_test", "batch_size", "val_fraction", "num_workers"}
+
+
+def _init_args(section: Any) -> dict[str, Any]:
+    return dict((section or {}).get("init_args") or {})
+
+
+def settings_from_configs(settings: SSDIRBenchSettings) -> tuple[SSDIRBenchSettings, list[str]]:
+    """Fill detector / SSDIR / data arguments and epochs from the YAML configs (when present);
+    returns the new settings and a line per config used."""
+    used, changes = [], {}
+    loaded = {k: yaml.safe_load(p.read_text()) for k, p in CONFIGS.items() if p.is_file()}
+    if "detector" in loaded:
+        det = loaded["detector"]
+        args = {k: v for k, v in _init_args(det.get("model")).items() if k not in _NOT_FROM_CONFIG}
+        other = loaded.get("detector_per_class")
+        if other is not None:
+            per_class = {
+                k: v for k, v in _init_args(other.get("model")).items() if k not in _NOT_FROM_CONFIG
+            }
+            if per_class != args:
+                raise SystemExit(
+                    "configs disagree: the two detector configs must differ only in num_classes "
+                    f"({CONFIGS['detector'].name} vs {CONFIGS['detector_per_class'].name})"
+                )
+        data = _init_args(det.get("data"))
+        changes.update(
+            detector_args=args,
+            data_args={k: v for k, v in data.items() if k not in _DATA_FROM_SETTINGS},
+            n_train=int(data.get("n_train", settings.n_train)),
+            n_test=int(data.get("n_test", settings.n_test)),
+            batch_size=int(data.get("batch_size", settings.batch_size)),
+            val_fraction=float(data.get("val_fraction", settings.val_fraction)),
+            detector_epochs=int((det.get("trainer") or {}).get("max_epochs", 8)),
+        )
+        used.append(f"detector: {CONFIGS['detector'].relative_to(ROOT)}")
+    if "ssdir" in loaded:
+        cfg = loaded["ssdir"]
+        args = {k: v for k, v in _init_args(cfg.get("model")).items() if k not in _NOT_FROM_CONFIG}
+        args.pop("dedup", None)  # the arms use nms; the ablation sets each mode
+        trainer = cfg.get("trainer") or {}
+        patience = None
+        for callback in trainer.get("callbacks") or []:
+            if str(callback.get("class_path", "")).endswith("EarlyStopping"):
+                patience = int(_init_args(callback).get("patience", 3))
+        changes.update(
+            ssdir_args=args,
+            ssdir_epochs=int(trainer.get("max_epochs", settings.ssdir_epochs)),
+            early_stopping_patience=patience,
+        )
+        used.append(f"SSDIR: {CONFIGS['ssdir'].relative_to(ROOT)}")
+    return SSDIRBenchSettings(**{**settings.__dict__, **changes}), used
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="tiny run (< 3 min, quiet 2 cores)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=None, help="default 0 1 2")
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=None)
+    parser.add_argument("--dedup-ablation", nargs="*", choices=list(DEDUP_MODES), default=None,
+                        help="modes to compare on the first seed (none given: skip)")  # fmt: skip
+    parser.add_argument("--detector-epochs", type=int, default=None)
+    parser.add_argument("--ssdir-epochs", type=int, default=None)
+    parser.add_argument("--detector-steps", type=int, default=None, help="max steps (overrides)")
+    parser.add_argument("--ssdir-steps", type=int, default=None, help="max steps (overrides)")
+    parser.add_argument("--n-train", type=int, default=None)
+    parser.add_argument("--n-test", type=int, default=None)
+    parser.add_argument("--probe-train-scenes", type=int, default=None)
+    parser.add_argument("--no-configs", action="store_true", help="ignore configs/*.yaml")
+    parser.add_argument("--progress", action="store_true", help="Lightning progress bars")
+    parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
+    args = parser.parse_args(argv)
+
+    settings = SSDIRBenchSettings.preset("quick" if args.quick else "full")
+    if not args.quick and not args.no_configs:
+        settings, used = settings_from_configs(settings)
+        for line in used:
+            print(f"settings from {line}")
+    overrides = {
+        "seeds": tuple(args.seeds) if args.seeds else None,
+        "variants": tuple(args.variants) if args.variants else None,
+        "dedup_ablation": None if args.dedup_ablation is None else tuple(args.dedup_ablation),
+        "detector_epochs": args.detector_epochs,
+        "ssdir_epochs": args.ssdir_epochs,
+        "detector_max_steps": args.detector_steps,
+        "ssdir_max_steps": args.ssdir_steps,
+        "n_train": args.n_train,
+        "n_test": args.n_test,
+        "probe_train_scenes": args.probe_train_scenes,
+        "progress_bar": args.progress or None,
+    }
+    settings = SSDIRBenchSettings(
+        **{**settings.__dict__, **{k: v for k, v in overrides.items() if v is not None}}
+    )
+    result = run_ssdir_bench(settings=settings, log=lambda m: print(m, flush=True))
+
+    name = "ssdir_quick" if settings.quick else "ssdir"
+    figures = result.pop("figures")
+    for figure_name, png in figures.items():
+        path = write_atomic(args.results_dir / f"{name}-{figure_name}.png", png)
+        result.setdefault("figure_files", []).append(path.name)
+    markdown = ssdir_markdown(result)
+    json_path, md_path = write_results(name, result, markdown, args.results_dir)
+    print(markdown)
+    print(f"wrote {json_path}, {md_path} and {len(figures)} figures")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
