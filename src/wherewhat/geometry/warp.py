@@ -661,15 +661,7 @@ def warp_boxes(
 
     ``samples`` points per edge for non-separable grids (corners are exact for separable ones).
     """
-    squeeze = boxes.dim() == 2
-    batched = boxes.unsqueeze(0) if squeeze else boxes
-    out = _map_boxes(
-        batched.to(coarse_grid.dtype),
-        lambda p: warp_points(p, coarse_grid, in_size, out_size),
-        samples,
-        is_separable(coarse_grid),
-    )
-    return out.squeeze(0) if squeeze else out
+    return _boxes_through(warp_points, boxes, coarse_grid, in_size, out_size, samples)
 
 
 def unwarp_boxes(
@@ -681,11 +673,16 @@ def unwarp_boxes(
     samples: int = 16,
 ) -> Tensor:
     """Zoomed-frame XYXY boxes ``(B, N, 4)`` or ``(N, 4)`` -> tight boxes in the original frame."""
+    return _boxes_through(unwarp_points, boxes, coarse_grid, in_size, out_size, samples)
+
+
+def _boxes_through(point_map, boxes, coarse_grid, in_size, out_size, samples) -> Tensor:
+    """Apply ``point_map`` to ``(B, N, 4)`` or ``(N, 4)`` boxes via :func:`_map_boxes`."""
     squeeze = boxes.dim() == 2
     batched = boxes.unsqueeze(0) if squeeze else boxes
     out = _map_boxes(
         batched.to(coarse_grid.dtype),
-        lambda p: unwarp_points(p, coarse_grid, in_size, out_size),
+        lambda p: point_map(p, coarse_grid, in_size, out_size),
         samples,
         is_separable(coarse_grid),
     )
