@@ -24,6 +24,8 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 __all__ = [
+    "show_image",
+    "as_numpy",
     "new_figure",
     "scene_grid",
     "faces_with_landmarks",
@@ -52,7 +54,7 @@ def save_png(fig: Figure, path: str | Path) -> Path:
     return write_atomic(path, png_bytes(fig))
 
 
-def _numpy(x: Any) -> np.ndarray:
+def as_numpy(x: Any) -> np.ndarray:
     if hasattr(x, "detach"):  # torch tensor
         x = x.detach().cpu().numpy()
     return np.asarray(x)
@@ -61,7 +63,7 @@ def _numpy(x: Any) -> np.ndarray:
 def to_display_image(image: Any) -> tuple[np.ndarray, str | None]:
     """A ``(C, H, W)`` or ``(H, W)`` image (uint8 in [0, 255] or float in [0, 1]) -> an
     ``(H, W)`` or ``(H, W, 3)`` float array in [0, 1] for ``imshow``, plus the colormap."""
-    arr = _numpy(image)
+    arr = as_numpy(image)
     if arr.ndim == 3:
         if arr.shape[0] not in (1, 3):
             raise ValueError(f"expected a (C, H, W) image with C in (1, 3), got {arr.shape}")
@@ -92,7 +94,7 @@ def _grid(n: int, ncols: int, panel_in: float, aspect: float, title_in: float) -
     return fig, list(axes[:n])
 
 
-def _show(ax, image: Any) -> tuple[int, int]:
+def show_image(ax, image: Any) -> tuple[int, int]:
     """Draw an image so that data coordinates are our pixel frame; returns (H, W)."""
     arr, cmap = to_display_image(image)
     height, width = arr.shape[:2]
@@ -145,20 +147,20 @@ def scene_grid(
     aspect = first.shape[0] / first.shape[1]
     fig, axes = _grid(n, ncols, panel_in, aspect, 0.25 if titles else 0.0)
     for k, ax in enumerate(axes):
-        height, _ = _show(ax, images[k])
+        height, _ = show_image(ax, images[k])
         if titles:
             ax.set_title(str(titles[k]), fontsize=8)
         if gt_boxes is not None:
-            for x0, y0, x1, y1 in _numpy(gt_boxes[k]).reshape(-1, 4).tolist():
+            for x0, y0, x1, y1 in as_numpy(gt_boxes[k]).reshape(-1, 4).tolist():
                 ax.add_patch(
                     Rectangle(
                         (x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor="white",
                         linewidth=0.8, linestyle="--",
                     )
                 )  # fmt: skip
-        box_arr = _numpy(boxes[k]).reshape(-1, 4)
-        label_arr = None if labels is None else _numpy(labels[k]).reshape(-1)
-        score_arr = None if scores is None else _numpy(scores[k]).reshape(-1)
+        box_arr = as_numpy(boxes[k]).reshape(-1, 4)
+        label_arr = None if labels is None else as_numpy(labels[k]).reshape(-1)
+        score_arr = None if scores is None else as_numpy(scores[k]).reshape(-1)
         for b, (x0, y0, x1, y1) in enumerate(box_arr.tolist()):
             label = None if label_arr is None else int(label_arr[b])
             color = edgecolor if edgecolor is not None else _class_color(label or 0)
@@ -204,13 +206,13 @@ def faces_with_landmarks(
     first, _ = to_display_image(images[0])
     fig, axes = _grid(n, ncols, panel_in, first.shape[0] / first.shape[1], 0.25 if titles else 0)
     for k, ax in enumerate(axes):
-        _show(ax, images[k])
+        show_image(ax, images[k])
         if titles:
             ax.set_title(str(titles[k]), fontsize=8)
-        gt = _numpy(points[k]).reshape(-1, 2)
+        gt = as_numpy(points[k]).reshape(-1, 2)
         ax.scatter(gt[:, 0], gt[:, 1], s=marker_size, c=GT_COLOR, linewidths=0, label="truth")
         if pred is not None:
-            pr = _numpy(pred[k]).reshape(-1, 2)
+            pr = as_numpy(pred[k]).reshape(-1, 2)
             ax.scatter(
                 pr[:, 0], pr[:, 1], s=marker_size * 2, c=PRED_COLOR, marker="x", linewidths=0.7,
                 label="prediction",
@@ -273,9 +275,9 @@ def line_chart(
     ax = fig.add_subplot()
     for name, data in series.items():
         if isinstance(data, tuple) and len(data) == 2:
-            x, y = _numpy(data[0]), _numpy(data[1])
+            x, y = as_numpy(data[0]), as_numpy(data[1])
         else:
-            y = _numpy(data)
+            y = as_numpy(data)
             x = np.arange(len(y))
         ax.plot(x, y, label=name, linewidth=1.2)
     if logy:

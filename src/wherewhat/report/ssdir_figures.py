@@ -18,7 +18,14 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Rectangle
 
-from wherewhat.report.figures import GT_COLOR, PRED_COLOR, new_figure, to_display_image
+from wherewhat.report.figures import (
+    GT_COLOR,
+    PRED_COLOR,
+    as_numpy,
+    new_figure,
+    show_image,
+    to_display_image,
+)
 
 __all__ = [
     "reconstruction_panels",
@@ -32,28 +39,8 @@ TITLE_IN = 0.22  # vertical room for a row of titles, inches
 UNMATCHED_COLOR = "#9a9a9a"
 
 
-def _numpy(x: Any) -> np.ndarray:
-    if hasattr(x, "detach"):
-        x = x.detach().cpu().numpy()
-    return np.asarray(x)
-
-
-def _show(ax: Any, image: Any) -> tuple[int, int]:
-    """Draw an image with data coordinates = our pixel frame; returns (H, W)."""
-    arr, cmap = to_display_image(image)
-    height, width = arr.shape[:2]
-    ax.imshow(
-        arr, cmap=cmap, vmin=0.0, vmax=1.0, extent=(0, width, height, 0), interpolation="nearest"
-    )
-    ax.set_xlim(0, width)
-    ax.set_ylim(height, 0)
-    ax.set_xticks([])
-    ax.set_yticks([])
-    return height, width
-
-
 def _boxes(ax: Any, boxes: Any, color: Any, linewidth: float, linestyle: str = "-") -> None:
-    for x0, y0, x1, y1 in _numpy(boxes).reshape(-1, 4).tolist():
+    for x0, y0, x1, y1 in as_numpy(boxes).reshape(-1, 4).tolist():
         ax.add_patch(
             Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor=color,
                       linewidth=linewidth, linestyle=linestyle)
@@ -96,15 +83,15 @@ def reconstruction_panels(
     )
     for row in range(n):
         ax_in, ax_rec, ax_box = axes[row]
-        _show(ax_in, images[row])
-        _show(ax_rec, reconstructions[row])
-        height, _ = _show(ax_box, images[row])
+        show_image(ax_in, images[row])
+        show_image(ax_rec, reconstructions[row])
+        height, _ = show_image(ax_box, images[row])
         if gt_boxes is not None:
             _boxes(ax_box, gt_boxes[row], GT_COLOR, 0.8, "--")
         _boxes(ax_box, boxes[row], PRED_COLOR, 1.1)
         if scores is not None:
             for (x0, y0, _, _), s in zip(
-                _numpy(boxes[row]).reshape(-1, 4).tolist(), _numpy(scores[row]).reshape(-1),
+                as_numpy(boxes[row]).reshape(-1, 4).tolist(), as_numpy(scores[row]).reshape(-1),
                 strict=True,
             ):  # fmt: skip
                 inside = y0 < 0.06 * height
@@ -157,8 +144,8 @@ def glimpse_panels(
             ax_crop.set_axis_off()
             ax_glimpse.set_axis_off()
             continue
-        _show(ax_crop, crops[k])
-        _show(ax_glimpse, glimpses[k])
+        show_image(ax_crop, crops[k])
+        show_image(ax_glimpse, glimpses[k])
         parts = []
         if labels is not None:
             parts.append("?" if int(labels[k]) < 0 else str(int(labels[k])))
@@ -177,7 +164,7 @@ def tsne_embedding(
     The perplexity is lowered to ``(N - 1) / 3`` for small N (sklearn needs it below N)."""
     from sklearn.manifold import TSNE
 
-    x = _numpy(z).astype(np.float64)
+    x = as_numpy(z).astype(np.float64)
     if x.ndim != 2 or len(x) < 3:
         raise ValueError(f"tsne_embedding: expected (N, D) features with N >= 3, got {x.shape}")
     perplexity = float(min(perplexity, max(1.0, (len(x) - 1) / 3)))
@@ -201,8 +188,8 @@ def zwhat_tsne(
     """Scatter of a 2-D t-SNE of ``z_what (N, D)``, one colour per matched digit ``labels (N,)``
     (-1 = unmatched, grey). At most ``max_points`` objects (a seeded random subset) are
     embedded; ``embedding (N, 2)`` skips t-SNE (already computed)."""
-    z = _numpy(z_what)
-    y = _numpy(labels).reshape(-1).astype(np.int64)
+    z = as_numpy(z_what)
+    y = as_numpy(labels).reshape(-1).astype(np.int64)
     if len(z) != len(y):
         raise ValueError(f"zwhat_tsne: {len(z)} z_what rows but {len(y)} labels")
     if embedding is None:
