@@ -322,7 +322,7 @@ def test_section_is_registered():
 
 
 def test_bench_summary_and_markdown_on_made_up_arms():
-    from wherewhat.report.sections.ssdir import SSDIRBenchSettings, _summaries, ssdir_markdown
+    from wherewhat.experiments.ssdir import SSDIRBenchSettings, _summaries, ssdir_markdown
 
     def arm(variant, seed, acc):
         return {"variant": variant, "seed": seed, "dedup": "nms", "ap50": 0.9, "ap": 0.6,
@@ -354,7 +354,7 @@ def test_bench_summary_and_markdown_on_made_up_arms():
 
 @pytest.mark.slow
 def test_run_ssdir_bench_end_to_end_on_a_tiny_setting():
-    from wherewhat.report.sections.ssdir import SSDIRBenchSettings, run_ssdir_bench
+    from wherewhat.experiments.ssdir import SSDIRBenchSettings, run_ssdir_bench
 
     settings = SSDIRBenchSettings.preset(
         "quick", n_train=32, n_test=8, batch_size=8, detector_max_steps=3, ssdir_max_steps=3,

@@ -46,8 +46,16 @@ def _cells_flat(maps: Tensor) -> Tensor:
     return maps.permute(0, 2, 3, 1).flatten(1, 2)
 
 
+def _group_norm(channels: int) -> nn.GroupNorm:
+    """Per-sample normalisation (8 groups, or fewer for narrow layers)."""
+    return nn.GroupNorm(min(8, max(1, channels // 2)), channels)
+
+
 def _what_head(in_channels: int, z_what_size: int, n_hidden: int) -> nn.Sequential:
-    """1x1 conv to 2D channels, ``n_hidden`` x (3x3 conv + ReLU), 1x1 conv to D (METHODS §1)."""
+    """1x1 conv to 2D channels, ``n_hidden`` x (3x3 conv + ReLU), 1x1 conv to D (METHODS §1).
+
+    No normalisation here: a per-cell GroupNorm lowered the probe (0.28 vs 0.41 after 300
+    steps), unlike the decoder's."""
     hidden = 2 * z_what_size
     layers: list[nn.Module] = [nn.Conv2d(in_channels, hidden, kernel_size=1)]
     for _ in range(n_hidden):
@@ -121,21 +129,37 @@ class WhatDecoder(nn.Module):
     are arguments so that 128-px scenes can use 32-px glimpses (a 28-px MNIST digit has no more
     detail than that).
 
+    ``norm=True`` (default) puts a GroupNorm before every ReLU. Without it this deep ReLU
+    stack first learns the average glimpse and sits there for hundreds of steps; meanwhile the
+    KL pulls z_what together and SSDIR's glimpses collapse to one blob (measured: a crop
+    autoencoder reaches a per-glimpse log-likelihood of -465 after 200 steps without norm,
+    -328 with it). GroupNorm, not BatchNorm, so that a glimpse never depends on the other
+    objects of the batch.
+
     Shapes: ``(N, D)`` -> ``(N, channels, size, size)`` in (0, 1).
     """
 
     def __init__(
-        self, z_what_size: int = 64, glimpse_size: int = 32, channels: int = 1, width: int = 256
+        self,
+        z_what_size: int = 64,
+        glimpse_size: int = 32,
+        channels: int = 1,
+        width: int = 256,
+        norm: bool = True,
     ):
         super().__init__()
         steps = round(math.log2(glimpse_size)) if glimpse_size >= 2 else 0
         if glimpse_size < 2 or 2**steps != glimpse_size:
             raise ValueError(f"glimpse_size={glimpse_size}: expected a power of two >= 2")
-        layers: list[nn.Module] = [nn.Conv2d(z_what_size, width, kernel_size=1), nn.ReLU()]
+
+        def activation(n: int) -> list[nn.Module]:
+            return [_group_norm(n), nn.ReLU()] if norm else [nn.ReLU()]
+
+        layers: list[nn.Module] = [nn.Conv2d(z_what_size, width, kernel_size=1), *activation(width)]
         current = width
         for _ in range(steps):
             nxt = max(current // 2, 16)
-            layers += [nn.ConvTranspose2d(current, nxt, kernel_size=2, stride=2), nn.ReLU()]
+            layers += [nn.ConvTranspose2d(current, nxt, kernel_size=2, stride=2), *activation(nxt)]
             current = nxt
         to_pixels = nn.Conv2d(current, channels, kernel_size=1)
         # Digits are mostly dark: start glimpses near 0.1 instead of a grey 0.5 everywhere.
