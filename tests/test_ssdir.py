@@ -374,3 +374,25 @@ def test_images_without_objects_show_only_the_background_and_keep_a_finite_loss(
     crop = extract(images[1:], out["object_boxes"], (16, 16))
     expected = model.log_likelihood(out["glimpses"], crop).item() / 2
     assert terms["log_lik_objects"].item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_paper_300px_config_builds_ssdir_on_the_paper_detector():
+    """configs/ssdir_paper_300px.yaml on configs/ssd_paper_300px.yaml's detector: 64-px glimpses
+    from a 1024-channel decoder, 300 x 300 x 3 reconstructions (the paper's setting)."""
+    configs = CONFIG.parent
+    det_args = yaml.safe_load((configs / "ssd_paper_300px.yaml").read_text())["model"]["init_args"]
+    det_args = {k: v for k, v in det_args.items() if k in {"image_size", "in_channels",
+                                                          "num_classes", "width_mult",
+                                                          "first_stride", "anchors_per_cell",
+                                                          "min_anchor_size", "max_anchor_size"}}  # fmt: skip
+    detector = SSDDetector(**{**det_args, "image_size": tuple(det_args["image_size"])})
+    assert detector.grid_sizes == [(18, 18), (9, 9), (5, 5), (3, 3), (1, 1)]
+    config = yaml.safe_load((configs / "ssdir_paper_300px.yaml").read_text())
+    args = {k: v for k, v in config["model"]["init_args"].items() if "detector" not in k}
+    task = SSDIRTask(detector=detector, **args)
+    assert task.model.what_decoder.glimpse_size == 64
+    assert config["data"]["init_args"]["image_size"] == [300, 300]
+    with torch.no_grad():
+        out = task.model.eval()(torch.rand(1, 3, 300, 300))
+    assert out["reconstruction"].shape == (1, 3, 300, 300)
+    assert out["glimpses"].shape[1:] == (3, 64, 64)
