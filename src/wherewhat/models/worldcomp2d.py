@@ -49,6 +49,7 @@ __all__ = [
     "LandmarkRefiner",
     "WorldComp2D",
     "mean_shape_from_points",
+    "sample_landmark_subset",
     # re-exported from worldcomp2d_parts
     "ContrastiveViews",
     "PWConLoss",
@@ -223,6 +224,25 @@ class _DepthwiseBlock(nn.Module):
         return x + self.act(self.norm(self.pointwise(self.depthwise(x))))
 
 
+def sample_landmark_subset(
+    batch: int,
+    num_landmarks: int,
+    size: int,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+) -> Tensor:
+    """Per image, ``size`` distinct landmark indices drawn uniformly: ``(batch, size)`` long.
+
+    In random order (a prefix of a random permutation per image); ``size == num_landmarks``
+    gives a permutation of all of them. Draws from ``generator`` (default: the global torch RNG,
+    which ``seed_everything`` seeds and resumed runs restore).
+    """
+    if not 1 <= size <= num_landmarks:
+        raise ValueError(f"landmark subset size must be in [1, {num_landmarks}], got {size}")
+    keys = torch.rand(batch, num_landmarks, generator=generator)
+    return keys.argsort(dim=1)[:, :size].to(device)
+
+
 class LandmarkRefiner(nn.Module):
     """Moves each landmark to the peak of a heatmap predicted on a native view around it.
 
@@ -267,23 +287,58 @@ class LandmarkRefiner(nn.Module):
         self.sigma = sigma
 
     def heatmaps(
-        self, image: Tensor, landmarks: Tensor, image_size: tuple[int, int] | Tensor | None = None
+        self,
+        image: Tensor,
+        landmarks: Tensor,
+        image_size: tuple[int, int] | Tensor | None = None,
+        landmark_index: Tensor | None = None,
     ) -> Tensor:
-        """Heatmaps ``(B, K, n, n)``; ``image_size`` as in :func:`extract_views`."""
+        """Heatmaps ``(B, N, n, n)`` of views at ``landmarks`` ``(B, N, 2)``.
+
+        ``image_size`` as in :func:`extract_views`. ``landmark_index`` ``(B, N)`` long says
+        which landmark each view is of (its identity channel); default: view k is landmark k
+        (then N = K).
+        """
         batch, num = landmarks.shape[:2]
         size = self.view_size
         views = extract_views(image, landmarks, (size,), size, image_size=image_size)
-        code = self.landmark_code.to(views.dtype)[None, :, None, None, None]
+        if landmark_index is None:
+            code = self.landmark_code.to(views.dtype)[None, :, None, None, None]
+        else:
+            code = self.landmark_code.to(views.dtype)[landmark_index][..., None, None, None]
         code = code.expand(batch, num, 1, size, size)
         inputs = torch.cat([views, code], dim=2).flatten(0, 1)
         return self.head(self.blocks(self.stem(inputs))).view(batch, num, size, size)
 
-    def loss(self, image: Tensor, centres: Tensor, landmarks: Tensor) -> Tensor:
+    def loss(
+        self,
+        image: Tensor,
+        centres: Tensor,
+        landmarks: Tensor,
+        landmarks_per_image: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
         """Training loss: heatmaps of views at ``centres`` ``(B, K, 2)`` (e.g. predictions plus
         a few px of noise) against Gaussians (``sigma``) at the true ``landmarks`` ``(B, K, 2)``;
-        MSE averaged over landmarks that fall inside their view (:func:`heatmap_loss`)."""
+        MSE averaged over landmarks that fall inside their view (:func:`heatmap_loss`).
+
+        ``landmarks_per_image``: train on a random subset of that many landmarks per image
+        (:func:`sample_landmark_subset`, drawn from ``generator``, default the global torch
+        RNG), which cuts the refiner's training cost by K / subset: its heatmap net is shared by
+        all landmarks, so a subset is an unbiased sample of the full loss's terms. ``None``:
+        all K in order. Inference always refines every landmark.
+        """
+        index = None
+        if landmarks_per_image is not None:
+            index = sample_landmark_subset(
+                landmarks.shape[0], landmarks.shape[1], landmarks_per_image, generator,
+                device=landmarks.device,
+            )  # fmt: skip
+            pick = index[..., None].expand(-1, -1, 2)
+            centres, landmarks = centres.gather(1, pick), landmarks.gather(1, pick)
         targets, valid = heatmap_targets(landmarks, centres, self.view_size, self.sigma)
-        return heatmap_loss(self.heatmaps(image, centres), targets, valid)
+        heatmaps = self.heatmaps(image, centres, landmark_index=index)
+        return heatmap_loss(heatmaps, targets, valid)
 
     def forward(
         self, image: Tensor, landmarks: Tensor, image_size: tuple[int, int] | Tensor | None = None

@@ -121,6 +121,11 @@ class WorldComp2DTask(pl.LightningModule):
             The localizer receives the jittered positions (it knows where it looked).
         refiner_noise: stage refiner: views are centred on the coarse prediction plus uniform
             noise in +-``refiner_noise`` px per axis (the reference: integer offsets in +-5).
+        refiner_landmarks_per_step: stage refiner: train on this many randomly chosen landmarks
+            per face and step (global torch RNG, so seeded and restored on resume) instead of
+            all K; the refiner is one net shared by all landmarks, so this cuts a step's cost by
+            about K / this without biasing the loss. ``None``: all. Validation, test and
+            inference always use every landmark.
     """
 
     def __init__(
@@ -155,6 +160,7 @@ class WorldComp2DTask(pl.LightningModule):
         views_per_image: int = 1,
         fixation_jitter: int = 5,
         refiner_noise: float = 5.0,
+        refiner_landmarks_per_step: int | None = None,
     ):
         super().__init__()
         if stage not in STAGES:
@@ -167,6 +173,13 @@ class WorldComp2DTask(pl.LightningModule):
             raise ConfigError(f"model.lr_decay_at must be in (0, 1] or null, got {lr_decay_at}")
         if refiner_noise < 0:
             raise ConfigError(f"model.refiner_noise must be >= 0, got {refiner_noise}")
+        if refiner_landmarks_per_step is not None and not (
+            1 <= refiner_landmarks_per_step <= num_landmarks
+        ):
+            raise ConfigError(
+                f"model.refiner_landmarks_per_step must be in [1, {num_landmarks}] or null, got "
+                f"{refiner_landmarks_per_step}"
+            )
         self.save_hyperparameters()
         self.model = WorldComp2D(
             num_landmarks=num_landmarks,
@@ -328,11 +341,18 @@ class WorldComp2DTask(pl.LightningModule):
         target = pixel_to_normalized(points.to(predicted.dtype), self.model.crop_hw)
         return F.mse_loss(predicted, target)
 
-    def _refiner_loss(self, image: Tensor, points: Tensor, coarse: Tensor, noise: float) -> Tensor:
+    def _refiner_loss(
+        self,
+        image: Tensor,
+        points: Tensor,
+        coarse: Tensor,
+        noise: float,
+        landmarks_per_image: int | None = None,
+    ) -> Tensor:
         centres = coarse
         if noise > 0:
             centres = coarse + (torch.rand_like(coarse) * 2 - 1) * noise
-        return self.model.refiner.loss(image, centres, points)
+        return self.model.refiner.loss(image, centres, points, landmarks_per_image)
 
     # -- steps ---------------------------------------------------------------------------------
     @staticmethod
@@ -357,7 +377,13 @@ class WorldComp2DTask(pl.LightningModule):
         else:
             with torch.no_grad():
                 coarse = self.model.localize(image, self._jittered_fixations(len(image)))
-            loss = self._refiner_loss(image, points, coarse, self.hparams.refiner_noise)
+            loss = self._refiner_loss(
+                image,
+                points,
+                coarse,
+                self.hparams.refiner_noise,
+                self.hparams.refiner_landmarks_per_step,
+            )
         self.log(
             "train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(images)
         )

@@ -1,0 +1,133 @@
+"""Face-landmark benchmark: WorldComp2D (with and without refiner) against two baselines.
+
+On the same faces, photo-disjoint split, 256 px crops and augmentation, each model trains from
+scratch within the same budget (``--budget-minutes``, per model; WorldComp2D's three stages
+share it 25 / 20 / 15, as the stage configs say), then: parameters, MACs, NME / FR@10 /
+AUC@10 (inter-ocular, original pixels, every validation face), batch-1 faces/s from a face
+crop to landmarks in ONNX Runtime (1 and 2 threads) and PyTorch (1 thread), training minutes,
+ratios to each baseline, the issue's targets, and figures (predictions on validation faces,
+cumulative error curves, a 2-D embedding of WorldComp2D's view codes). The pipeline is
+:func:`wherewhat.experiments.landmarks.run_landmark_bench`.
+
+    .venv/bin/python benchmarks/landmarks.py                      # full: 60 min per model
+    .venv/bin/python benchmarks/landmarks.py --budget-minutes 30  # another budget
+    .venv/bin/python benchmarks/landmarks.py --quick              # 4 steps per run, 40 faces
+
+Model, data and optimiser settings come from configs/worldcomp2d_stage{1_encoder,
+2_localizer,3_refiner}.yaml, configs/landmarks_heatmap.yaml and configs/landmarks_pfld.yaml
+(their trainer sections are not used: the budget sets the epochs). Run it on a quiet machine:
+timings under contention are meaningless.
+
+Writes benchmarks/results/landmarks.json and .md (``--quick``: landmarks_quick.*, so a quick
+check never overwrites the full results) and the figures as landmarks[_quick]-<name>.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from wherewhat.bench.tables import write_results
+from wherewhat.experiments.landmarks import (
+    BASELINES,
+    LandmarkBenchSettings,
+    landmark_markdown,
+    run_landmark_bench,
+)
+from wherewhat.report.html import write_atomic
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS_DIR = ROOT / "benchmarks" / "results"
+CONFIGS = {
+    "encoder": ROOT / "configs" / "worldcomp2d_stage1_encoder.yaml",
+    "localizer": ROOT / "configs" / "worldcomp2d_stage2_localizer.yaml",
+    "refiner": ROOT / "configs" / "worldcomp2d_stage3_refiner.yaml",
+    "heatmap_baseline": ROOT / "configs" / "landmarks_heatmap.yaml",
+    "pfld_baseline": ROOT / "configs" / "landmarks_pfld.yaml",
+}
+# Set by the benchmark itself: the stage and the chaining of stages.
+_NOT_FROM_CONFIG = {"stage", "init_from"}
+
+
+def _init_args(section: Any) -> dict[str, Any]:
+    return dict((section or {}).get("init_args") or {})
+
+
+def runs_from_configs() -> tuple[dict[str, dict[str, dict[str, Any]]], str]:
+    """Model and data init arguments per training run, from the configs; and the faces root
+    (which all configs must share, as they must share the split)."""
+    runs, roots, splits = {}, set(), set()
+    for run, path in CONFIGS.items():
+        config = yaml.safe_load(path.read_text())
+        model = {k: v for k, v in _init_args(config.get("model")).items()
+                 if k not in _NOT_FROM_CONFIG}  # fmt: skip
+        data = _init_args(config.get("data"))
+        roots.add(str(data.pop("root", "../shared/data/faces68")))
+        splits.add((data.get("val_fraction"), data.get("split_seed"), data.get("max_faces")))
+        runs[run] = {"model": model, "data": data}
+    if len(roots) != 1 or len(splits) != 1:
+        raise SystemExit(
+            f"configs disagree on the faces or the split (root {sorted(roots)}, "
+            f"val_fraction / split_seed / max_faces {sorted(map(str, splits))}); every model "
+            "must see the same faces"
+        )
+    return runs, roots.pop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="4 steps per run on 40 faces")
+    parser.add_argument("--budget-minutes", type=float, default=None,
+                        help="training time per model (default 60; WorldComp2D's 3 stages "
+                        "share it)")  # fmt: skip
+    parser.add_argument("--models", nargs="+", choices=["worldcomp2d", *BASELINES], default=None)
+    parser.add_argument("--faces-root", default=None, help="default: the configs' data.root")
+    parser.add_argument("--max-steps", type=int, default=None, help="steps per run (no budget)")
+    parser.add_argument("--max-epochs", type=int, default=None, help="epochs per run (overrides "
+                        "the calibrated ones; the budget still caps the time)")  # fmt: skip
+    parser.add_argument("--threads", type=int, default=None, help="torch threads for training")
+    parser.add_argument("--progress", action="store_true", help="Lightning progress bars")
+    parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
+    args = parser.parse_args(argv)
+
+    runs, root = runs_from_configs()
+    settings = LandmarkBenchSettings.preset(
+        "quick" if args.quick else "full", runs=runs, faces_root=root
+    )
+    if not Path(settings.faces_root).is_absolute():
+        settings.faces_root = str((ROOT / settings.faces_root).resolve())
+    overrides = {
+        "budget_minutes": args.budget_minutes,
+        "models": tuple(args.models) if args.models else None,
+        "faces_root": args.faces_root,
+        "max_steps": args.max_steps,
+        "max_epochs": args.max_epochs,
+        "threads": args.threads,
+        "progress_bar": args.progress or None,
+    }
+    settings = LandmarkBenchSettings(
+        **{**settings.__dict__, **{k: v for k, v in overrides.items() if v is not None}}
+    )
+    for run, path in CONFIGS.items():
+        print(f"settings of {run} from {path.relative_to(ROOT)}")
+    result = run_landmark_bench(settings, log=lambda m: print(m, flush=True))
+
+    name = "landmarks_quick" if settings.quick else "landmarks"
+    figures = result.pop("figures")
+    for figure_name, png in figures.items():
+        path = write_atomic(args.results_dir / f"{name}-{figure_name}.png", png)
+        result.setdefault("figure_files", []).append(path.name)
+    command = "python benchmarks/landmarks.py " + " ".join(argv or sys.argv[1:])
+    markdown = landmark_markdown(result, command=command.strip())
+    json_path, md_path = write_results(name, result, markdown, args.results_dir)
+    print(markdown)
+    print(f"wrote {json_path}, {md_path} and {len(figures)} figures")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,285 @@
+"""Training of the face-landmark baselines (:mod:`wherewhat.models.landmark_baselines`).
+
+Same harness, data, crops, augmentation and evaluation as WorldComp2D
+(:mod:`wherewhat.tasks.worldcomp2d`): batches of
+:class:`~wherewhat.data.face_datamodule.FaceLandmarkDataModule`, NME / FR@10 / AUC@10 in
+original-image pixels over every validation face, the same logged keys (``train/loss``,
+``val/loss``, ``val/nme``, ``val/fr10``, ``val/auc10``, ``val/num_faces``; fractions), the same
+``predict_step`` output and ``export_model`` hook. ::
+
+    wherewhat fit --config configs/landmarks_pfld.yaml
+    wherewhat fit --config configs/landmarks_heatmap.yaml
+    wherewhat validate --config configs/landmarks_heatmap.yaml --ckpt_path RUN/checkpoints/last.ckpt
+    wherewhat export onnx RUN/checkpoints/last.ckpt --out heatmap.onnx
+
+- :class:`PFLDTask`: :class:`~wherewhat.models.landmark_baselines.PFLDRegressor`, L2 (PFLD's
+  loss without its pose / attribute weights) or L1 on normalised crop coordinates.
+- :class:`PIPHeatmapTask`: :class:`~wherewhat.models.landmark_baselines.PIPHeatmapNet`,
+  PIPNet's loss: ``score_weight`` x score-map MSE + L1 of the own and the neighbours' x and y
+  offsets at each landmark's true cell (PIPNet: 10, 1, 1).
+
+Both set their shape prior (PFLD: the mean shape it regresses from; PIPNet: each landmark's
+neighbours) from the training split at ``setup`` (the data module's ``train_crop_points()``).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import lightning.pytorch as pl
+import torch
+from torch import Tensor, nn
+
+from wherewhat.data.face_crops import uncrop_points
+from wherewhat.errors import ConfigError
+from wherewhat.geometry import pixel_to_normalized
+from wherewhat.metrics.landmarks import LandmarkNME
+from wherewhat.models.landmark_baselines import (
+    PFLDRegressor,
+    PIPHeatmapNet,
+    encode_grid_targets,
+    pip_losses,
+)
+
+__all__ = ["LandmarkBaselineTask", "PFLDTask", "PIPHeatmapTask"]
+
+_FAILURE_THRESHOLD = 0.10  # FR@10 and AUC@10
+
+
+class LandmarkBaselineTask(pl.LightningModule):
+    """Shared training / evaluation logic; subclasses build ``self.model`` and :meth:`losses`.
+
+    ``self.model`` maps crops ``(B, C, S, S)`` in [0, 1] to landmarks ``(B, K, 2)`` crop px and
+    has ``set_mean_shape(points)``. Optimiser: Adam (``lr``, ``weight_decay``), the learning
+    rate multiplied by ``lr_decay`` once after the fraction ``lr_decay_at`` of the planned steps
+    (``None``: constant).
+    """
+
+    model: nn.Module
+
+    def __init__(
+        self,
+        lr: float,
+        weight_decay: float,
+        lr_decay: float,
+        lr_decay_at: float | None,
+        image_channels: int,
+        crop_size: int,
+    ):
+        super().__init__()
+        if lr <= 0:
+            raise ConfigError(f"model.lr must be > 0, got {lr}")
+        if lr_decay_at is not None and not 0.0 < lr_decay_at <= 1.0:
+            raise ConfigError(f"model.lr_decay_at must be in (0, 1] or null, got {lr_decay_at}")
+        self.val_nme = LandmarkNME(threshold=_FAILURE_THRESHOLD)
+        self.test_nme = LandmarkNME(threshold=_FAILURE_THRESHOLD)
+        self.example_input_array = torch.zeros(1, image_channels, crop_size, crop_size)
+
+    # -- subclass API --------------------------------------------------------------------------
+    def losses(self, images: Tensor, points: Tensor) -> dict[str, Tensor]:
+        """``{"loss": total, ...parts}`` for crops ``(B, C, S, S)`` and crop-px ``points``."""
+        raise NotImplementedError
+
+    # -- hooks ---------------------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        if stage != "fit":
+            return
+        datamodule = getattr(self.trainer, "datamodule", None)
+        points_of = getattr(datamodule, "train_crop_points", None)
+        if not callable(points_of):
+            raise ConfigError(
+                f"{type(self).__name__} needs the training shapes: use a data module with "
+                "train_crop_points() (FaceLandmarkDataModule)"
+            )
+        self.model.set_mean_shape(points_of())  # a resumed checkpoint restores the same values
+
+    def forward(self, crops: Tensor) -> Tensor:
+        """Face crops ``(B, C, S, S)`` in [0, 1] -> landmarks ``(B, K, 2)`` in crop pixels."""
+        return self.model(crops)
+
+    def export_model(self) -> nn.Module:
+        """The inference network (crop -> landmarks in crop pixels), a copy in eval mode."""
+        return copy.deepcopy(self.model).eval()
+
+    @staticmethod
+    def _unpack(batch: dict[str, Tensor], batch_idx: int) -> tuple[Tensor, Tensor]:
+        if not isinstance(batch, dict) or not {"image", "points"} <= set(batch):
+            raise ValueError(f"batch {batch_idx}: expected a dict with 'image' and 'points'")
+        images, points = batch["image"], batch["points"]
+        if images.ndim != 4 or points.ndim != 3 or len(images) != len(points):
+            raise ValueError(
+                f"batch {batch_idx}: expected image (B, C, H, W) and points (B, K, 2), got "
+                f"{tuple(images.shape)} and {tuple(points.shape)}"
+            )
+        return images, points
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        images, points = self._unpack(batch, batch_idx)
+        parts = self.losses(images, points)
+        size = len(images)
+        self.log("train/loss", parts["loss"], prog_bar=True, on_step=True, on_epoch=True,
+                 batch_size=size)  # fmt: skip
+        for name, value in parts.items():
+            if name != "loss":
+                self.log(f"train/loss_{name}", value, on_step=False, on_epoch=True,
+                         batch_size=size)  # fmt: skip
+        return parts["loss"]
+
+    def _evaluate(self, batch: dict[str, Tensor], batch_idx: int, split: str) -> None:
+        images, points = self._unpack(batch, batch_idx)
+        loss = self.losses(images, points)["loss"]
+        predicted = self.model(images)
+        target = batch.get("original_points")
+        if target is None:
+            target = uncrop_points(points, batch["affine"])
+        metric = self.val_nme if split == "val" else self.test_nme
+        metric.update(uncrop_points(predicted, batch["affine"]), target)
+        self.log(f"{split}/loss", loss, prog_bar=True, on_step=False, on_epoch=True,
+                 batch_size=len(images), sync_dist=True)  # fmt: skip
+
+    def _log_nme(self, split: str, metric: LandmarkNME) -> None:
+        result = metric.compute()
+        self.log(f"{split}/nme", result["nme"], prog_bar=True)
+        self.log_dict(
+            {
+                f"{split}/fr10": result["fr"],
+                f"{split}/auc10": result["auc"],
+                f"{split}/num_faces": float(len(metric.per_face())),
+            }
+        )
+        metric.reset()
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, batch_idx, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_nme("val", self.val_nme)
+
+    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, batch_idx, "test")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_nme("test", self.test_nme)
+
+    def predict_step(self, batch: dict[str, Tensor] | Tensor, batch_idx: int) -> dict[str, Tensor]:
+        """``{"crop_points", "points" (original pixels, when the batch has "affine"), "index"}``."""
+        images = batch["image"] if isinstance(batch, dict) else batch
+        landmarks = self.model(images)
+        out = {"crop_points": landmarks}
+        if isinstance(batch, dict) and "affine" in batch:
+            out["points"] = uncrop_points(landmarks, batch["affine"])
+        if isinstance(batch, dict) and "index" in batch:
+            out["index"] = batch["index"]
+        return out
+
+    def configure_optimizers(self) -> Any:
+        optimizer = torch.optim.Adam(
+            self.model.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay
+        )
+        decay_at = self.hparams.lr_decay_at
+        total_steps = self.trainer.estimated_stepping_batches
+        if decay_at is None or not math.isfinite(total_steps):
+            return optimizer
+        milestone = max(1, int(decay_at * total_steps))
+        schedule = torch.optim.lr_scheduler.MultiStepLR(
+            optimizer, milestones=[milestone], gamma=self.hparams.lr_decay
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+
+class PFLDTask(LandmarkBaselineTask):
+    """PFLD-style direct regression (:class:`PFLDRegressor`).
+
+    Args:
+        num_landmarks, width_mult, image_channels, crop_size, mean, std: the model.
+        loss: ``"l2"`` (PFLD: squared error per landmark, mean over landmarks and faces) or
+            ``"l1"``, on normalised crop coordinates.
+        lr, weight_decay, lr_decay, lr_decay_at: the optimiser (see the base class).
+    """
+
+    def __init__(
+        self,
+        num_landmarks: int = 68,
+        width_mult: float = 1.0,
+        image_channels: int = 3,
+        crop_size: int = 256,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+        loss: Literal["l2", "l1"] = "l2",
+        lr: float = 1e-3,
+        weight_decay: float = 1e-6,
+        lr_decay: float = 0.1,
+        lr_decay_at: float | None = 0.7,
+    ):
+        super().__init__(lr, weight_decay, lr_decay, lr_decay_at, image_channels, crop_size)
+        if loss not in ("l2", "l1"):
+            raise ConfigError(f"model.loss must be 'l2' or 'l1', got {loss!r}")
+        self.save_hyperparameters()
+        self.model = PFLDRegressor(num_landmarks, width_mult, image_channels, crop_size, mean, std)
+
+    def losses(self, images: Tensor, points: Tensor) -> dict[str, Tensor]:
+        predicted = self.model.forward_normalized(images)
+        target = pixel_to_normalized(points.to(predicted.dtype), self.model.crop_hw)
+        error = predicted - target
+        if self.hparams.loss == "l2":
+            loss = error.pow(2).sum(-1).mean()
+        else:
+            loss = error.abs().sum(-1).mean()
+        return {"loss": loss}
+
+
+class PIPHeatmapTask(LandmarkBaselineTask):
+    """PIPNet-style grid heatmaps with offsets (:class:`PIPHeatmapNet`).
+
+    Args:
+        num_landmarks, backbone, stride, num_neighbors, width_mult, upsample_channels,
+            image_channels, crop_size, mean, std: the model.
+        score_weight, offset_weight, neighbor_weight: loss weights (PIPNet: 10, 1, 1); the
+            offset terms are x + y, each an L1 mean, as in PIPNet.
+        lr, weight_decay, lr_decay, lr_decay_at: the optimiser (see the base class).
+    """
+
+    def __init__(
+        self,
+        num_landmarks: int = 68,
+        backbone: Literal["resnet18", "mobilenet_v2"] = "resnet18",
+        stride: int = 32,
+        num_neighbors: int = 10,
+        width_mult: float = 1.0,
+        upsample_channels: int = 256,
+        image_channels: int = 3,
+        crop_size: int = 256,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+        score_weight: float = 10.0,
+        offset_weight: float = 1.0,
+        neighbor_weight: float = 1.0,
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        lr_decay: float = 0.1,
+        lr_decay_at: float | None = 0.7,
+    ):
+        super().__init__(lr, weight_decay, lr_decay, lr_decay_at, image_channels, crop_size)
+        self.save_hyperparameters()
+        self.model = PIPHeatmapNet(
+            num_landmarks, backbone, stride, num_neighbors, width_mult, upsample_channels,
+            image_channels, crop_size, mean, std,
+        )  # fmt: skip
+
+    def losses(self, images: Tensor, points: Tensor) -> dict[str, Tensor]:
+        model = self.model
+        score, offset, neighbor = model.head_outputs(images)
+        targets = encode_grid_targets(
+            points.to(score.dtype), model.neighbors, model.grid, model.stride
+        )
+        parts = pip_losses(score, offset, neighbor, targets)
+        # pip_losses averages x and y together; PIPNet adds an x and a y term.
+        total = (
+            self.hparams.score_weight * parts["score"]
+            + self.hparams.offset_weight * 2 * parts["offset"]
+            + self.hparams.neighbor_weight * 2 * parts["neighbor"]
+        )
+        return {"loss": total, **parts}
