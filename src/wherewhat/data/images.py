@@ -199,7 +199,9 @@ class SelfSupervisedDataModule(L.LightningDataModule):
         train_transform: callable on a float ``(C, H, W)`` image, e.g. the SSL view sampler.
         probe_per_class: labelled training examples per class for linear / k-NN probes
             (``None``: all training images).
-        train_limit / test_limit: use only the first N (class-balanced for train) for quick runs.
+        train_limit / test_limit: use only N images for quick runs: a class-balanced subset
+            drawn with ``seed`` for train, a random subset with a fixed seed (the same for every
+            run seed) for test.
     """
 
     def __init__(
@@ -237,11 +239,13 @@ class SelfSupervisedDataModule(L.LightningDataModule):
             per_class = self.train_limit // arrays.num_classes
             keep = balanced_subset(arrays.y_train, per_class, self.seed)
             arrays.x_train, arrays.y_train = arrays.x_train[keep], arrays.y_train[keep]
-        if self.test_limit is not None:
-            arrays.x_test, arrays.y_test = (
-                arrays.x_test[: self.test_limit],
-                arrays.y_test[: self.test_limit],
+        if self.test_limit is not None and self.test_limit < len(arrays.y_test):
+            # A random subset with a fixed seed: test files are often sorted by class (CIFAR-10's
+            # is), so the first N would be one class; and every run seed sees the same images.
+            keep = np.sort(
+                np.random.default_rng(0).permutation(len(arrays.y_test))[: self.test_limit]
             )
+            arrays.x_test, arrays.y_test = arrays.x_test[keep], arrays.y_test[keep]
         self.arrays = arrays
 
     def _loader(self, dataset: Dataset, shuffle: bool, drop_last: bool = False) -> DataLoader:

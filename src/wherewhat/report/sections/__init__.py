@@ -15,7 +15,7 @@ spatial_prediction 60); bench 90.
 
 from importlib import import_module
 
-SECTION_MODULES = ["data", "bench", "ssdir", "worldcomp2d"]
+SECTION_MODULES = ["data", "bench", "ssdir", "worldcomp2d", "lzu", "spatial_prediction"]
 
 for _module in SECTION_MODULES:
     import_module(f"{__name__}.{_module}")

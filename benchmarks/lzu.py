@@ -1,0 +1,79 @@
+"""LZU benchmark: uniform vs LZU-fixed vs LZU-adaptive vs 2x input, detection and segmentation.
+
+The street experiment of issue 5 (see :mod:`wherewhat.report.sections.lzu` for what each arm
+does): 512 x 1024 scattered-MNIST scenes, models trained at 128 x 256, AP50 / AP by object size
+(original pixels) and mIoU per arm over seeds; round-trip error and coverage of the exact
+inverse; 1-D inverse vs tile solver at 152 x 240; per-step CPU latency and the zoom + unzoom
+overhead.
+
+    .venv/bin/python benchmarks/lzu.py                        # full: 2 tasks x 4 arms x 3 seeds
+    .venv/bin/python benchmarks/lzu.py --tasks detection --arms uniform lzu_fixed --seeds 0
+    .venv/bin/python benchmarks/lzu.py --quick --results-dir /tmp/lzu   # < 3 min, pipeline check
+
+Scenes are generated once and cached (``$WHEREWHAT_CACHE``); the fixed saliency is saved next
+to them. Run it on a quiet machine: timings under contention are meaningless.
+
+Writes ``<results-dir>/lzu.json`` and ``lzu.md`` (``--quick``: ``lzu_quick.*``, so a quick
+check never overwrites the full results) and the figures as ``lzu[_quick]-<name>.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from wherewhat.bench.tables import write_results
+from wherewhat.report.html import write_atomic
+from wherewhat.report.sections.lzu import ARMS, TASKS, LZUBenchSettings, lzu_markdown, run_lzu_bench
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS_DIR = ROOT / "benchmarks" / "results"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="tiny run (< 3 min, quiet 2 cores)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=None, help="default 0 1 2")
+    parser.add_argument("--tasks", nargs="+", choices=list(TASKS), default=None)
+    parser.add_argument("--arms", nargs="+", choices=list(ARMS), default=None)
+    parser.add_argument("--detection-steps", type=int, default=None)
+    parser.add_argument("--segmentation-steps", type=int, default=None)
+    parser.add_argument("--n-train", type=int, default=None, help="<= the generated split")
+    parser.add_argument("--n-test", type=int, default=None, help="<= the generated split")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default 2)")
+    parser.add_argument("--progress", action="store_true", help="Lightning progress bars")
+    parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
+    args = parser.parse_args(argv)
+
+    settings = LZUBenchSettings.preset("quick" if args.quick else "full")
+    overrides = {
+        "seeds": tuple(args.seeds) if args.seeds else None,
+        "tasks": tuple(args.tasks) if args.tasks else None,
+        "arms": tuple(args.arms) if args.arms else None,
+        "detection_steps": args.detection_steps,
+        "segmentation_steps": args.segmentation_steps,
+        "n_train": args.n_train,
+        "n_test": args.n_test,
+        "threads": args.threads,
+        "progress_bar": args.progress or None,
+    }
+    settings = LZUBenchSettings(
+        **{**settings.__dict__, **{k: v for k, v in overrides.items() if v is not None}}
+    )
+    result = run_lzu_bench(settings=settings, log=lambda m: print(m, flush=True))
+
+    name = "lzu_quick" if settings.quick else "lzu"
+    figures = result.pop("figures")
+    for figure_name, png in figures.items():
+        path = write_atomic(args.results_dir / f"{name}-{figure_name}.png", png)
+        result.setdefault("figure_files", []).append(path.name)
+    markdown = lzu_markdown(result)
+    json_path, md_path = write_results(name, result, markdown, args.results_dir)
+    print(markdown)
+    print(f"wrote {json_path}, {md_path} and {len(figures)} figures")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

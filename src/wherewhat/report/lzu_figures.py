@@ -1,0 +1,195 @@
+"""LZU figures: a scene and its saliency, the zoomed image, the warp's grid lines, unzoomed
+versus uniform features, and detections / segmentations per arm.
+
+Everything is drawn in the pixel frame of :mod:`wherewhat.report.figures` (``extent=(0, W, H,
+0)``), so boxes and grid points need no half-pixel shifts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import matplotlib
+import numpy as np
+import torch
+from matplotlib.collections import LineCollection
+from matplotlib.patches import Rectangle
+
+from wherewhat.geometry.coords import normalized_to_pixel
+from wherewhat.report.figures import as_numpy, new_figure, show_image
+
+__all__ = [
+    "detections_figure",
+    "feature_comparison_figure",
+    "grid_lines",
+    "segmentation_figure",
+    "warp_overview_figure",
+]
+
+
+def grid_lines(coarse_grid: torch.Tensor, image_size: tuple[int, int], step: int = 1) -> list:
+    """Polylines (original pixels) of every ``step``-th lattice row and column of a coarse grid
+    ``(1, gh, gw, 2)`` or ``(gh, gw, 2)``: where the zoomed image's uniform lattice lands."""
+    grid = coarse_grid[0] if coarse_grid.dim() == 4 else coarse_grid
+    points = as_numpy(normalized_to_pixel(grid.detach().double(), image_size))  # (gh, gw, 2)
+    rows = [points[r] for r in range(0, points.shape[0], step)]
+    cols = [points[:, c] for c in range(0, points.shape[1], step)]
+    return rows + cols
+
+
+def _boxes(ax, boxes: Any, color: str, linewidth: float = 0.8, style: str = "-") -> None:
+    for x0, y0, x1, y1 in as_numpy(boxes).reshape(-1, 4).tolist():
+        ax.add_patch(
+            Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor=color,
+                      linewidth=linewidth, linestyle=style)
+        )  # fmt: skip
+
+
+def warp_overview_figure(
+    image: torch.Tensor,
+    boxes: torch.Tensor,
+    saliency: torch.Tensor,
+    coarse_grid: torch.Tensor,
+    zoomed: torch.Tensor,
+    *,
+    title: str = "",
+    panel_in: float = 4.0,
+) -> Any:
+    """Four panels: the scene with its boxes, the saliency over it, the grid lines of the warp
+    on the scene, and the zoomed image the backbone sees.
+
+    Args: image ``(C, H, W)``; boxes ``(n, 4)`` XYXY px; saliency ``(1, 1, gh, gw)`` at the
+    lattice vertices; coarse_grid ``(1, gh, gw, 2)``; zoomed ``(C, h, w)``.
+    """
+    height, width = image.shape[-2:]
+    aspect = height / width
+    fig = new_figure(2 * panel_in, 2 * panel_in * aspect + 0.6)
+    axes = fig.subplots(2, 2).ravel()
+    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=0.93, wspace=0.03, hspace=0.12)
+    show_image(axes[0], image)
+    _boxes(axes[0], boxes, "#00e000")
+    axes[0].set_title("scene and boxes", fontsize=8)
+
+    show_image(axes[1], image)
+    sal = as_numpy(saliency.reshape(saliency.shape[-2:]))
+    gh, gw = sal.shape
+    # The lattice vertices sit at the corners and edges: draw each value on its own node cell.
+    axes[1].imshow(
+        sal, cmap="magma", alpha=0.65, extent=(-width / (2 * (gw - 1)), width + width / (2 * (gw - 1)),
+        height + height / (2 * (gh - 1)), -height / (2 * (gh - 1))), interpolation="bilinear",
+    )  # fmt: skip
+    axes[1].set_xlim(0, width)
+    axes[1].set_ylim(height, 0)
+    axes[1].set_title(f"saliency ({gh} x {gw} lattice)", fontsize=8)
+
+    show_image(axes[2], image)
+    lines = grid_lines(coarse_grid, (height, width))
+    axes[2].add_collection(LineCollection(lines, colors="#30c0ff", linewidths=0.5, alpha=0.8))
+    axes[2].set_title("warp: where the zoomed lattice lands", fontsize=8)
+
+    show_image(axes[3], zoomed)
+    zh, zw = zoomed.shape[-2:]
+    axes[3].set_title(f"zoomed input {zh} x {zw}", fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    return fig
+
+
+def _feature_image(feature: torch.Tensor) -> np.ndarray:
+    """``(C, h, w)`` -> ``(h, w)`` in [0, 1]: the channel-wise L2 norm, min-max scaled."""
+    energy = as_numpy(feature.detach().float().norm(dim=0))
+    lo, hi = float(energy.min()), float(energy.max())
+    return (energy - lo) / (hi - lo) if hi > lo else np.zeros_like(energy)
+
+
+def feature_comparison_figure(
+    image: torch.Tensor,
+    features: Mapping[str, torch.Tensor],
+    *,
+    panel_in: float = 3.2,
+) -> Any:
+    """The scene, then one panel per named feature map ``(C, h, w)`` (all in the original
+    frame: uniform features and LZU's unzoomed ones), shown as channel energy over the scene."""
+    height, width = image.shape[-2:]
+    n = 1 + len(features)
+    fig = new_figure(n * panel_in, panel_in * height / width + 0.35)
+    axes = fig.subplots(1, n)
+    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.02, top=0.86, wspace=0.03)
+    show_image(axes[0], image)
+    axes[0].set_title("scene", fontsize=8)
+    for ax, (name, feature) in zip(axes[1:], features.items(), strict=True):
+        ax.imshow(
+            _feature_image(feature), cmap="viridis", extent=(0, width, height, 0),
+            interpolation="nearest",
+        )  # fmt: skip
+        ax.set_xticks([])
+        ax.set_yticks([])
+        h, w = feature.shape[-2:]
+        ax.set_title(f"{name} ({h} x {w})", fontsize=8)
+    return fig
+
+
+def detections_figure(
+    image: torch.Tensor,
+    gt_boxes: torch.Tensor,
+    detections: Mapping[str, Mapping[str, torch.Tensor]],
+    *,
+    score_threshold: float = 0.5,
+    panel_in: float = 4.0,
+) -> Any:
+    """One panel per arm: ground truth (dashed white) and detections scoring at least
+    ``score_threshold`` (red), on the original scene."""
+    height, width = image.shape[-2:]
+    n = len(detections)
+    ncols = min(2, n)
+    nrows = -(-n // ncols)
+    fig = new_figure(ncols * panel_in, nrows * (panel_in * height / width + 0.3))
+    axes = np.atleast_1d(fig.subplots(nrows, ncols)).ravel()
+    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=0.95, wspace=0.03, hspace=0.12)
+    for ax in axes[n:]:
+        ax.set_axis_off()
+    for ax, (arm, det) in zip(axes, detections.items(), strict=False):
+        show_image(ax, image)
+        _boxes(ax, gt_boxes, "white", 0.7, "--")
+        keep = as_numpy(det["scores"]) >= score_threshold
+        _boxes(ax, as_numpy(det["boxes"])[keep], "#ff3030", 1.0)
+        if "saliency_boxes" in det:
+            _boxes(ax, det["saliency_boxes"], "#ffb000", 0.5, ":")
+        ax.set_title(f"{arm}: {int(keep.sum())} detections >= {score_threshold}", fontsize=8)
+    return fig
+
+
+def segmentation_figure(
+    image: torch.Tensor,
+    mask: torch.Tensor,
+    predictions: Mapping[str, torch.Tensor],
+    *,
+    panel_in: float = 4.0,
+) -> Any:
+    """The scene, its label mask and each arm's predicted mask (class colours, background
+    black)."""
+    height, width = image.shape[-2:]
+    panels: Sequence[tuple[str, Any]] = [("scene", image), ("labels", mask), *predictions.items()]
+    n = len(panels)
+    ncols = min(2, n)
+    nrows = -(-n // ncols)
+    fig = new_figure(ncols * panel_in, nrows * (panel_in * height / width + 0.3))
+    axes = np.atleast_1d(fig.subplots(nrows, ncols)).ravel()
+    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=0.95, wspace=0.03, hspace=0.12)
+    for ax in axes[n:]:
+        ax.set_axis_off()
+    colours = np.concatenate(
+        [[[0.0, 0.0, 0.0]], np.asarray(matplotlib.colormaps["tab10"].colors)[:10]]
+    )
+    for ax, (name, panel) in zip(axes, panels, strict=False):
+        if name == "scene":
+            show_image(ax, panel)
+        else:
+            classes = as_numpy(panel).astype(np.int64)
+            ax.imshow(colours[np.clip(classes, 0, 10)], extent=(0, width, height, 0),
+                      interpolation="nearest")  # fmt: skip
+            ax.set_xticks([])
+            ax.set_yticks([])
+        ax.set_title(name, fontsize=8)
+    return fig
