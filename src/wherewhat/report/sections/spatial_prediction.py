@@ -1,4 +1,4 @@
-"""Tour section "spatial_prediction", and the SSL benchmark pipeline shared with ``benchmarks/ssl.py``.
+"""Tour section "spatial_prediction", and the SSL benchmark pipeline shared with ``benchmarks/spatial_prediction.py``.
 
 One *arm* = a base method (SimCLR / BYOL), an SP weight lambda (0: the base method) and a seed:
 pre-train :class:`~wherewhat.tasks.ssl.SelfSupervisedTask` on CIFAR-10 images (labels unused),
@@ -915,7 +915,7 @@ def spatial_prediction_section(ctx: TourContext) -> Section:
         f"its backbone features. SimCLR + SP (lambda {settings.sp_lambda:g}), {t['backbone']} "
         f"width {t['backbone_width']}, {settings.epochs} epoch(s) on {settings.train_images:,} "
         "CIFAR-10 images: the pipeline end to end, far from converged. The README's table comes "
-        "from `benchmarks/ssl.py` (SimCLR / BYOL with and without SP at equal budget, 3 seeds, "
+        "from `benchmarks/spatial_prediction.py` (SimCLR / BYOL with and without SP at equal budget, 3 seeds, "
         "lambda sweep, landmark probe)."
     )
     section.table(summary_rows(result), caption="Probes on frozen features (test images)")

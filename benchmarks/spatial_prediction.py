@@ -12,9 +12,9 @@ Arms (each pre-trains from scratch, then probes the frozen backbone; see
 Every arm reports linear-probe and k-NN accuracy, accuracy under corruptions, the "where"
 read-out (SP error on held-out view pairs, 2x2 / 3x3 patch re-ordering) and time per epoch.
 
-    .venv/bin/python benchmarks/ssl.py                 # full (~1.5 h on 2 quiet cores)
-    .venv/bin/python benchmarks/ssl.py --quick         # every part, tiny (a few minutes)
-    .venv/bin/python benchmarks/ssl.py --seeds 0 --lambda-sweep --no-faces --epochs 3
+    .venv/bin/python benchmarks/spatial_prediction.py                 # full (~1.5 h on 2 quiet cores)
+    .venv/bin/python benchmarks/spatial_prediction.py --quick         # every part, tiny (a few minutes)
+    .venv/bin/python benchmarks/spatial_prediction.py --seeds 0 --lambda-sweep --no-faces --epochs 3
 
 Run it on a quiet machine: the time-per-epoch overhead of SP is measured here, and timings
 under contention are meaningless. Writes benchmarks/results/ssl.json and .md (``--quick``:
@@ -24,21 +24,14 @@ ssl[_quick]-<name>.png.
 
 from __future__ import annotations
 
-import os
+import argparse
+import dataclasses
 import sys
+from pathlib import Path
 
-# `python benchmarks/ssl.py` puts benchmarks/ first on sys.path, where this file would shadow the
-# standard library's `ssl` (imported by torch and urllib): drop that entry before importing them.
-if sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__)):
-    del sys.path[0]
-
-import argparse  # noqa: E402
-import dataclasses  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-from wherewhat.bench.tables import write_results  # noqa: E402
-from wherewhat.report.html import write_atomic  # noqa: E402
-from wherewhat.report.sections.spatial_prediction import (  # noqa: E402
+from wherewhat.bench.tables import write_results
+from wherewhat.report.html import write_atomic
+from wherewhat.report.sections.spatial_prediction import (
     SSLBenchSettings,
     run_ssl_bench,
     ssl_markdown,
