@@ -12,9 +12,9 @@ Arms (each pre-trains from scratch, then probes the frozen backbone; see
 Every arm reports linear-probe and k-NN accuracy, accuracy under corruptions, the "where"
 read-out (SP error on held-out view pairs, 2x2 / 3x3 patch re-ordering) and time per epoch.
 
-    .venv/bin/python benchmarks/spatial_prediction.py                 # full (~1.5 h on 2 quiet cores)
-    .venv/bin/python benchmarks/spatial_prediction.py --quick         # every part, tiny (a few minutes)
-    .venv/bin/python benchmarks/spatial_prediction.py --seeds 0 --lambda-sweep --no-faces --epochs 3
+    .venv/bin/python benchmarks/spatial_prediction.py           # full (~1 h on 2 quiet cores)
+    .venv/bin/python benchmarks/spatial_prediction.py --quick   # every part, tiny (~3 min)
+    .venv/bin/python benchmarks/spatial_prediction.py --seeds 0 --lambda-sweep --no-faces
 
 Run it on a quiet machine: the time-per-epoch overhead of SP is measured here, and timings
 under contention are meaningless. Writes benchmarks/results/ssl.json and .md (``--quick``:

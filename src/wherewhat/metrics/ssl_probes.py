@@ -282,15 +282,25 @@ def sample_view_pairs(
 class SPReadout(nn.Module):
     """A frozen encoder plus an SP module: what :func:`sp_pair_error` and
     :func:`~wherewhat.models.ssl.patch_reorder_accuracy` need (``encode`` and
-    ``spatial_prediction``)."""
+    ``spatial_prediction``). ``encode`` standardises the encoder's features with the
+    per-dimension ``mean`` / ``std`` of the read-out's training views."""
 
-    def __init__(self, encoder: nn.Module, spatial_prediction: SpatialPrediction):
+    def __init__(
+        self,
+        encoder: nn.Module,
+        spatial_prediction: SpatialPrediction,
+        mean: Tensor | None = None,
+        std: Tensor | None = None,
+    ):
         super().__init__()
         self.encoder = encoder
         self.spatial_prediction = spatial_prediction
+        dim = spatial_prediction.head.mlp[0].in_features // 2
+        self.register_buffer("mean", torch.zeros(dim) if mean is None else mean.detach().clone())
+        self.register_buffer("std", torch.ones(dim) if std is None else std.detach().clone())
 
     def encode(self, images: Tensor) -> Tensor:
-        return self.encoder(images)
+        return (self.encoder(images) - self.mean) / self.std
 
 
 def _pair_features(encoder, pairs: ViewPairs, batch_size: int) -> Tensor:
@@ -308,10 +318,13 @@ def fit_sp_readout(
     lr: float = 1e-3,
     seed: int = 0,
 ) -> SPReadout:
-    """Fit a fresh SP head on the frozen ``encoder``'s features of ``pairs`` (Adam, ``steps``
-    minibatches drawn with ``seed``); the encoder is not changed. Returns the readout in eval
-    mode."""
+    """Fit a fresh SP head on the frozen ``encoder``'s features of ``pairs`` (standardised per
+    dimension over these pairs; Adam, ``steps`` minibatches drawn with ``seed``); the encoder's
+    weights are not changed. Returns the readout in eval mode."""
     features = _pair_features(encoder, pairs, 512)
+    mean = features.flatten(0, 1).mean(0)
+    std = features.flatten(0, 1).std(0).clamp_min(1e-6)
+    features = (features - mean) / std
     generator = torch.Generator().manual_seed(seed)
     torch_state = torch.get_rng_state()
     torch.manual_seed(seed)  # the head's initialisation
@@ -329,7 +342,7 @@ def fit_sp_readout(
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    return SPReadout(encoder, sp).eval()
+    return SPReadout(encoder, sp, mean, std).eval()
 
 
 def _targets(sp: SpatialPrediction, pairs: ViewPairs) -> Tensor:
