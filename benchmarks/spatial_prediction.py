@@ -55,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--face-epochs", type=int, default=None)
     parser.add_argument("--train-images", type=int, default=None)
     parser.add_argument("--width", type=int, default=None, help="backbone width (default 8)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default 1)")
+    parser.add_argument("--workers", type=int, default=None, help="loader workers (default 1)")
     parser.add_argument("--no-faces", action="store_true", help="skip the landmark probe")
     parser.add_argument("--cifar", type=Path, default=SHARED / "cifar10" / "cifar10_subset.npz")
     parser.add_argument("--faces", type=Path, default=SHARED / "faces68")
@@ -76,6 +78,8 @@ def main(argv: list[str] | None = None) -> int:
         "epochs": args.epochs,
         "face_epochs": args.face_epochs,
         "train_images": args.train_images,
+        "threads": args.threads,
+        "num_workers": args.workers,
         "progress_bar": args.progress or None,
     }
     settings = dataclasses.replace(

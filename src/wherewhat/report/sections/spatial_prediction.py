@@ -564,12 +564,16 @@ def _figures(arms: Sequence[Mapping[str, Any]]) -> dict[str, bytes]:
             fig = line_chart(knn, title=f"{base}: k-NN accuracy (test subset) per epoch",
                              xlabel="epoch", ylabel="k-NN accuracy")  # fmt: skip
             figures[f"{base}-knn"] = png_bytes(fig)
-        losses = {f"{n} base": c for n, c in _step_curves(arms, names, "base_loss").items()}
-        losses.update({f"{n} SP": c for n, c in _step_curves(arms, names[1:], "sp_loss").items()})
+        losses = _step_curves(arms, names, "base_loss")
         if losses:
-            fig = line_chart(losses, title=f"{base}: training losses (window means over steps)",
+            fig = line_chart(losses, title=f"{base}: base loss (window means over steps)",
                              xlabel="step", ylabel="loss")  # fmt: skip
             figures[f"{base}-loss"] = png_bytes(fig)
+        sp_losses = _step_curves(arms, names[1:], "sp_loss")
+        if sp_losses:
+            fig = line_chart(sp_losses, title=f"{base} + SP: SP loss (smooth-L1, window means)",
+                             xlabel="step", ylabel="SP loss")  # fmt: skip
+            figures[f"{base}-sp-loss"] = png_bytes(fig)
     return figures
 
 
