@@ -7,6 +7,7 @@ inverse; 1-D inverse vs tile solver at 152 x 240; per-step CPU latency and the z
 overhead.
 
     .venv/bin/python benchmarks/lzu.py                        # full: 2 tasks x 4 arms x 3 seeds
+                                                              # + 3 ablations of LZU-fixed
     .venv/bin/python benchmarks/lzu.py --tasks detection --arms uniform lzu_fixed --seeds 0
     .venv/bin/python benchmarks/lzu.py --quick --results-dir /tmp/lzu   # < 3 min, pipeline check
 
@@ -41,6 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--segmentation-steps", type=int, default=None)
     parser.add_argument("--n-train", type=int, default=None, help="<= the generated split")
     parser.add_argument("--n-test", type=int, default=None, help="<= the generated split")
+    parser.add_argument("--no-ablations", action="store_true",
+                        help="skip the LZU-fixed ablations (see LZUBenchSettings.ablations)")  # fmt: skip
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default 2)")
     parser.add_argument("--progress", action="store_true", help="Lightning progress bars")
     parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
@@ -57,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         "n_test": args.n_test,
         "threads": args.threads,
         "progress_bar": args.progress or None,
+        "ablations": () if args.no_ablations else None,
     }
     settings = LZUBenchSettings(
         **{**settings.__dict__, **{k: v for k, v in overrides.items() if v is not None}}

@@ -127,7 +127,7 @@ def test_fixed_saliency_is_computed_once_saved_and_loaded(tmp_path, monkeypatch)
     monkeypatch.setattr(
         lzu_detection, "dataset_saliency", lambda *a, **k: calls.append(1) or original(*a, **k)
     )
-    kwargs = {"amplitude": 4.0, "bandwidth": 32.0}
+    kwargs = {"amplitude": 1.0, "bandwidth": 32.0}  # the task defaults
     first = load_or_compute_fixed_saliency(path, boxes, ORIGINAL, (9, 15), **kwargs)
     assert path.is_file() and len(calls) == 1
     stored, meta = load_saliency(path)
@@ -142,7 +142,7 @@ def test_fixed_saliency_is_computed_once_saved_and_loaded(tmp_path, monkeypatch)
     assert len(calls) == 1
     with pytest.raises(ConfigError, match="computed with"):
         load_or_compute_fixed_saliency(
-            path, boxes, ORIGINAL, (9, 15), amplitude=1.0, bandwidth=32.0
+            path, boxes, ORIGINAL, (9, 15), amplitude=4.0, bandwidth=32.0
         )
     with pytest.raises(ConfigError, match="other training boxes"):
         load_or_compute_fixed_saliency(path, boxes[:2], ORIGINAL, (9, 15), **kwargs)
@@ -265,3 +265,42 @@ def test_adaptive_evaluation_uses_the_prior_and_says_when_it_is_missing():
     for d, e in zip(detections, expected, strict=True):
         assert torch.equal(d["saliency_boxes"], e)
     assert "prior" not in dict(task.named_children())  # not trained, not saved
+
+
+def test_segmentation_prior_boxes_come_from_its_predicted_components():
+    label = torch.zeros(*ORIGINAL, dtype=torch.long)
+    label[48:64, 96:128] = 3
+    label[80:112, 16:48] = 7
+    one_hot = F.one_hot(label, 11).permute(2, 0, 1).float()[None]
+    # a uniform "segmenter" whose logits are its input at half resolution: it predicts the truth
+    prior = LZUSegmenter(nn.AvgPool2d(2), UniformSaliency((9, 15)), INPUT, ORIGINAL)
+    task = LZUSegmentationTask(saliency="adaptive", in_channels=11, **SMALL_TASK)
+    with pytest.raises(ConfigError, match="LZUSegmenter"):
+        task.attach_prior(nn.Identity())
+    task.attach_prior(prior)
+    (boxes,) = task.prior_boxes(one_hot)
+    expected = torch.tensor([[96.0, 48, 128, 64], [16, 80, 48, 112]])
+    assert boxes.shape == (2, 4)
+    order = boxes[:, 1].argsort()
+    assert (boxes[order] - expected).abs().max() <= 4.0  # one cell of the 32 x 64 logits map
+
+
+def test_unzoom_to_labels_keeps_the_uniform_pipeline_and_places_labels():
+    logits_net = nn.Conv2d(1, 11, 3, stride=2, padding=1)
+    images = torch.rand(2, 1, *ORIGINAL)
+    by_logits = LZUSegmenter(logits_net, UniformSaliency((9, 15)), INPUT, ORIGINAL)
+    by_labels = LZUSegmenter(logits_net, UniformSaliency((9, 15)), INPUT, ORIGINAL,
+                             unzoom_to="labels")  # fmt: skip
+    with torch.no_grad():
+        for stride in (1, 2):
+            a, b = by_logits(images, label_stride=stride), by_labels(images, label_stride=stride)
+            assert a.shape == b.shape and (a - b).abs().max() < 1e-5
+    label = torch.zeros(*ORIGINAL, dtype=torch.long)
+    label[48:64, 96:128] = 3
+    one_hot = F.one_hot(label, 11).permute(2, 0, 1).float()[None]
+    warped = LZUSegmenter(nn.AvgPool2d(2), FixedSaliency(_nonuniform_saliency()), INPUT, ORIGINAL,
+                          unzoom_to="labels")  # fmt: skip
+    predicted = warped(one_hot).argmax(dim=1)[0]
+    inter = ((predicted == 3) & (label == 3)).sum()
+    union = ((predicted == 3) | (label == 3)).sum()
+    assert float(inter) / float(union) > 0.8

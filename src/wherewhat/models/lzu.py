@@ -112,16 +112,21 @@ class LZU(nn.Module):
         )
         return zoom(images, coarse, dense_grid=dense), coarse
 
+    def inverse_grid(self, coarse: Tensor, size: tuple[int, int], dtype: torch.dtype) -> Tensor:
+        """Unzoom grid ``(B, h, w, 2)`` (batch 1 when cached) for an original-frame map of
+        ``size``: :func:`~wherewhat.geometry.warp.unzoom_grid` of ``coarse``, cached per size
+        when the saliency is fixed."""
+        size = (int(size[0]), int(size[1]))
+        return self._cached(
+            ("inverse", size, dtype, coarse.device),
+            lambda: unzoom_grid(coarse, size, method=self.inverse).grid,
+        )
+
     def _unzoom(self, features: Tensor, coarse: Tensor, name: str) -> Tensor:
         if not isinstance(features, Tensor) or features.dim() != 4:
             shape = tuple(features.shape) if isinstance(features, Tensor) else type(features)
             raise TypeError(f"backbone output {name} must be a (B, D, h, w) map, got {shape}")
-        size = tuple(features.shape[-2:])
-        grid = self._cached(
-            ("inverse", size, features.dtype, features.device),
-            lambda: unzoom_grid(coarse, size, method=self.inverse).grid,
-        )
-        return unzoom(features, grid)
+        return unzoom(features, self.inverse_grid(coarse, features.shape[-2:], features.dtype))
 
     def forward(self, images: Tensor, boxes: Sequence[Tensor] | None = None):
         zoomed, coarse = self.zoom_image(images, boxes)

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from wherewhat.geometry.saliency import SaliencySource
+from wherewhat.geometry.warp import unzoom
 from wherewhat.models.lzu import LZU
 from wherewhat.models.vgg_lite import PIXEL_MEAN, PIXEL_STD
 
@@ -116,6 +117,10 @@ class LZUSegmenter(nn.Module):
         input_size: ``(h, w)`` the net sees; ``label_size``: ``(H, W)`` of the masks (default:
             the images' size).
         separable, fwhm, inverse: warp options of :class:`~wherewhat.models.lzu.LZU`.
+        unzoom_to: ``"logits"`` (default): unzoom the logits at their own resolution, then
+            upsample bilinearly to the labels; ``"labels"``: unzoom straight to the label pixels
+            (the exact inverse at every label pixel, so detail the zoom magnified survives).
+            Both equal plain bilinear upsampling for a uniform saliency.
 
     ``forward(images (B, C, H, W), saliency_boxes=None, label_stride=1)`` returns logits at the
     label pixels ``(B, K, ceil(H / s), ceil(W / s))``; ``saliency_boxes`` (adaptive sources):
@@ -132,11 +137,15 @@ class LZUSegmenter(nn.Module):
         separable: bool = True,
         fwhm: float = 13.0,
         inverse: str = "auto",
+        unzoom_to: str = "logits",
     ):
         super().__init__()
+        if unzoom_to not in ("logits", "labels"):
+            raise ValueError(f"unzoom_to must be 'logits' or 'labels', got {unzoom_to!r}")
         self.lzu = LZU(net, saliency, input_size, separable=separable, fwhm=fwhm, inverse=inverse)
         self.input_size = tuple(int(s) for s in input_size)
         self.label_size = None if label_size is None else tuple(int(s) for s in label_size)
+        self.unzoom_to = unzoom_to
 
     @property
     def net(self) -> nn.Module:
@@ -152,6 +161,12 @@ class LZUSegmenter(nn.Module):
 
     def forward(self, images: Tensor, saliency_boxes=None, label_stride: int = 1) -> Tensor:
         label_size = self.label_size or tuple(images.shape[-2:])
-        return logits_at_label_pixels(
-            self.unzoomed_logits(images, saliency_boxes), label_size, label_stride
-        )
+        if self.unzoom_to == "logits":
+            return logits_at_label_pixels(
+                self.unzoomed_logits(images, saliency_boxes), label_size, label_stride
+            )
+        zoomed, coarse = self.lzu.zoom_image(images, saliency_boxes)
+        logits = self.net(zoomed)
+        # The grid at every label pixel, then every s-th: exactly the strided pixels' centres.
+        grid = self.lzu.inverse_grid(coarse, label_size, logits.dtype)
+        return unzoom(logits, grid[:, ::label_stride, ::label_stride])

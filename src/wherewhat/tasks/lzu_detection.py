@@ -469,7 +469,7 @@ class LZUDetectionTask(LZUTaskBase):
         grid_shape: tuple[int, int] = (31, 51),
         fwhm: float = 13.0,
         separable: bool = True,
-        amplitude: float = 4.0,
+        amplitude: float = 1.0,
         bandwidth: float = 32.0,
         jitter: float = 8.0,
         fixed_saliency_path: str | None = None,

@@ -103,6 +103,14 @@ class LZUBenchSettings:
     segmentation_steps: int = 160
     steps_2x_fraction: float = 1.0  # uniform_2x trains this fraction of the steps (same data)
     warp_args: dict[str, Any] = field(default_factory=dict)
+    # LZU-fixed re-run on the first seed with these (task, task-argument changes): the note's
+    # ablations. Detection: a stronger zoom (amplitude 4), the non-separable warp;
+    # segmentation: logits unzoomed straight to the label pixels.
+    ablations: tuple[tuple[str, dict[str, Any]], ...] = (
+        ("detection", {"amplitude": 4.0}),
+        ("detection", {"separable": False}),
+        ("segmentation", {"unzoom_to": "labels"}),
+    )
     detection_args: dict[str, Any] = field(default_factory=dict)
     segmentation_args: dict[str, Any] = field(default_factory=dict)
     threads: int = 2
@@ -125,7 +133,7 @@ class LZUBenchSettings:
                 n_train=96, n_test=24, batch_size=8, eval_batch_size=8,
                 detection_steps=12, segmentation_steps=8, steps_2x_fraction=0.5,
                 detection_args={"warmup_steps": 4}, segmentation_args={"warmup_steps": 4},
-                latency_timing=(1, 5),
+                latency_timing=(1, 5), ablations=(),
             )  # fmt: skip
         else:
             raise ValueError(f"unknown preset {name!r}: expected 'full' or 'quick'")
@@ -208,16 +216,12 @@ def make_task(task: str, arm: str, settings: LZUBenchSettings, original_size: tu
     return cls(**_task_kwargs(task, arm, settings, original_size))
 
 
-def fixed_saliency_path(settings: LZUBenchSettings, cache_dir: Path) -> Path:
-    """Where the experiment's fixed saliency is saved: next to the scenes it came from."""
-    probe = make_task(
-        "detection", "lzu_fixed", settings, tuple(_scatter_config(settings).image_size)
-    )
-    hp = probe.hparams
-    gh, gw = hp.grid_shape
-    return cache_dir / (
-        f"lzu-fixed-saliency-n{settings.n_train}-g{gh}x{gw}-a{hp.amplitude:g}-b{hp.bandwidth:g}.pt"
-    )
+def fixed_saliency_path(cache_dir: Path, n_train: int, hparams: Any) -> Path:
+    """Where a task's fixed saliency is saved: next to the scenes it came from, named by the
+    training-set size and the KDE settings of that task (``hparams``)."""
+    gh, gw = hparams.grid_shape
+    amplitude, bandwidth = hparams.amplitude, hparams.bandwidth
+    return cache_dir / f"lzu-fixed-saliency-n{n_train}-g{gh}x{gw}-a{amplitude:g}-b{bandwidth:g}.pt"
 
 
 # -- training ----------------------------------------------------------------------------------
@@ -294,7 +298,8 @@ def run_arm(
     size = tuple(data["config"].image_size)
     module = make_task(task, arm, settings, size)
     if module.saliency_kind == "fixed":
-        module.hparams.fixed_saliency_path = str(fixed_saliency_path(settings, data["cache_dir"]))
+        path = fixed_saliency_path(data["cache_dir"], settings.n_train, module.hparams)
+        module.hparams.fixed_saliency_path = str(path)
         module.prepare_fixed_saliency(data["train_boxes"])
     if module.saliency_kind == "adaptive":
         if prior is None:
@@ -341,7 +346,7 @@ def _saliencies(settings: LZUBenchSettings, data: dict[str, Any], scenes: int = 
     hp = probe.hparams
     size = tuple(data["config"].image_size)
     fixed = load_or_compute_fixed_saliency(
-        fixed_saliency_path(settings, data["cache_dir"]), data["train_boxes"], size,
+        fixed_saliency_path(data["cache_dir"], settings.n_train, hp), data["train_boxes"], size,
         tuple(hp.grid_shape), amplitude=hp.amplitude, bandwidth=hp.bandwidth,
     )  # fmt: skip
     test_set = data["detection"][1]
@@ -648,6 +653,17 @@ def run_lzu_bench(
                 if seed == settings.seeds[0]:
                     kept[(task, arm)] = module
     figures.update(_model_figures(settings, data, kept))
+    ablations = []
+    for task, change in settings.ablations:
+        if task not in settings.tasks:
+            continue
+        key = "detection_args" if task == "detection" else "segmentation_args"
+        changed = dataclasses.replace(settings, **{key: {**getattr(settings, key), **change}})
+        _, record = run_arm(task, "lzu_fixed", settings.seeds[0], changed, data)
+        ablations.append({"change": change, **record})
+        headline = (f"AP50 {record['ap50']:.3f}, small {record['ap50_small']:.3f}"
+                    if task == "detection" else f"mIoU {record['miou']:.3f}")  # fmt: skip
+        log(f"ablation {task} lzu_fixed {change}: {headline}")
 
     summary = _summarise(records, order)
     result: dict[str, Any] = {
@@ -661,6 +677,7 @@ def run_lzu_bench(
         "warp": checks,
         "latency": latency,
         "runs": records,
+        "ablations": ablations,
         "targets": {k: list(v) for k, v in TARGETS.items()},
         "settings": {**dataclasses.asdict(settings), "scatter_config": data["config"].to_dict(),
                      "arms_run": order, "task_defaults": _task_defaults(settings, data)},
@@ -680,6 +697,9 @@ def _task_defaults(settings, data) -> dict[str, Any]:
 
 
 # -- markdown ----------------------------------------------------------------------------------
+
+
+_ABLATION_KEYS = ("ap50", "ap50_small", "ap50_medium", "ap50_large", "ap")
 
 
 def _pm(table: dict[str, Any], arm: str, scale: float = 100.0) -> str:
@@ -753,6 +773,21 @@ def lzu_markdown(result: dict[str, Any]) -> str:
                          "pixel accuracy": _pm(summary.get("pixel_accuracy", {}), arm),
                          "train s": summary.get("train_seconds", {}).get(f"segmentation/{arm}")})  # fmt: skip
         lines.append(format_markdown_table(rows, ["arm", "miou", "pixel accuracy", "train s"]))
+    if result.get("ablations"):
+        seed = result["seeds"][0]
+        lines += [f"## Ablations (LZU-fixed, seed {seed}, %)", ""]
+        for task, keys in (("detection", _ABLATION_KEYS), ("segmentation", ("miou",))):
+            runs = [a for a in result["ablations"] if a["task"] == task]
+            if not runs:
+                continue
+            base = [r for r in result["runs"] if r["task"] == task and r["arm"] == "lzu_fixed"
+                    and r["seed"] == seed]  # fmt: skip
+            rows = (
+                [{"lzu_fixed": "as above", **{k: 100 * base[0][k] for k in keys}}] if base else []
+            )
+            rows += [{"lzu_fixed": ", ".join(f"{k}={v}" for k, v in a["change"].items()),
+                      **{k: 100 * a[k] for k in keys}} for a in runs]  # fmt: skip
+            lines.append(format_markdown_table(rows, [("lzu_fixed", f"{task}: LZU-fixed"), *keys]))
     gains = []
     if "uniform" in summary.get("ap50_small", {}) and "lzu_fixed" in summary["ap50_small"]:
         gain = summary["ap50_small"]["lzu_fixed"] - summary["ap50_small"]["uniform"]
