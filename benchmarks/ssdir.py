@@ -11,11 +11,16 @@ quick version).
     .venv/bin/python benchmarks/ssdir.py                  # full: 2 variants x 3 seeds + ablation
     .venv/bin/python benchmarks/ssdir.py --seeds 0        # one seed
     .venv/bin/python benchmarks/ssdir.py --quick          # < 3 min on 2 quiet cores
+    .venv/bin/python benchmarks/ssdir.py --seeds 1 2 --dedup-ablation \
+        --merge-with benchmarks/results/ssdir.json        # add seeds to an earlier run
 
 Full settings take the model, data and epoch settings from configs/ssd_scatter_mnist.yaml,
 configs/ssd_scatter_mnist_per_class.yaml (must agree except num_classes) and
 configs/ssdir_scatter_mnist.yaml when they exist (``--no-configs`` to use the built-in
 defaults). Run it on a quiet machine: timings under contention are meaningless.
+
+``--merge-with`` pools the new arms with those of an earlier results file of the same settings
+(seeds and ablation modes aside) and rewrites the tables; the earlier run's figures are kept.
 
 Writes benchmarks/results/ssdir.json and .md (``--quick``: ssdir_quick.*, so a quick check
 never overwrites the full results) and the figures as ssdir[_quick]-<variant>-<name>.png.
@@ -24,6 +29,7 @@ never overwrites the full results) and the figures as ssdir[_quick]-<variant>-<n
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -35,6 +41,7 @@ from wherewhat.experiments.ssdir import (
     DEDUP_MODES,
     VARIANTS,
     SSDIRBenchSettings,
+    merge_results,
     run_ssdir_bench,
     ssdir_markdown,
 )
@@ -120,7 +127,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-configs", action="store_true", help="ignore configs/*.yaml")
     parser.add_argument("--progress", action="store_true", help="Lightning progress bars")
     parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
+    parser.add_argument("--merge-with", type=Path, default=None,
+                        help="an earlier results JSON of the same settings to add these seeds to")  # fmt: skip
     args = parser.parse_args(argv)
+    previous = None
+    if args.merge_with is not None:
+        try:
+            previous = json.loads(args.merge_with.read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise SystemExit(
+                f"--merge-with {args.merge_with}: not a readable results JSON ({err})"
+            ) from err
 
     settings = SSDIRBenchSettings.preset("quick" if args.quick else "full")
     if not args.quick and not args.no_configs:
@@ -147,6 +164,10 @@ def main(argv: list[str] | None = None) -> int:
 
     name = "ssdir_quick" if settings.quick else "ssdir"
     figures = result.pop("figures")
+    if previous is not None:
+        result = merge_results(previous, result)  # figures: the earlier run's first seed
+        result["figure_files"] = previous.get("figure_files", [])
+        figures = {}
     for figure_name, png in figures.items():
         path = write_atomic(args.results_dir / f"{name}-{figure_name}.png", png)
         result.setdefault("figure_files", []).append(path.name)

@@ -352,6 +352,44 @@ def test_bench_summary_and_markdown_on_made_up_arms():
         SSDIRBenchSettings.preset("huge")
 
 
+def test_results_of_two_runs_merge_into_the_pooled_seeds():
+    import dataclasses
+    import json
+
+    from wherewhat.experiments.ssdir import SSDIRBenchSettings, assemble_result, merge_results
+
+    def arm(seed, acc, dedup="nms"):
+        return {"variant": "class_agnostic", "seed": seed, "dedup": dedup, "ap50": 0.9,
+                "ap": 0.6, "probe_accuracy": acc, "recon_mse": 0.01, "train_minutes": 10.0 + seed,
+                "params": 1000, "params_trainable": 500, "params_detector": 500,
+                "macs_per_scene": 2e6, "macs_detector_per_scene": 1e6, "test_duplicates": 0,
+                "test_unmatched_fraction": 0.0, "rendered_per_scene": 3.0,
+                "ssdir_minutes": 5.0}  # fmt: skip
+
+    def run(seeds, ablation, arms, ablation_arms=()):
+        settings = SSDIRBenchSettings.preset(
+            "quick", seeds=seeds, dedup_ablation=ablation
+        )  # JSON round trip: what the results file holds
+        stored = assemble_result(arms, ablation_arms, dataclasses.asdict(settings), 60.0, 2)
+        return json.loads(json.dumps(stored))
+
+    first = run((0,), ("nms", "none"), [arm(0, 0.90)], [arm(0, 0.90), arm(0, 0.91, "none")])
+    later = run((1, 2), (), [arm(1, 0.94), arm(2, 0.92)])
+    merged = merge_results(first, later)
+    assert merged["seeds"] == [0, 1, 2] and merged["settings"]["seeds"] == [0, 1, 2]
+    assert merged["probe_accuracy_class_agnostic"] == pytest.approx(0.92)
+    assert merged["probe_accuracy_class_agnostic_std"] == pytest.approx(0.02)
+    assert merged["train_minutes_one_seed"] == pytest.approx(11.0)
+    assert [a["dedup"] for a in merged["dedup_ablation"]] == ["nms", "none"]
+    assert merged["settings"]["dedup_ablation"] == ["nms", "none"] and merged["seconds"] == 120.0
+    with pytest.raises(ValueError, match=r"\(variant, seed\)"):
+        merge_results(first, run((0,), (), [arm(0, 0.5)]))
+    other = run((1,), (), [arm(1, 0.94)])
+    other["settings"]["ssdir_max_steps"] += 1
+    with pytest.raises(ValueError, match="ssdir_max_steps"):
+        merge_results(first, other)
+
+
 @pytest.mark.slow
 def test_run_ssdir_bench_end_to_end_on_a_tiny_setting():
     from wherewhat.experiments.ssdir import SSDIRBenchSettings, run_ssdir_bench

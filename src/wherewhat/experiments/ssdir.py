@@ -35,6 +35,8 @@ import numpy as np
 __all__ = [
     "VARIANTS",
     "SSDIRBenchSettings",
+    "assemble_result",
+    "merge_results",
     "run_ssdir_bench",
     "ssdir_markdown",
     "summary_rows",
@@ -424,8 +426,6 @@ def run_ssdir_bench(
     """
     import torch
 
-    from wherewhat.bench.machine import machine_info
-
     s = settings or SSDIRBenchSettings.preset("quick" if quick else "full")
     s.check()
     start = time.perf_counter()
@@ -466,13 +466,45 @@ def run_ssdir_bench(
                     images, log,
                 )  # fmt: skip
                 ablation.append(arm)
-    summary = _summaries(arms, s.variants)
+    result = assemble_result(
+        arms,
+        ablation,
+        dataclasses.asdict(s),
+        seconds=time.perf_counter() - start,
+        threads=torch.get_num_threads(),
+    )
+    result["figures"] = figures
+    return result
+
+
+# Arm keys kept in the de-duplication ablation table.
+_ABLATION_KEYS = (
+    "dedup", "ap50", "ap", "recon_mse", "probe_accuracy", "test_unmatched_fraction",
+    "test_duplicates", "rendered_per_scene", "ssdir_minutes",
+)  # fmt: skip
+# Settings that may differ between runs whose arms are merged (they do not change an arm).
+_MERGEABLE_SETTINGS = {"seeds", "dedup_ablation", "progress_bar"}
+
+
+def assemble_result(
+    arms: Sequence[Mapping[str, Any]],
+    ablation: Sequence[Mapping[str, Any]],
+    settings: Mapping[str, Any],
+    seconds: float,
+    threads: int,
+) -> dict[str, Any]:
+    """The results dict of :func:`run_ssdir_bench` (without ``figures``) from its arms, the
+    ablation arms and the settings (``dataclasses.asdict`` of :class:`SSDIRBenchSettings`)."""
+    from wherewhat.bench.machine import machine_info
+
+    variants = list(settings["variants"])
+    summary = _summaries(arms, variants)
 
     def top(variant: str, key: str) -> float | None:
         value = summary.get(variant, {}).get(key)
         return None if value is None or not math.isfinite(value) else value
 
-    result: dict[str, Any] = {
+    return {
         "probe_accuracy_per_class": top("per_class", "probe_accuracy"),
         "probe_accuracy_per_class_std": top("per_class", "probe_accuracy_std"),
         "probe_accuracy_class_agnostic": top("class_agnostic", "probe_accuracy"),
@@ -481,35 +513,54 @@ def run_ssdir_bench(
         "recon_mse": top("class_agnostic", "recon_mse"),
         "scenes_per_s_batch32": top("class_agnostic", "scenes_per_s_batch32"),
         "train_minutes_one_seed": _mean_std([a["train_minutes"] for a in arms])[0],
-        "seeds": list(s.seeds),
-        "quick": s.quick,
+        "seeds": sorted({int(a["seed"]) for a in arms}),
+        "quick": bool(settings["quick"]),
         "summary": summary,
-        "arms": arms,
-        "dedup_ablation": [
-            {
-                k: a[k]
-                for k in (
-                    "dedup",
-                    "ap50",
-                    "ap",
-                    "recon_mse",
-                    "probe_accuracy",
-                    "test_unmatched_fraction",
-                    "test_duplicates",
-                    "rendered_per_scene",
-                    "ssdir_minutes",
-                )
-            }
-            for a in ablation
-        ],  # fmt: skip
+        "arms": list(arms),
+        "dedup_ablation": [{k: a[k] for k in _ABLATION_KEYS} for a in ablation],
         "targets": {k: {"op": op, "value": v} for k, (op, v) in TARGETS.items()},
-        "settings": dataclasses.asdict(s),
+        "settings": dict(settings),
         "machine": machine_info(),
-        "torch_threads_training": torch.get_num_threads(),
-        "seconds": time.perf_counter() - start,
+        "torch_threads_training": threads,
+        "seconds": seconds,
     }
-    result["figures"] = figures
-    return result
+
+
+def merge_results(previous: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
+    """One results dict from two runs of the same settings on different seeds (e.g. seed 0
+    first, then seeds 1 2): arms pooled, summaries recomputed, the ablation kept from whichever
+    run has one, ``seconds`` summed. Raises ``ValueError`` if a setting other than the seeds /
+    ablation modes differs, or if both runs have an arm of the same variant and seed."""
+    import json
+
+    def comparable(result: Mapping[str, Any]) -> dict[str, Any]:
+        settings = json.loads(json.dumps(result["settings"]))  # tuples -> lists, as stored
+        return {k: v for k, v in settings.items() if k not in _MERGEABLE_SETTINGS}
+
+    old_settings, new_settings = comparable(previous), comparable(new)
+    differing = sorted(
+        k for k in old_settings.keys() | new_settings.keys()
+        if old_settings.get(k) != new_settings.get(k)
+    )  # fmt: skip
+    if differing:
+        raise ValueError(f"cannot merge SSDIR results run with different settings: {differing}")
+    seen = {(a["variant"], a["seed"]) for a in previous["arms"]}
+    clash = sorted({(a["variant"], a["seed"]) for a in new["arms"]} & seen)
+    if clash:
+        raise ValueError(f"both runs have arms of (variant, seed) {clash}")
+    arms = sorted([*previous["arms"], *new["arms"]], key=lambda a: (a["variant"], a["seed"]))
+    if previous["dedup_ablation"] and new["dedup_ablation"]:
+        raise ValueError("both runs have a dedup ablation; merge runs where only one has it")
+    settings = dict(new["settings"])
+    settings["seeds"] = sorted({*previous["settings"]["seeds"], *new["settings"]["seeds"]})
+    settings["dedup_ablation"] = (
+        previous["settings"]["dedup_ablation"] or new["settings"]["dedup_ablation"]
+    )
+    merged = assemble_result(
+        arms, [], settings, previous["seconds"] + new["seconds"], new["torch_threads_training"]
+    )
+    merged["dedup_ablation"] = list(previous["dedup_ablation"] or new["dedup_ablation"])
+    return merged
 
 
 # -- presentation -----------------------------------------------------------------------------
