@@ -13,6 +13,24 @@ cumulative error curves, a 2-D embedding of WorldComp2D's view codes). The pipel
     .venv/bin/python benchmarks/landmarks.py --budget-minutes 30  # another budget
     .venv/bin/python benchmarks/landmarks.py --quick              # 4 steps per run, 40 faces
 
+Trained models are kept in ``--trained-dir`` (default runs/landmark-bench, ``--quick``:
+runs/landmark-bench-quick): one checkpoint + JSON per training run (WorldComp2D: per stage),
+with the settings that decided the training and their fingerprint. A later invocation loads a
+saved model trained with the same settings instead of training it (the results say "reused",
+when it was trained, and its recorded minutes); one saved with other settings stops the run
+with the file and the differences (``--retrain`` replaces it). So ~3 h of training can span
+sessions, and the final invocation evaluates and times every model in one process:
+
+    .venv/bin/python benchmarks/landmarks.py --models worldcomp2d --train-only       # ~60 min
+    .venv/bin/python benchmarks/landmarks.py --models heatmap_baseline --train-only  # ~60 min
+    .venv/bin/python benchmarks/landmarks.py --models pfld_baseline --train-only     # ~60 min
+    .venv/bin/python benchmarks/landmarks.py      # reuses all three; evaluates, times, writes
+
+Every invocation must get the same training options (``--budget-minutes``, ``--max-steps``,
+``--max-epochs``, ``--threads``, ``--faces-root``, configs), else the fingerprints differ. An
+interrupted WorldComp2D resumes at its first unsaved stage. The fingerprint does not cover the
+code: after changing a model or task, pass ``--retrain``.
+
 Model, data and optimiser settings come from configs/worldcomp2d_stage{1_encoder,
 2_localizer,3_refiner}.yaml, configs/landmarks_heatmap.yaml and configs/landmarks_pfld.yaml
 (their trainer sections are not used: the budget sets the epochs). Run it on a quiet machine:
@@ -32,11 +50,13 @@ from typing import Any
 import yaml
 
 from wherewhat.bench.tables import write_results
+from wherewhat.errors import ConfigError
 from wherewhat.experiments.landmarks import (
     BASELINES,
     LandmarkBenchSettings,
     landmark_markdown,
     run_landmark_bench,
+    training_markdown,
 )
 from wherewhat.report.html import write_atomic
 
@@ -92,6 +112,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch threads for training")
     parser.add_argument("--progress", action="store_true", help="Lightning progress bars")
     parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
+    parser.add_argument("--trained-dir", type=Path, default=None,
+                        help="saved trained models, reused when their settings match (default "
+                        "runs/landmark-bench, --quick: runs/landmark-bench-quick)")  # fmt: skip
+    parser.add_argument("--retrain", action="store_true",
+                        help="train the selected --models again, replacing their saved runs")  # fmt: skip
+    parser.add_argument("--train-only", action="store_true",
+                        help="train (or find) and save the selected --models; no evaluation")  # fmt: skip
     args = parser.parse_args(argv)
 
     runs, root = runs_from_configs()
@@ -114,9 +141,25 @@ def main(argv: list[str] | None = None) -> int:
     )
     for run, path in CONFIGS.items():
         print(f"settings of {run} from {path.relative_to(ROOT)}")
-    result = run_landmark_bench(settings, log=lambda m: print(m, flush=True))
-
     name = "landmarks_quick" if settings.quick else "landmarks"
+    default_dir = "landmark-bench-quick" if settings.quick else "landmark-bench"
+    trained_dir = args.trained_dir or ROOT / "runs" / default_dir
+    try:
+        result = run_landmark_bench(
+            settings,
+            log=lambda m: print(m, flush=True),
+            trained_dir=trained_dir,
+            retrain=args.retrain,
+            train_only=args.train_only,
+        )
+    except ConfigError as error:  # e.g. a saved model trained with other settings
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if args.train_only:
+        print(training_markdown(result["training"]))
+        print(f"saved in {trained_dir}; {result['seconds'] / 60:.1f} min")
+        return 0
+
     figures = result.pop("figures")
     for figure_name, png in figures.items():
         path = write_atomic(args.results_dir / f"{name}-{figure_name}.png", png)

@@ -25,13 +25,29 @@ embedding of WorldComp2D's view codes coloured by the nearest landmark's face pa
 
 ``quick`` (``benchmarks/landmarks.py --quick``): a few steps per run on a few dozen faces;
 everything else the same.
+
+Trained models persist in ``trained_dir`` (one weights-only Lightning checkpoint and one JSON
+per training run: ``worldcomp2d-{encoder,localizer,refiner}``, ``heatmap_baseline``,
+``pfld_baseline``), so that models trained in separate processes are evaluated and timed
+together in one later run. The JSON holds the settings that decide the training
+(:func:`training_settings`: every run's model and data arguments, budget, shares, steps, seed,
+threads), their fingerprint, when it was trained and the run's record (minutes, epochs, steps).
+A run whose saved fingerprint matches is loaded instead of trained, and its recorded minutes
+are reported (``reused``, ``trained_at``); a saved run with other settings is an error naming
+the file and the differences, unless ``retrain`` replaces it. WorldComp2D is saved stage by
+stage: an interrupted model resumes at its first missing stage (a stage trained again makes
+every later stage train again, as each starts from the previous one). ``train_only`` trains
+and saves without evaluating. The fingerprint does not cover the code: after changing a model
+or task, retrain.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
 import importlib
+import json
 import math
 import tempfile
 import time
@@ -39,7 +55,7 @@ import warnings
 from collections.abc import Callable, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -51,10 +67,13 @@ __all__ = [
     "RUNS",
     "LandmarkBenchSettings",
     "run_landmark_bench",
+    "training_settings",
     "landmark_markdown",
+    "training_markdown",
     "FIGURE_CAPTIONS",
 ]
 
+STAGES = ("encoder", "localizer", "refiner")
 MODEL_NAMES = ("worldcomp2d", "worldcomp2d_no_refiner", "heatmap_baseline", "pfld_baseline")
 BASELINES = ("heatmap_baseline", "pfld_baseline")
 # Training runs (config key -> task class) in the order they run.
@@ -186,10 +205,13 @@ def _quiet() -> Any:
 def _trainer(settings: LandmarkBenchSettings, callbacks=(), **kwargs: Any) -> Any:
     import lightning.pytorch as pl
 
+    from wherewhat.training.checkpoint_io import AtomicCheckpointIO
+
     return pl.Trainer(
         accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
         enable_model_summary=False, enable_progress_bar=settings.progress_bar,
-        num_sanity_val_steps=0, limit_val_batches=0, callbacks=list(callbacks), **kwargs,
+        num_sanity_val_steps=0, limit_val_batches=0, callbacks=list(callbacks),
+        plugins=[AtomicCheckpointIO()], **kwargs,
     )  # fmt: skip
 
 
@@ -251,40 +273,176 @@ def _fit(
     return record
 
 
+# --------------------------------------------------------------------------------------------
+# Saved training runs
+
+
+def _runs_of(model: str) -> tuple[str, ...]:
+    return STAGES if model == "worldcomp2d" else (model,)
+
+
+def training_settings(settings: LandmarkBenchSettings, model: str) -> dict[str, Any]:
+    """Everything that decides how ``model`` (``worldcomp2d`` or a baseline) trains, as plain
+    JSON values: the input of its fingerprint. Budget, shares and calibration count only for
+    budgeted runs (without ``max_steps``)."""
+    budgeted = settings.max_steps is None
+    shares = list(settings.stage_shares) if budgeted and model == "worldcomp2d" else None
+    runs = {run: dict(zip(("model", "data"), _run_args(settings, run), strict=True))
+            for run in _runs_of(model)}  # fmt: skip
+    chosen = {
+        "model": model,
+        "runs": runs,
+        "max_steps": settings.max_steps,
+        "budget_minutes": settings.budget_minutes if budgeted else None,
+        "stage_shares": shares,
+        "max_epochs": settings.max_epochs if budgeted else None,
+        "calibration_steps": settings.calibration_steps if budgeted else None,
+        "seed": settings.seed,
+        "threads": settings.threads,
+    }
+    return json.loads(json.dumps(chosen, default=str))  # tuples -> lists, as read back
+
+
+def _fingerprint(chosen: Mapping[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(chosen, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _differences(saved: Any, now: Any, key: str = "") -> list[str]:
+    """``"key: saved (saved) vs now (now)"`` for every leaf that differs."""
+    if isinstance(saved, dict) and isinstance(now, dict):
+        return [
+            line
+            for k in sorted(set(saved) | set(now))
+            for line in _differences(
+                saved.get(k, "(absent)"), now.get(k, "(absent)"), f"{key}.{k}" if key else k
+            )
+        ]
+    return [] if saved == now else [f"{key}: {saved!r} (saved) vs {now!r} (now)"]
+
+
+@dataclass
+class _TrainedStore:
+    """The folder of trained runs: ``<stem>.ckpt`` (weights-only Lightning checkpoint) and
+    ``<stem>.json`` (settings, fingerprint, record), the JSON written last, both atomically."""
+
+    folder: Path
+
+    def paths(self, run: str) -> tuple[Path, Path]:
+        stem = f"worldcomp2d-{run}" if run in STAGES else run
+        return self.folder / f"{stem}.ckpt", self.folder / f"{stem}.json"
+
+    def saved(self, run: str, chosen: dict[str, Any]) -> dict[str, Any] | None:
+        """The saved entry of ``run`` trained with ``chosen`` settings, ``None`` if there is
+        none; ``ConfigError`` naming the file and the differences if it had other settings."""
+        from wherewhat.errors import ConfigError
+
+        checkpoint, meta = self.paths(run)
+        if not meta.is_file():
+            return None
+        entry = json.loads(meta.read_text())
+        if entry.get("fingerprint") != _fingerprint(chosen):
+            differences = _differences(entry.get("settings"), chosen) or ["(fingerprint only)"]
+            raise ConfigError(
+                f"{meta}: saved {run!r} was trained with other settings: "
+                + "; ".join(differences)
+                + ". Pass --retrain (retrain=True) to train it again and replace it, or use "
+                "another --trained-dir; models trained with different settings are never mixed"
+            )
+        if not checkpoint.is_file():
+            raise ConfigError(f"{meta}: its weights {checkpoint} are missing; pass --retrain")
+        return entry
+
+    def forget(self, model: str) -> None:
+        """Drop ``model``'s saved runs (their JSON, which marks a run as done)."""
+        for run in _runs_of(model):
+            self.paths(run)[1].unlink(missing_ok=True)
+
+
+def _trained_run(
+    run: str,
+    chosen: dict[str, Any],
+    budget_s: float,
+    settings: LandmarkBenchSettings,
+    store: _TrainedStore,
+    log: Callable,
+    init_from: str | None = None,
+    reuse: bool = True,
+) -> tuple[Any, Any, dict[str, Any]]:
+    """Train ``run`` and save it, or (``reuse`` and saved with ``chosen``) load it; returns
+    (task, data module set up for fit, record with ``reused`` and ``trained_at``)."""
+    import torch
+
+    from wherewhat.errors import ConfigError
+
+    model_args, data_args = _run_args(settings, run)
+    if run in STAGES:
+        model_args["init_from"] = init_from
+    task = _import(RUNS[run])(**model_args)
+    data = _import(DATA_CLASS)(**data_args)
+    checkpoint, meta = store.paths(run)
+    entry = store.saved(run, chosen) if reuse else None
+    if entry is not None:
+        data.setup("fit")
+        split = {k: v for k, v in _split_summary(data).items() if k != "how"}
+        if split != {k: v for k, v in entry["split"].items() if k != "how"}:
+            raise ConfigError(
+                f"{meta}: trained on another split ({entry['split']}), now {split}: the faces "
+                "on disk changed; pass --retrain"
+            )
+        # Our own file (a Lightning checkpoint is a pickle): only trusted folders.
+        state = torch.load(checkpoint, map_location="cpu", weights_only=False)["state_dict"]
+        task.load_state_dict(state)
+        log(f"{run}: reusing {checkpoint} (trained {entry['trained_at']})")
+        return task, data, {**entry["record"], "reused": True, "trained_at": entry["trained_at"]}
+    log(f"{run}: training")
+    record = _fit(task, data, budget_s, settings, log)
+    trainer = record.pop("trainer")
+    trainer.save_checkpoint(checkpoint, weights_only=True)
+    entry = {
+        "model": chosen["model"],
+        "run": run,
+        "trained_at": datetime.now().astimezone().isoformat(timespec="seconds"),
+        "fingerprint": _fingerprint(chosen),
+        "checkpoint": checkpoint.name,
+        "record": record,
+        "split": _split_summary(data),
+        "settings": chosen,
+    }
+    from wherewhat.report.html import write_atomic
+
+    write_atomic(meta, json.dumps(entry, indent=2) + "\n")
+    log(f"{run}: saved {checkpoint}")
+    return task, data, {**record, "reused": False, "trained_at": entry["trained_at"]}
+
+
 def _train_worldcomp2d(
-    settings: LandmarkBenchSettings, workdir: Path, log: Callable
+    settings: LandmarkBenchSettings, store: _TrainedStore, log: Callable
 ) -> tuple[Any, Any, dict[str, Any]]:
     """The three stages, chained through checkpoints; returns (model, data, records)."""
+    chosen = training_settings(settings, "worldcomp2d")
     budget = settings.budget_minutes * 60
     previous: str | None = None
-    records, data = {}, None
-    task = None
-    for stage, share in zip(
-        ("encoder", "localizer", "refiner"), settings.stage_shares, strict=True
-    ):
-        model_args, data_args = _run_args(settings, stage)
-        model_args["init_from"] = previous
-        task = _import(RUNS[stage])(**model_args)
-        data = _import(DATA_CLASS)(**data_args)
+    reuse = True
+    records, task, data = {}, None, None
+    for stage, share in zip(STAGES, settings.stage_shares, strict=True):
         log(f"WorldComp2D stage {stage}")
-        record = _fit(task, data, budget * share, settings, log)
-        checkpoint = workdir / f"{stage}.ckpt"
-        record.pop("trainer").save_checkpoint(checkpoint)
-        previous = str(checkpoint)
+        task, data, record = _trained_run(
+            stage, chosen, budget * share, settings, store, log, previous, reuse
+        )
+        reuse = record["reused"]  # a stage trained now makes the saved later stages stale
+        previous = str(store.paths(stage)[0])
         records[stage] = record
     assert task is not None
     return task.export_model(), data, records
 
 
 def _train_baseline(
-    name: str, settings: LandmarkBenchSettings, log: Callable
+    name: str, settings: LandmarkBenchSettings, store: _TrainedStore, log: Callable
 ) -> tuple[Any, Any, dict[str, Any]]:
-    model_args, data_args = _run_args(settings, name)
-    task = _import(RUNS[name])(**model_args)
-    data = _import(DATA_CLASS)(**data_args)
-    log(f"{name}")
-    record = _fit(task, data, settings.budget_minutes * 60, settings, log)
-    record.pop("trainer")
+    chosen = training_settings(settings, name)
+    task, data, record = _trained_run(
+        name, chosen, settings.budget_minutes * 60, settings, store, log
+    )
     return task.export_model(), data, {name: record}
 
 
@@ -489,77 +647,133 @@ def _figures(
 # The pipeline
 
 
+def _train_all(
+    settings: LandmarkBenchSettings, store: _TrainedStore, log: Callable
+) -> tuple[list[tuple[str, Any, Any, list[dict[str, Any]]]], dict[str, Any], Any]:
+    """Train or load every model of ``settings``: ([(name, model, data, its run records)],
+    records per run, the WorldComp2D model or None)."""
+    trained, training, wc_model = [], {}, None
+    for name in settings.models:
+        if name == "worldcomp2d":
+            model, data, records = _train_worldcomp2d(settings, store, log)
+            wc_model = model
+            coarse = copy.deepcopy(model)
+            coarse.use_refiner = False
+            stages = [records[s] for s in STAGES]
+            trained.append((name, model, data, stages))
+            trained.append(("worldcomp2d_no_refiner", coarse, data, stages[:2]))
+        else:
+            model, data, records = _train_baseline(name, settings, store, log)
+            trained.append((name, model, data, [records[name]]))
+        training.update(records)
+    return trained, training, wc_model
+
+
 def run_landmark_bench(
-    settings: LandmarkBenchSettings | None = None, log: Callable[[str], None] = print
+    settings: LandmarkBenchSettings | None = None,
+    log: Callable[[str], None] = print,
+    *,
+    trained_dir: str | Path | None = None,
+    retrain: bool = False,
+    train_only: bool = False,
 ) -> dict[str, Any]:
-    """Train, evaluate and time every model of ``settings``; returns the results dict
-    (``models``, ``split``, ``ratios``, ``targets``, ``training``, ``settings``, ``machine``,
-    ``seconds``, ``figures`` as PNG bytes)."""
+    """Train (or load from ``trained_dir``), evaluate and time every model of ``settings``;
+    returns the results dict (``models``, ``split``, ``ratios``, ``targets``, ``training``,
+    ``trained_dir``, ``settings``, ``machine``, ``seconds``, ``figures`` as PNG bytes).
+
+    ``trained_dir``: where trained runs are saved and found (see the module docstring);
+    ``None``: a temporary folder (nothing reused or kept). ``retrain``: train the models of
+    ``settings`` again, replacing their saved runs. ``train_only``: stop after training and
+    saving (needs ``trained_dir``); the dict then has only ``training``, ``trained_dir``,
+    ``settings``, ``seconds``.
+    """
     import torch
 
     from wherewhat.bench import machine_info
 
     settings = settings or LandmarkBenchSettings.preset("full")
     settings.check()
+    if train_only and trained_dir is None:
+        raise ValueError("train_only needs a trained_dir (else the trained models are lost)")
     start = time.perf_counter()
     threads = torch.get_num_threads()
     torch.set_num_threads(settings.threads)
     models: dict[str, dict[str, Any]] = {}
     evaluations: dict[str, dict[str, Any]] = {}
-    training: dict[str, Any] = {}
     split: dict[str, Any] | None = None
-    wc_model = None
     try:
         with tempfile.TemporaryDirectory(prefix="landmark-bench-") as tmp:
             workdir = Path(tmp)
-            trained: list[tuple[str, Any, Any, float]] = []
-            for name in settings.models:
-                if name == "worldcomp2d":
-                    model, data, records = _train_worldcomp2d(settings, workdir, log)
-                    wc_model = model
-                    coarse = copy.deepcopy(model)
-                    coarse.use_refiner = False
-                    minutes = {s: r["minutes"] for s, r in records.items()}
-                    trained.append((name, model, data, sum(minutes.values())))
-                    trained.append(
-                        (
-                            "worldcomp2d_no_refiner",
-                            coarse,
-                            data,
-                            minutes["encoder"] + minutes["localizer"],
-                        )
-                    )
-                else:
-                    model, data, records = _train_baseline(name, settings, log)
-                    trained.append((name, model, data, records[name]["minutes"]))
-                training.update(records)
-                split = split or _split_summary(data)
-            for name, model, data, minutes in trained:
+            store = _TrainedStore(Path(trained_dir) if trained_dir else workdir / "trained")
+            if retrain:
+                for name in settings.models:
+                    store.forget(name)
+            trained, training, wc_model = _train_all(settings, store, log)
+            figures = None
+            for name, model, data, records in [] if train_only else trained:
                 log(f"evaluating {name}")
+                split = split or _split_summary(data)
                 evaluation = _evaluate(model, data)
                 crop = evaluation["crops"][:1].clone()
                 models[name] = {
                     **_accuracy(evaluation["nmes"]),
                     **_costs_and_speed(name, model, crop, workdir, settings),
-                    "train_minutes": minutes,
+                    "train_minutes": sum(r["minutes"] for r in records),
+                    "reused": all(r["reused"] for r in records),
+                    "trained_at": max(r["trained_at"] for r in records),
                 }
                 evaluations[name] = evaluation
-            figures = _figures(evaluations, wc_model, settings)
+            if not train_only:
+                figures = _figures(evaluations, wc_model, settings)
     finally:
         torch.set_num_threads(threads)
+    common = {
+        "training": training,
+        "trained_dir": str(Path(trained_dir).resolve()) if trained_dir else None,
+        "settings": {k: v for k, v in dataclasses.asdict(settings).items() if k not in ("runs",)},
+    }
+    if train_only:
+        return {**common, "seconds": time.perf_counter() - start}
     ordered = {n: models[n] for n in MODEL_NAMES if n in models}
     return {
         "models": ordered,
         "split": split,
         "ratios": _ratios(ordered),
         "targets": _targets(ordered),
-        "training": training,
-        "settings": {k: v for k, v in dataclasses.asdict(settings).items() if k not in ("runs",)},
+        **common,
         "runs": settings.runs,
         "machine": machine_info(),
         "seconds": time.perf_counter() - start,
         "figures": figures,
     }
+
+
+def training_markdown(training: Mapping[str, Mapping[str, Any]]) -> str:
+    """The training runs as a markdown table (trained in this process or reused, and when)."""
+    from wherewhat.bench.tables import format_markdown_table
+
+    rows = [
+        {
+            "run": name,
+            **{k: v for k, v in r.items() if not isinstance(v, dict)},
+            "reused": "reused" if r.get("reused") else "trained now",
+        }
+        for name, r in training.items()
+    ]
+    return format_markdown_table(
+        rows,
+        [
+            ("run", "run"),
+            ("budget_minutes", "budget min"),
+            ("minutes", "minutes"),
+            ("calibrated_seconds_per_step", "s/step"),
+            ("steps_per_epoch", "steps/epoch"),
+            ("epochs", "epochs"),
+            ("steps", "steps"),
+            ("trained_at", "trained at"),
+            ("reused", "this run"),
+        ],
+    )  # fmt: skip
 
 
 def landmark_markdown(result: Mapping[str, Any], command: str | None = None) -> str:
@@ -627,26 +841,14 @@ def landmark_markdown(result: Mapping[str, Any], command: str | None = None) -> 
             [("target", "target"), ("value", "measured"), ("needed", "needed"), ("met", "met")],
         ),
     ]
-    training = [
-        {"run": name, **{k: v for k, v in r.items() if not isinstance(v, dict)}}
-        for name, r in result["training"].items()
-    ]
+    saved = result.get("trained_dir")
     lines += [
         "Training runs (epochs set from the measured step time to fill each budget; "
-        "`max_time` caps it):",
+        "`max_time` caps it). A reused run was trained by an earlier invocation with the same "
+        f"settings (fingerprint checked) and loaded from `{saved}`; its minutes are the "
+        "recorded ones:",
         "",
-        format_markdown_table(
-            training,
-            [
-                ("run", "run"),
-                ("budget_minutes", "budget min"),
-                ("minutes", "minutes"),
-                ("calibrated_seconds_per_step", "s/step"),
-                ("steps_per_epoch", "steps/epoch"),
-                ("epochs", "epochs"),
-                ("steps", "steps"),
-            ],
-        ),  # fmt: skip
+        training_markdown(result["training"]),
         f"Machine: {result['machine']['cpu']}, load average at the end "
         f"{result['machine']['load_average_1_5_15min']}; total {result['seconds'] / 60:.1f} min.",
         "",

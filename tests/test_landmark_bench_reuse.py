@@ -1,0 +1,180 @@
+"""The landmark benchmark's saved trained models: reuse across invocations, fingerprints,
+train-only runs, stage-by-stage resume (:mod:`wherewhat.experiments.landmarks`).
+
+Real faces from ``../shared/data/faces68`` (skipped if absent); tiny models and one step per
+training run; latency and figures are stubbed out (they do not depend on where the weights
+come from), so the module runs in seconds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import warnings
+
+import pytest
+
+from wherewhat.errors import ConfigError
+from wherewhat.experiments import landmarks
+from wherewhat.experiments.landmarks import (
+    STAGES,
+    LandmarkBenchSettings,
+    run_landmark_bench,
+    training_settings,
+)
+
+TINY_WC = dict(
+    encoder_channels=(8, 8, 16, 16, 16, 32),
+    encoder_hidden=32,
+    latent=16,
+    localizer_hidden=(64, 64),
+    refiner_width=6,
+    refiner_groups=2,
+    refiner_blocks=1,
+)
+FILES = [f"worldcomp2d-{s}" for s in STAGES] + ["pfld_baseline"]
+
+
+def _costs_stub(name, model, crop, workdir, settings):
+    return {"params": 1, "macs": 1, "ort_faces_per_s_1thread": 1.0}
+
+
+@pytest.fixture(scope="module")
+def settings(shared_data) -> LandmarkBenchSettings:
+    root = shared_data / "faces68"
+    if not root.is_dir():
+        pytest.skip(f"no faces at {root}")
+    runs = {stage: {"model": TINY_WC} for stage in STAGES}
+    runs["pfld_baseline"] = {"model": {"width_mult": 0.25}}
+    return LandmarkBenchSettings.preset(
+        "tour",
+        faces_root=str(root),
+        models=("worldcomp2d", "pfld_baseline"),
+        runs=runs,
+        max_steps=1,
+        threads=1,
+        data_overrides=dict(max_faces=24, batch_size=4, eval_batch_size=8, num_workers=0),
+    )
+
+
+@pytest.fixture(scope="module")
+def patched():
+    """No ONNX export, latency or figures; Lightning's warnings silenced."""
+    with pytest.MonkeyPatch.context() as mp, warnings.catch_warnings():
+        warnings.filterwarnings("ignore", module="lightning")
+        mp.setattr(landmarks, "_costs_and_speed", _costs_stub)
+        mp.setattr(landmarks, "_figures", lambda *args: {})
+        yield mp
+
+
+@pytest.fixture(scope="module")
+def first(settings, patched, tmp_path_factory):
+    """(trained_dir, result) of a first run that trains every model and evaluates."""
+    trained_dir = tmp_path_factory.mktemp("trained")
+    result = run_landmark_bench(settings, log=lambda m: None, trained_dir=trained_dir)
+    return trained_dir, result
+
+
+@pytest.fixture
+def no_training(monkeypatch):
+    def refuse(task, *args, **kwargs):
+        raise AssertionError(f"trained {getattr(task, 'stage', type(task).__name__)}")
+
+    monkeypatch.setattr(landmarks, "_fit", refuse)
+
+
+@pytest.fixture
+def fitted_runs(monkeypatch) -> list[str]:
+    """Records which runs ``_fit`` trains (WorldComp2D: the stage, else the task class)."""
+    fitted: list[str] = []
+    real_fit = landmarks._fit
+
+    def recording(task, *args, **kwargs):
+        fitted.append(getattr(task, "stage", type(task).__name__))
+        return real_fit(task, *args, **kwargs)
+
+    monkeypatch.setattr(landmarks, "_fit", recording)
+    return fitted
+
+
+def _entry(trained_dir, stem: str) -> dict:
+    return json.loads((trained_dir / f"{stem}.json").read_text())
+
+
+def test_first_run_saves_every_training_run(first, settings):
+    trained_dir, result = first
+    for stem in FILES:
+        assert (trained_dir / f"{stem}.ckpt").is_file()
+        entry = _entry(trained_dir, stem)
+        model = "worldcomp2d" if stem.startswith("worldcomp2d") else stem
+        assert entry["model"] == model
+        assert entry["settings"] == training_settings(settings, model)
+        assert entry["record"]["steps"] == 1
+        assert entry["split"]["val_faces"] == result["split"]["val_faces"]
+    assert not any(m["reused"] for m in result["models"].values())
+    # WorldComp2D's minutes are its stages'; without refiner, stages 1 + 2.
+    stages = [result["training"][s]["minutes"] for s in STAGES]
+    assert result["models"]["worldcomp2d"]["train_minutes"] == pytest.approx(sum(stages))
+    assert result["models"]["worldcomp2d_no_refiner"]["train_minutes"] == pytest.approx(
+        sum(stages[:2])
+    )
+
+
+def test_second_run_reuses_without_training_and_scores_the_same(first, settings, no_training):
+    trained_dir, result = first
+    again = run_landmark_bench(settings, log=lambda m: None, trained_dir=trained_dir)
+    assert again["models"].keys() == result["models"].keys()
+    for name, model in again["models"].items():
+        before = result["models"][name]
+        assert model["reused"]
+        assert model["nme"] == before["nme"]  # the same weights, bit for bit
+        assert model["train_minutes"] == before["train_minutes"]
+        assert model["trained_at"] == before["trained_at"]
+    assert all(r["reused"] for r in again["training"].values())
+    assert "reused" in landmarks.landmark_markdown(again)
+
+
+def test_other_settings_raise_naming_the_file_and_the_difference(first, settings, no_training):
+    trained_dir, _ = first
+    with pytest.raises(ConfigError, match=r"worldcomp2d-encoder\.json.*seed: 0 \(saved\) vs 1"):
+        run_landmark_bench(
+            dataclasses.replace(settings, seed=1), trained_dir=trained_dir, train_only=True
+        )
+    runs = {**settings.runs, "pfld_baseline": {"model": {"width_mult": 0.5}}}
+    other = dataclasses.replace(settings, models=("pfld_baseline",), runs=runs)
+    with pytest.raises(ConfigError, match=r"pfld_baseline\.json.*width_mult: 0\.25 \(saved\)"):
+        run_landmark_bench(other, trained_dir=trained_dir, train_only=True)
+
+
+def test_train_only_resumes_at_the_first_missing_stage(first, settings, tmp_path, fitted_runs):
+    trained_dir = tmp_path / "trained"
+    shutil.copytree(first[0], trained_dir)
+    (trained_dir / "worldcomp2d-localizer.json").unlink()  # as if stopped during stage 2
+    encoder = _entry(trained_dir, "worldcomp2d-encoder")
+    wc_only = dataclasses.replace(settings, models=("worldcomp2d",))
+    result = run_landmark_bench(wc_only, log=lambda m: None, trained_dir=trained_dir,
+                                train_only=True)  # fmt: skip
+    # The refiner was saved, but it started from the old localizer: trained again too.
+    assert fitted_runs == ["localizer", "refiner"]
+    assert "models" not in result
+    assert [result["training"][s]["reused"] for s in STAGES] == [True, False, False]
+    assert _entry(trained_dir, "worldcomp2d-encoder") == encoder
+    for stem in FILES:
+        assert _entry(trained_dir, stem)["fingerprint"] == _entry(first[0], stem)["fingerprint"]
+
+
+def test_retrain_replaces_saved_runs(first, settings, tmp_path, fitted_runs):
+    trained_dir = tmp_path / "trained"
+    shutil.copytree(first[0], trained_dir)
+    other = dataclasses.replace(settings, models=("pfld_baseline",), seed=1)
+    run_landmark_bench(other, log=lambda m: None, trained_dir=trained_dir, retrain=True,
+                       train_only=True)  # fmt: skip
+    assert fitted_runs == ["PFLDTask"]
+    assert _entry(trained_dir, "pfld_baseline")["settings"]["seed"] == 1
+    assert _entry(trained_dir, "worldcomp2d-encoder") == _entry(first[0], "worldcomp2d-encoder")
+
+
+def test_train_only_needs_a_trained_dir(settings):
+    with pytest.raises(ValueError, match="trained_dir"):
+        run_landmark_bench(settings, train_only=True)
