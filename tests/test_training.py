@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -303,10 +304,18 @@ def test_two_process_cpu_ddp_run_writes_a_checkpoint(tmp_path):
         "--run.root", str(tmp_path),
         "--run.name", "ddp",
     ]  # fmt: skip
-    result = subprocess.run(
-        command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    # Own process group: on a timeout the second rank, which Lightning launched, dies too.
+    process = subprocess.Popen(
+        command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, start_new_session=True,
+    )  # fmt: skip
+    try:
+        _, stderr = process.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.communicate()
+        pytest.fail("the 2-process DDP run did not finish in 300 s (both ranks killed)")
+    assert process.returncode == 0, stderr[-3000:]
     (run_dir,) = (tmp_path / "ddp").iterdir()  # both processes wrote into one run directory
     checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
     assert checkpoint["global_step"] == 3
