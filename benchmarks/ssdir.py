@@ -29,6 +29,7 @@ never overwrites the full results) and the figures as ssdir[_quick]-<variant>-<n
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -43,6 +44,7 @@ from wherewhat.experiments.ssdir import (
     SSDIRBenchSettings,
     merge_results,
     run_ssdir_bench,
+    settings_blocking_merge,
     ssdir_markdown,
 )
 from wherewhat.report.html import write_atomic
@@ -160,6 +162,12 @@ def main(argv: list[str] | None = None) -> int:
     settings = SSDIRBenchSettings(
         **{**settings.__dict__, **{k: v for k, v in overrides.items() if v is not None}}
     )
+    if previous is not None:  # fail now, not after hours of training
+        differing = settings_blocking_merge(previous["settings"], dataclasses.asdict(settings))
+        if differing:
+            raise SystemExit(
+                f"--merge-with {args.merge_with}: that run used other settings for {differing}"
+            )
     result = run_ssdir_bench(settings=settings, log=lambda m: print(m, flush=True))
 
     name = "ssdir_quick" if settings.quick else "ssdir"

@@ -37,6 +37,7 @@ __all__ = [
     "SSDIRBenchSettings",
     "assemble_result",
     "merge_results",
+    "settings_blocking_merge",
     "run_ssdir_bench",
     "ssdir_markdown",
     "summary_rows",
@@ -526,22 +527,25 @@ def assemble_result(
     }
 
 
+def settings_blocking_merge(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[str]:
+    """Names of the settings (``dataclasses.asdict`` or as stored in a results file) that differ
+    between two runs and so forbid merging them: all but the seeds and the ablation modes."""
+    import json
+
+    def comparable(settings: Mapping[str, Any]) -> dict[str, Any]:
+        plain = json.loads(json.dumps(dict(settings)))  # tuples -> lists, as stored
+        return {k: v for k, v in plain.items() if k not in _MERGEABLE_SETTINGS}
+
+    first, second = comparable(a), comparable(b)
+    return sorted(k for k in first.keys() | second.keys() if first.get(k) != second.get(k))
+
+
 def merge_results(previous: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
     """One results dict from two runs of the same settings on different seeds (e.g. seed 0
     first, then seeds 1 2): arms pooled, summaries recomputed, the ablation kept from whichever
     run has one, ``seconds`` summed. Raises ``ValueError`` if a setting other than the seeds /
     ablation modes differs, or if both runs have an arm of the same variant and seed."""
-    import json
-
-    def comparable(result: Mapping[str, Any]) -> dict[str, Any]:
-        settings = json.loads(json.dumps(result["settings"]))  # tuples -> lists, as stored
-        return {k: v for k, v in settings.items() if k not in _MERGEABLE_SETTINGS}
-
-    old_settings, new_settings = comparable(previous), comparable(new)
-    differing = sorted(
-        k for k in old_settings.keys() | new_settings.keys()
-        if old_settings.get(k) != new_settings.get(k)
-    )  # fmt: skip
+    differing = settings_blocking_merge(previous["settings"], new["settings"])
     if differing:
         raise ValueError(f"cannot merge SSDIR results run with different settings: {differing}")
     seen = {(a["variant"], a["seed"]) for a in previous["arms"]}
