@@ -49,7 +49,7 @@ from typing import Any
 
 import yaml
 
-from wherewhat.bench.tables import write_results
+from wherewhat.bench.tables import write_figures, write_results
 from wherewhat.errors import ConfigError
 from wherewhat.experiments.landmarks import (
     BASELINES,
@@ -58,7 +58,6 @@ from wherewhat.experiments.landmarks import (
     run_landmark_bench,
     training_markdown,
 )
-from wherewhat.report.html import write_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = ROOT / "benchmarks" / "results"
@@ -161,9 +160,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     figures = result.pop("figures")
-    for figure_name, png in figures.items():
-        path = write_atomic(args.results_dir / f"{name}-{figure_name}.png", png)
-        result.setdefault("figure_files", []).append(path.name)
+    if figures:
+        result["figure_files"] = write_figures(name, figures, args.results_dir)
     command = "python benchmarks/landmarks.py " + " ".join(argv or sys.argv[1:])
     markdown = landmark_markdown(result, command=command.strip())
     json_path, md_path = write_results(name, result, markdown, args.results_dir)

@@ -24,8 +24,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from wherewhat.bench.tables import write_results
-from wherewhat.report.html import write_atomic
+from wherewhat.bench.tables import write_figures, write_results
 from wherewhat.report.sections.lzu import ARMS, TASKS, LZUBenchSettings, lzu_markdown, run_lzu_bench
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -69,9 +68,8 @@ def main(argv: list[str] | None = None) -> int:
 
     name = "lzu_quick" if settings.quick else "lzu"
     figures = result.pop("figures")
-    for figure_name, png in figures.items():
-        path = write_atomic(args.results_dir / f"{name}-{figure_name}.png", png)
-        result.setdefault("figure_files", []).append(path.name)
+    if figures:
+        result["figure_files"] = write_figures(name, figures, args.results_dir)
     markdown = lzu_markdown(result)
     json_path, md_path = write_results(name, result, markdown, args.results_dir)
     print(markdown)

@@ -29,8 +29,7 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from wherewhat.bench.tables import write_results
-from wherewhat.report.html import write_atomic
+from wherewhat.bench.tables import write_figures, write_results
 from wherewhat.report.sections.spatial_prediction import (
     SSLBenchSettings,
     run_ssl_bench,
@@ -91,9 +90,8 @@ def main(argv: list[str] | None = None) -> int:
 
     name = "ssl_quick" if settings.quick else "ssl"
     figures = result.pop("figures")
-    for figure_name, png in figures.items():
-        path = write_atomic(args.results_dir / f"{name}-{figure_name}.png", png)
-        result.setdefault("figure_files", []).append(path.name)
+    if figures:
+        result["figure_files"] = write_figures(name, figures, args.results_dir)
     markdown = ssl_markdown(result)
     json_path, md_path = write_results(name, result, markdown, args.results_dir)
     print(markdown)

@@ -37,7 +37,7 @@ from typing import Any
 
 import yaml
 
-from wherewhat.bench.tables import write_results
+from wherewhat.bench.tables import write_figures, write_results
 from wherewhat.experiments.ssdir import (
     DEDUP_MODES,
     VARIANTS,
@@ -47,7 +47,6 @@ from wherewhat.experiments.ssdir import (
     settings_blocking_merge,
     ssdir_markdown,
 )
-from wherewhat.report.html import write_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = ROOT / "benchmarks" / "results"
@@ -176,9 +175,8 @@ def main(argv: list[str] | None = None) -> int:
         result = merge_results(previous, result)  # figures: the earlier run's first seed
         result["figure_files"] = previous.get("figure_files", [])
         figures = {}
-    for figure_name, png in figures.items():
-        path = write_atomic(args.results_dir / f"{name}-{figure_name}.png", png)
-        result.setdefault("figure_files", []).append(path.name)
+    if figures:
+        result["figure_files"] = write_figures(name, figures, args.results_dir)
     markdown = ssdir_markdown(result)
     json_path, md_path = write_results(name, result, markdown, args.results_dir)
     print(markdown)

@@ -392,3 +392,12 @@ def test_write_results_writes_json_and_markdown(tmp_path):
     assert json.loads(json_path.read_text()) == {"latency_ms": 1.5, "count": 3, "rows": [{"a": 1}]}
     assert md_path.read_text() == "# Demo\n"
     assert sorted(p.name for p in (tmp_path / "r").iterdir()) == ["demo.json", "demo.md"]
+
+
+def test_write_figures_names_and_writes_each_png(tmp_path):
+    from wherewhat.bench.tables import write_figures
+
+    names = write_figures("demo", {"a": b"\x89PNG-a", "b": b"\x89PNG-b"}, tmp_path / "r")
+    assert names == ["demo-a.png", "demo-b.png"]
+    assert (tmp_path / "r" / "demo-b.png").read_bytes() == b"\x89PNG-b"
+    assert sorted(p.name for p in (tmp_path / "r").iterdir()) == names  # no temporary left

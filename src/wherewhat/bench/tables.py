@@ -11,7 +11,13 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["format_markdown_table", "format_value", "write_results", "write_text_atomic"]
+__all__ = [
+    "format_markdown_table",
+    "format_value",
+    "write_figures",
+    "write_results",
+    "write_text_atomic",
+]
 
 Column = str | tuple[str, str]
 
@@ -107,3 +113,15 @@ def write_results(
     json_path = write_text_atomic(directory / f"{name}.json", text)
     md_path = write_text_atomic(directory / f"{name}.md", markdown)
     return json_path, md_path
+
+
+def write_figures(
+    name: str, figures: Mapping[str, bytes], results_dir: str | os.PathLike
+) -> list[str]:
+    """Write each PNG of ``figures`` (``{figure name: bytes}``) atomically as
+    ``<results_dir>/<name>-<figure name>.png``; returns the file names, in order."""
+    from wherewhat.report.html import write_atomic
+
+    directory = Path(results_dir)
+    return [write_atomic(directory / f"{name}-{figure}.png", png).name
+            for figure, png in figures.items()]  # fmt: skip
