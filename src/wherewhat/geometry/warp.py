@@ -21,6 +21,7 @@ The identity grid (uniform saliency) holds the node positions themselves.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Literal, NamedTuple
 
@@ -258,6 +259,18 @@ def zoom(
 # --------------------------------------------------------------------------- inverse: separable
 
 
+@functools.lru_cache(maxsize=32)
+def _normalized_centres_1d(size: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """``grid_sample`` coordinates of the ``size`` pixel centres along one axis: (2i + 1)/size - 1.
+
+    Cached (the unzoom of every forward pass asks for the same few sizes); callers only read it.
+    Made outside inference mode so that a tensor cached at evaluation also serves training.
+    """
+    with torch.inference_mode(False):
+        centres = torch.arange(size, dtype=dtype, device=device)
+        return centres.mul_(2.0 / size).add_(1.0 / size - 1.0)
+
+
 def _invert_monotone(values: Tensor, queries: Tensor) -> tuple[Tensor, Tensor]:
     """Inverse of the piecewise-linear map node i -> ``values[:, i]`` (nodes at linspace(-1,1)).
 
@@ -275,8 +288,9 @@ def _invert_monotone(values: Tensor, queries: Tensor) -> tuple[Tensor, Tensor]:
     x0 = values.gather(1, low)
     x1 = values.gather(1, low + 1)
     width = x1 - x0
-    safe = torch.where(width > 0, width, torch.ones_like(width))
-    frac = torch.where(width > 0, (queries - x0) / safe, torch.zeros_like(width)).clamp(0.0, 1.0)
+    positive = width > 0
+    safe = torch.where(positive, width, 1.0)
+    frac = torch.where(positive, (queries - x0) / safe, 0.0).clamp(0.0, 1.0)
     covered = (queries >= values[:, :1]) & (queries <= values[:, -1:])
     return -1.0 + (low.to(values.dtype) + frac) * (2.0 / (n - 1)), covered
 
@@ -532,15 +546,15 @@ def unzoom_grid(
     fh, fw = feature_size
     dtype, device = coarse_grid.dtype, coarse_grid.device
     if method == "separable":
-        centres = pixel_to_normalized(
-            pixel_centers(feature_size, dtype=dtype, device=device), feature_size
-        )
-        xs, ys = centres[0, :, 0], centres[:, 0, 1]
+        # Pixel-centre coordinates per axis only: the 2-D grid is their outer product, written
+        # once at the end (building it first and slicing it costs more than the inversion).
+        xs = _normalized_centres_1d(fw, dtype, device)
+        ys = _normalized_centres_1d(fh, dtype, device)
         vx, cx = _invert_monotone(coarse_grid[:, 0, :, 0], xs.expand(batch, -1))
         vy, cy = _invert_monotone(coarse_grid[:, :, 0, 1], ys.expand(batch, -1))
-        grid = torch.stack(
-            [vx[:, None, :].expand(batch, fh, fw), vy[:, :, None].expand(batch, fh, fw)], dim=-1
-        )
+        grid = torch.empty(batch, fh, fw, 2, dtype=vx.dtype, device=device)
+        grid[..., 0] = vx[:, None, :]  # slice assignment keeps the autograd graph
+        grid[..., 1] = vy[:, :, None]
         return UnzoomGrid(grid, cy[:, :, None] & cx[:, None, :])
     eps = _CLAIM_EPS.get(dtype, 1e-4)
     coarse_px = normalized_to_pixel(coarse_grid, feature_size)
