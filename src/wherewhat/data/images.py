@@ -14,6 +14,7 @@ Both give uint8 HWC images + int64 labels. Views for self-supervised methods are
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,7 @@ from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from wherewhat.data.loader import ResumableDataLoader, SampleKey
 from wherewhat.errors import DataFormatError
 
 __all__ = [
@@ -167,7 +169,10 @@ class ImageArrayDataset(Dataset):
     """``(image, label)`` pairs from uint8 HWC arrays; images become float32 ``(C, H, W)`` in [0, 1].
 
     ``transform`` (optional) is applied to that tensor, e.g. an SSL view sampler returning
-    several views with their boxes.
+    several views with their boxes. Indexed by an ``(index, sample_seed)`` key (from a
+    :class:`~wherewhat.data.loader.ResumableDataLoader` with ``sample_seeds=True``), a transform
+    that takes a ``generator`` argument draws from a generator seeded with ``sample_seed``: the
+    views then depend on the epoch and index only, so a resumed run sees the same views.
     """
 
     def __init__(
@@ -179,15 +184,27 @@ class ImageArrayDataset(Dataset):
         self.images = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
         self.labels = torch.from_numpy(np.asarray(labels, dtype=np.int64))
         self.transform = transform
+        self._seedable = transform is not None and _takes_generator(transform)
 
     def __len__(self) -> int:
         return len(self.labels)
 
-    def __getitem__(self, index: int):
+    def __getitem__(self, key: int | SampleKey):
+        index, seed = key if isinstance(key, tuple) else (key, None)
         image = self.images[index].float().div_(255.0)
         if self.transform is not None:
-            image = self.transform(image)
+            if seed is not None and self._seedable:
+                image = self.transform(image, generator=torch.Generator().manual_seed(seed))
+            else:
+                image = self.transform(image)
         return image, self.labels[index]
+
+
+def _takes_generator(transform: Callable) -> bool:
+    try:
+        return "generator" in inspect.signature(transform).parameters
+    except (TypeError, ValueError):  # builtins without a signature
+        return False
 
 
 class SelfSupervisedDataModule(L.LightningDataModule):
@@ -248,15 +265,13 @@ class SelfSupervisedDataModule(L.LightningDataModule):
             arrays.x_test, arrays.y_test = arrays.x_test[keep], arrays.y_test[keep]
         self.arrays = arrays
 
-    def _loader(self, dataset: Dataset, shuffle: bool, drop_last: bool = False) -> DataLoader:
-        generator = torch.Generator().manual_seed(self.seed)
+    def _loader(self, dataset: Dataset) -> DataLoader:
+        """Evaluation loader: dataset order, no augmentation."""
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
-            shuffle=shuffle,
-            drop_last=drop_last,
+            shuffle=False,
             num_workers=self.num_workers,
-            generator=generator if shuffle else None,
             persistent_workers=self.num_workers > 0,
         )
 
@@ -278,11 +293,21 @@ class SelfSupervisedDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         # drop_last keeps contrastive batch sizes constant; the dropped images are a different
-        # random few each epoch, so no image is systematically unseen.
-        return self._loader(self.train_dataset(), shuffle=True, drop_last=True)
+        # random few each epoch, so no image is systematically unseen. Order and views come
+        # from (seed, epoch, index) alone, so `fit --resume` continues the epoch exactly.
+        return ResumableDataLoader(
+            self.train_dataset(),
+            batch_size=self.batch_size,
+            shuffle=True,
+            drop_last=True,
+            seed=self.seed,
+            sample_seeds=True,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
 
     def probe_train_dataloader(self) -> DataLoader:
-        return self._loader(self.probe_train_dataset(), shuffle=False)
+        return self._loader(self.probe_train_dataset())
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_dataset(), shuffle=False)
+        return self._loader(self.test_dataset())

@@ -51,15 +51,15 @@ import json
 import math
 import tempfile
 import time
-import warnings
 from collections.abc import Callable, Mapping
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from wherewhat.training.quiet import quiet_lightning
 
 __all__ = [
     "MODEL_NAMES",
@@ -181,25 +181,9 @@ def _run_args(settings: LandmarkBenchSettings, run: str) -> tuple[dict, dict]:
     return model, data
 
 
-@contextmanager
-def _quiet() -> Any:
-    import logging
-
-    names = ("lightning.pytorch", "lightning.fabric", "lightning.pytorch.utilities.rank_zero",
-             "lightning.fabric.utilities.rank_zero")  # fmt: skip
-    loggers = [logging.getLogger(n) for n in names]
-    levels = [lg.level for lg in loggers]
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", module="lightning")
-        warnings.filterwarnings("ignore", message=".*num_workers.*")
-        warnings.filterwarnings("ignore", message=".*frozen encoder is untrained.*")
-        for lg in loggers:
-            lg.setLevel(logging.WARNING)
-        try:
-            yield
-        finally:
-            for lg, level in zip(loggers, levels, strict=True):
-                lg.setLevel(level)
+# Stage 2 warns on purpose when its encoder checkpoint is missing (quick runs); loaders run
+# with few workers.
+_EXPECTED_WARNINGS = (r".*num_workers.*", r".*frozen encoder is untrained.*")
 
 
 def _trainer(settings: LandmarkBenchSettings, callbacks=(), **kwargs: Any) -> Any:
@@ -236,8 +220,8 @@ def _seconds_per_step(task: Any, data: Any, settings: LandmarkBenchSettings) -> 
 
     clock = _step_clock()
     pl.seed_everything(settings.seed, verbose=False)
-    trainer = _trainer(settings, [clock], max_steps=settings.calibration_steps + 1)
-    with _quiet():
+    with quiet_lightning(_EXPECTED_WARNINGS):
+        trainer = _trainer(settings, [clock], max_steps=settings.calibration_steps + 1)
         trainer.fit(copy.deepcopy(task), datamodule=data)
     gaps = np.diff(clock.times)  # the first step (warm-up, worker start) is left out
     if len(gaps) == 0:
@@ -263,9 +247,9 @@ def _fit(
         limits = {"max_epochs": epochs, "max_time": timedelta(seconds=budget_s)}
         log(f"  {seconds:.2f} s/step x {steps_per_epoch} steps/epoch -> {epochs} epochs")
     pl.seed_everything(settings.seed, verbose=False)
-    trainer = _trainer(settings, **limits)
     start = time.perf_counter()
-    with _quiet():
+    with quiet_lightning(_EXPECTED_WARNINGS):
+        trainer = _trainer(settings, **limits)
         trainer.fit(task, datamodule=data)
     minutes = (time.perf_counter() - start) / 60
     record.update(minutes=minutes, epochs=trainer.current_epoch, steps=trainer.global_step)
@@ -504,7 +488,7 @@ def _costs_and_speed(
         params -= count_parameters(model.refiner)  # built but switched off
     path = workdir / f"{name}.onnx"
     parity_error = None
-    with _quiet():
+    with quiet_lightning(_EXPECTED_WARNINGS):
         try:
             exported = export_onnx(model, crop, path, atol=1e-4)
         except OnnxParityError as error:

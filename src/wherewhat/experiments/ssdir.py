@@ -19,18 +19,17 @@ directly (no run directories); the full mode validates every epoch, keeps the be
 from __future__ import annotations
 
 import dataclasses
-import logging
 import math
 import tempfile
 import time
-import warnings
 from collections.abc import Callable, Mapping, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from wherewhat.training.quiet import quiet_lightning
 
 __all__ = [
     "VARIANTS",
@@ -152,21 +151,8 @@ class SSDIRBenchSettings:
 # -- training ---------------------------------------------------------------------------------
 
 
-@contextmanager
-def _quiet_lightning():
-    """Keep Lightning's info lines (GPU available, model summary...) out of the output, and its
-    warning about modules in eval mode: SSDIR's frozen detector is in eval mode on purpose."""
-    loggers = [logging.getLogger(n) for n in ("lightning.pytorch", "lightning.fabric")]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.WARNING)
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
-            yield
-    finally:
-        for lg, level in zip(loggers, levels, strict=True):
-            lg.setLevel(level)
+# SSDIR's frozen detector is in eval mode on purpose; Lightning warns about such modules.
+_EXPECTED_WARNINGS = (r"Found \d+ module\(s\) in eval mode",)
 
 
 def _fit(
@@ -202,7 +188,7 @@ def _fit(
         if patience:
             callbacks.append(EarlyStopping(monitor=monitor, mode=mode, patience=patience))
     steps = max_steps if max_steps and max_steps > 0 else -1
-    with _quiet_lightning():
+    with quiet_lightning(_EXPECTED_WARNINGS):
         trainer = pl.Trainer(
             accelerator="cpu", devices=1, max_epochs=None if steps > 0 else epochs,
             max_steps=steps, logger=False, enable_checkpointing=validate, callbacks=callbacks,

@@ -27,10 +27,8 @@ model-free part (warps, figures, latency).
 from __future__ import annotations
 
 import dataclasses
-import logging
 import math
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -42,6 +40,7 @@ import numpy as np
 
 from wherewhat.report.html import Section, png_bytes
 from wherewhat.report.tour import TourContext, register_section
+from wherewhat.training.quiet import quiet_lightning
 
 __all__ = [
     "ARMS",
@@ -228,22 +227,8 @@ def fixed_saliency_path(cache_dir: Path, n_train: int, hparams: Any) -> Path:
 # -- training ----------------------------------------------------------------------------------
 
 
-@contextmanager
-def _quiet_lightning():
-    loggers = [logging.getLogger(n) for n in ("lightning.pytorch", "lightning.fabric")]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.WARNING)
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
-            warnings.filterwarnings("ignore", message=r".*`self.log\(\)`.*")
-            warnings.filterwarnings("ignore", message=r".*no `val_dataloader`.*")
-            warnings.filterwarnings("ignore", message=r".*LeafSpec.*is deprecated.*")
-            yield
-    finally:
-        for lg, level in zip(loggers, levels, strict=True):
-            lg.setLevel(level)
+# Training runs without validation and logs only the loss.
+_EXPECTED_WARNINGS = (r".*`self.log\(\)`.*", r".*no `val_dataloader`.*")
 
 
 def _loader(dataset, batch_size: int, shuffle: bool, seed: int = 0):
@@ -267,7 +252,7 @@ def _fit(task_module, loader, steps: int, progress: bool) -> dict[str, float]:
 
     from wherewhat.training.callbacks import NonFiniteLossGuard
 
-    with _quiet_lightning():
+    with quiet_lightning(_EXPECTED_WARNINGS):
         trainer = pl.Trainer(
             max_epochs=-1, max_steps=steps, accelerator="cpu", devices=1, logger=False,
             enable_checkpointing=False, enable_progress_bar=progress, enable_model_summary=False,

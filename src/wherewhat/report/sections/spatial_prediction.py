@@ -22,11 +22,9 @@ runs everything; ``quick`` is the few-minute version (the tour runs an even smal
 from __future__ import annotations
 
 import dataclasses
-import logging
 import math
 import tempfile
 import time
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -37,6 +35,7 @@ import numpy as np
 
 from wherewhat.report.html import Section
 from wherewhat.report.tour import TourContext, register_section
+from wherewhat.training.quiet import quiet_lightning
 
 __all__ = [
     "SSLBenchSettings",
@@ -172,22 +171,6 @@ def arm_name(base: str, sp_lambda: float, default_lambda: float) -> str:
 
 
 @contextmanager
-def _quiet_lightning():
-    loggers = [logging.getLogger(n) for n in ("lightning.pytorch", "lightning.fabric")]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.WARNING)
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
-            warnings.filterwarnings("ignore", message=r".*LeafSpec.*")
-            yield
-    finally:
-        for lg, level in zip(loggers, levels, strict=True):
-            lg.setLevel(level)
-
-
-@contextmanager
 def _torch_threads(threads: int):
     import torch
 
@@ -204,7 +187,7 @@ def _fit(task: Any, data: Any, epochs: int, s: SSLBenchSettings) -> dict[str, fl
 
     from wherewhat.training.callbacks import NonFiniteLossGuard
 
-    with _quiet_lightning():
+    with quiet_lightning():
         trainer = pl.Trainer(
             accelerator="cpu", devices=1, max_epochs=epochs, logger=False,
             enable_checkpointing=False, enable_progress_bar=s.progress_bar,
