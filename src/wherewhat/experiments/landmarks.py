@@ -181,9 +181,13 @@ def _run_args(settings: LandmarkBenchSettings, run: str) -> tuple[dict, dict]:
     return model, data
 
 
-# Stage 2 warns on purpose when its encoder checkpoint is missing (quick runs); loaders run
-# with few workers.
-_EXPECTED_WARNINGS = (r".*num_workers.*", r".*frozen encoder is untrained.*")
+# Stage 2 warns on purpose when its encoder checkpoint is missing (quick runs); later stages
+# keep the frozen encoder in eval mode; loaders run with few workers.
+_EXPECTED_WARNINGS = (
+    r".*num_workers.*",
+    r".*frozen encoder is untrained.*",
+    r"Found \d+ module\(s\) in eval mode",
+)
 
 
 def _trainer(settings: LandmarkBenchSettings, callbacks=(), **kwargs: Any) -> Any:

@@ -281,8 +281,10 @@ def run_tour(
         for entry in chosen:
             progress.update(task, description=entry.title)
             ctx.section = entry.name
+            # soft_wrap: a long line (a checkpoint path) stays one line in logs, not re-wrapped
+            # at rich's 80-column default when stderr is not a terminal.
             ctx.log = lambda msg, name=entry.name: progress.console.print(
-                f"  {name}: {msg}", markup=False, highlight=False
+                f"  {name}: {msg}", markup=False, highlight=False, soft_wrap=True
             )
             _seed_everything(seed)
             start = time.perf_counter()
