@@ -11,12 +11,13 @@ from typing import Any
 
 import numpy as np
 
+from wherewhat.report.html import write_atomic
+
 __all__ = [
     "format_markdown_table",
     "format_value",
     "write_figures",
     "write_results",
-    "write_text_atomic",
 ]
 
 Column = str | tuple[str, str]
@@ -68,19 +69,6 @@ def format_markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[C
     return "\n".join(lines) + "\n"
 
 
-def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` to ``path`` through a temporary file and a rename (never half-written)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
-
-
 def _to_json(value: Any) -> Any:
     if isinstance(value, np.integer):
         return int(value)
@@ -110,8 +98,8 @@ def write_results(
         raise ValueError(f"result name must be a plain file stem, got {name!r}")
     directory = Path(results_dir)
     text = json.dumps(data, indent=2, default=_to_json, allow_nan=True) + "\n"
-    json_path = write_text_atomic(directory / f"{name}.json", text)
-    md_path = write_text_atomic(directory / f"{name}.md", markdown)
+    json_path = write_atomic(directory / f"{name}.json", text)
+    md_path = write_atomic(directory / f"{name}.md", markdown)
     return json_path, md_path
 
 
@@ -120,8 +108,6 @@ def write_figures(
 ) -> list[str]:
     """Write each PNG of ``figures`` (``{figure name: bytes}``) atomically as
     ``<results_dir>/<name>-<figure name>.png``; returns the file names, in order."""
-    from wherewhat.report.html import write_atomic
-
     directory = Path(results_dir)
     return [write_atomic(directory / f"{name}-{figure}.png", png).name
             for figure, png in figures.items()]  # fmt: skip
