@@ -401,3 +401,21 @@ def test_write_figures_names_and_writes_each_png(tmp_path):
     assert names == ["demo-a.png", "demo-b.png"]
     assert (tmp_path / "r" / "demo-b.png").read_bytes() == b"\x89PNG-b"
     assert sorted(p.name for p in (tmp_path / "r").iterdir()) == names  # no temporary left
+
+
+def test_target_rows_compare_each_quantity_with_its_bound():
+    from wherewhat.bench.tables import target_rows
+
+    targets = {
+        "ap50": {"op": ">=", "value": 0.95},
+        "gain": {"op": ">", "value": 0.0},
+        "mse": {"op": "<=", "value": 0.0121},
+        "overhead": {"op": "<", "value": 0.25},
+        "not_run": {"op": ">=", "value": 1.0},
+    }
+    measured = {"ap50": 0.95, "gain": 0.0, "mse": 0.02, "overhead": 0.1, "not_run": None}
+    rows = target_rows(targets, measured)
+    assert [r["met"] for r in rows] == [True, False, False, True, None]
+    assert rows[2] == {"quantity": "mse", "target": "<= 0.0121", "measured": 0.02, "met": False}
+    with pytest.raises(ValueError, match="'odd'.*got '=='"):
+        target_rows({"odd": {"op": "==", "value": 1}}, {"odd": 1})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import operator
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -16,6 +17,7 @@ from wherewhat.report.html import write_atomic
 __all__ = [
     "format_markdown_table",
     "format_value",
+    "target_rows",
     "write_figures",
     "write_results",
 ]
@@ -67,6 +69,30 @@ def format_markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[C
     for row in rows:
         lines.append("| " + " | ".join(format_value(row.get(k)) for k in keys) + " |")
     return "\n".join(lines) + "\n"
+
+
+_COMPARISONS = {">=": operator.ge, ">": operator.gt, "<=": operator.le, "<": operator.lt}
+
+
+def target_rows(
+    targets: Mapping[str, Mapping[str, Any]], measured: Mapping[str, Any]
+) -> list[dict[str, Any]]:
+    """One row per target: ``quantity``, ``target`` (e.g. ">= 0.95"), ``measured``, ``met``.
+
+    ``targets``: quantity -> ``{"op": one of >=, >, <=, <, "value": bound}``; ``measured``:
+    quantity -> value (``None`` or absent: not measured, so ``met`` is ``None``).
+    """
+    rows = []
+    for key, target in targets.items():
+        op, bound = target["op"], target["value"]
+        if op not in _COMPARISONS:
+            raise ValueError(
+                f"target {key!r}: op must be one of {sorted(_COMPARISONS)}, got {op!r}"
+            )
+        value = measured.get(key)
+        met = None if value is None else bool(_COMPARISONS[op](value, bound))
+        rows.append({"quantity": key, "target": f"{op} {bound:g}", "measured": value, "met": met})
+    return rows
 
 
 def _to_json(value: Any) -> Any:

@@ -704,19 +704,6 @@ def summary_rows(result: Mapping[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
-def _target_rows(result: Mapping[str, Any]) -> list[dict[str, Any]]:
-    rows = []
-    for key, target in result["targets"].items():
-        value = result.get(key)
-        met = None
-        if value is not None:
-            op, bound = target["op"], target["value"]
-            met = {">=": value >= bound, ">": value > bound, "<=": value <= bound}[op]
-        rows.append({"quantity": key, "target": f"{target['op']} {target['value']:g}",
-                     "measured": value, "met": met})  # fmt: skip
-    return rows
-
-
 def _robustness_rows(result: Mapping[str, Any]) -> list[dict[str, Any]]:
     rows = []
     for name, row in result["summary"].items():
@@ -727,7 +714,7 @@ def _robustness_rows(result: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 def ssl_markdown(result: Mapping[str, Any]) -> str:
     """The benchmark's markdown: per-arm table, targets, lambda sweep, robustness, faces."""
-    from wherewhat.bench.tables import format_markdown_table
+    from wherewhat.bench.tables import format_markdown_table, target_rows
 
     s = result["settings"]
     t = s["task_args"]
@@ -752,7 +739,7 @@ def ssl_markdown(result: Mapping[str, Any]) -> str:
     ]
     rows = summary_rows(result)
     lines.append(format_markdown_table(rows, list(rows[0])))
-    lines += ["", format_markdown_table(_target_rows(result),
+    lines += ["", format_markdown_table(target_rows(result["targets"], result),
                                         ["quantity", "target", "measured", "met"])]  # fmt: skip
     if result["lambda_sweep"]:
         lines += [

@@ -587,21 +587,9 @@ def summary_rows(result: Mapping[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
-def _target_rows(result: Mapping[str, Any]) -> list[dict[str, Any]]:
-    rows = []
-    for key, target in result["targets"].items():
-        value = result.get(key)
-        met = None
-        if value is not None:
-            met = value >= target["value"] if target["op"] == ">=" else value <= target["value"]
-        rows.append({"quantity": key, "target": f"{target['op']} {target['value']:g}",
-                     "measured": value, "met": met})  # fmt: skip
-    return rows
-
-
 def ssdir_markdown(result: Mapping[str, Any]) -> str:
     """The benchmark's markdown: summary per variant, targets, every arm, dedup ablation."""
-    from wherewhat.bench.tables import format_markdown_table
+    from wherewhat.bench.tables import format_markdown_table, target_rows
 
     s = result["settings"]
     machine = result.get("machine", {})
@@ -619,8 +607,8 @@ def ssdir_markdown(result: Mapping[str, Any]) -> str:
     ]
     summary = summary_rows(result)
     lines.append(format_markdown_table(summary, list(summary[0])))
-    lines += ["", format_markdown_table(_target_rows(result), ["quantity", "target", "measured",
-                                                              "met"])]  # fmt: skip
+    targets = target_rows(result["targets"], result)
+    lines += ["", format_markdown_table(targets, ["quantity", "target", "measured", "met"])]
     lines += ["", "Every arm:", "", format_markdown_table(result["arms"], _ARM_COLUMNS)]
     if result["dedup_ablation"]:
         lines += [
