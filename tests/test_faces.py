@@ -768,3 +768,15 @@ def test_dataset_configuration_errors():
         FaceLandmarkDataset([record], crop_from="box")
     with pytest.raises(ConfigError):
         FaceLandmarkDataset([])
+
+
+def test_batch_images_and_points_names_the_bad_batch():
+    from wherewhat.data.face_crops import batch_images_and_points
+
+    images, points = torch.zeros(2, 3, 8, 8), torch.zeros(2, 68, 2)
+    got = batch_images_and_points({"image": images, "points": points, "index": None}, 0)
+    assert got[0] is images and got[1] is points
+    with pytest.raises(ValueError, match="batch 3: expected a dict with 'image' and 'points'"):
+        batch_images_and_points((images, points), 3)
+    with pytest.raises(ValueError, match=r"batch 4: .* got \(2, 3, 8, 8\) and \(1, 68, 2\)"):
+        batch_images_and_points({"image": images, "points": points[:1]}, 4)

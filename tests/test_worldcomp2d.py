@@ -247,6 +247,16 @@ def test_mean_shape_skips_missing_points():
     torch.testing.assert_close(mean_shape_from_points(points, 256), expected)
 
 
+@pytest.mark.parametrize("shape", [(2, 68), (2, 68, 3), (2, 5, 2)])
+def test_mean_shape_rejects_shapes_other_than_n_k_2(shape):
+    # (2, 5, 2) is well formed but has 5 landmarks where the model expects 68.
+    with pytest.raises(ValueError, match=r"expected training shapes \(N, 68, 2\)"):
+        mean_shape_from_points(torch.zeros(shape), 256, num_landmarks=68)
+    localizer = FixationLocalizer(num_landmarks=68)
+    with pytest.raises(ValueError, match="expected training shapes"):
+        localizer.set_mean_shape(torch.zeros(shape))
+
+
 # ---------------------------------------------------------------------------------------------
 # Refiner
 

@@ -39,6 +39,7 @@ __all__ = [
     "uncrop_points",
     "hflip_face",
     "FaceLandmarkDataset",
+    "batch_images_and_points",
 ]
 
 
@@ -347,3 +348,17 @@ class FaceLandmarkDataset(Dataset):
             "index": torch.tensor(index, dtype=torch.int64),
             "flipped": torch.tensor(flip),
         }
+
+
+def batch_images_and_points(batch: object, batch_idx: int) -> tuple[Tensor, Tensor]:
+    """Images ``(B, C, S, S)`` and crop points ``(B, K, 2)`` of a collated
+    :class:`FaceLandmarkDataset` batch; a clear error naming the batch otherwise."""
+    if not isinstance(batch, dict) or not {"image", "points"} <= set(batch):
+        raise ValueError(f"batch {batch_idx}: expected a dict with 'image' and 'points'")
+    images, points = batch["image"], batch["points"]
+    if images.ndim != 4 or points.ndim != 3 or len(images) != len(points):
+        raise ValueError(
+            f"batch {batch_idx}: expected image (B, C, H, W) and points (B, K, 2), got "
+            f"{tuple(images.shape)} and {tuple(points.shape)}"
+        )
+    return images, points

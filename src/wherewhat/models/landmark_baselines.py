@@ -155,11 +155,7 @@ class PFLDRegressor(nn.Module):
     @torch.no_grad()
     def set_mean_shape(self, points: Tensor) -> None:
         """Set the prior from training landmarks ``(N, K, 2)`` in crop pixels."""
-        if points.ndim != 3 or points.shape[1:] != self.mean_shape.shape:
-            raise ValueError(
-                f"expected training shapes (N, {self.num_landmarks}, 2), got {tuple(points.shape)}"
-            )
-        self.mean_shape.copy_(mean_shape_from_points(points, self.crop_size))
+        self.mean_shape.copy_(mean_shape_from_points(points, self.crop_size, self.num_landmarks))
 
     def forward_normalized(self, crops: Tensor) -> Tensor:
         x16 = self.stage16(self.normalize(crops))
@@ -378,11 +374,7 @@ class PIPHeatmapNet(nn.Module):
     @torch.no_grad()
     def set_mean_shape(self, points: Tensor) -> None:
         """Choose each landmark's neighbours from the mean of training shapes ``(N, K, 2)`` px."""
-        if points.ndim != 3 or points.shape[1:] != (self.num_landmarks, 2):
-            raise ValueError(
-                f"expected training shapes (N, {self.num_landmarks}, 2), got {tuple(points.shape)}"
-            )
-        mean = mean_shape_from_points(points, self.crop_size)
+        mean = mean_shape_from_points(points, self.crop_size, self.num_landmarks)
         self.neighbors.copy_(nearest_neighbors(mean, self.num_neighbors))
         self.merge.copy_(neighbor_merge_matrix(self.neighbors))
 

@@ -133,12 +133,18 @@ class ProximityEncoder(nn.Module):
         return nn.functional.normalize(self.project(self.features(observations)), dim=1)
 
 
-def mean_shape_from_points(points: Tensor, crop_size: int) -> Tensor:
+def mean_shape_from_points(
+    points: Tensor, crop_size: int, num_landmarks: int | None = None
+) -> Tensor:
     """Mean landmark shape in normalised crop coordinates: ``(N, K, 2)`` px -> ``(K, 2)``.
 
     Normalised as everywhere in wherewhat (u = 2x / S - 1, so -1 and 1 are the crop's edges).
-    A point with a non-finite coordinate is left out of its landmark's mean.
+    A point with a non-finite coordinate is left out of its landmark's mean. ``num_landmarks``:
+    the K a model expects (checked).
     """
+    k = points.shape[1] if num_landmarks is None and points.ndim == 3 else num_landmarks
+    if points.ndim != 3 or tuple(points.shape[1:]) != (k, 2):
+        raise ValueError(f"expected training shapes (N, {k or 'K'}, 2), got {tuple(points.shape)}")
     normalised = pixel_to_normalized(points.double(), (crop_size, crop_size))
     finite = torch.isfinite(normalised).all(dim=-1, keepdim=True)
     total = torch.where(finite, normalised, torch.zeros_like(normalised)).sum(dim=0)
@@ -190,11 +196,7 @@ class FixationLocalizer(nn.Module):
     @torch.no_grad()
     def set_mean_shape(self, points: Tensor) -> None:
         """Set the prior from training landmarks ``(N, K, 2)`` in crop pixels."""
-        if points.ndim != 3 or points.shape[1:] != self.mean_shape.shape:
-            raise ValueError(
-                f"expected training shapes (N, {self.num_landmarks}, 2), got {tuple(points.shape)}"
-            )
-        self.mean_shape.copy_(mean_shape_from_points(points, self.crop_size))
+        self.mean_shape.copy_(mean_shape_from_points(points, self.crop_size, self.num_landmarks))
 
     def forward_normalized(self, codes: Tensor, fixations: Tensor) -> Tensor:
         """Landmarks in normalised crop coordinates ``(B, K, 2)`` (for an MSE loss there)."""

@@ -33,7 +33,7 @@ import lightning.pytorch as pl
 import torch
 from torch import Tensor, nn
 
-from wherewhat.data.face_crops import uncrop_points
+from wherewhat.data.face_crops import batch_images_and_points, uncrop_points
 from wherewhat.errors import ConfigError
 from wherewhat.geometry import pixel_to_normalized
 from wherewhat.metrics.landmarks import LandmarkNME
@@ -104,20 +104,8 @@ class LandmarkBaselineTask(pl.LightningModule):
         """The inference network (crop -> landmarks in crop pixels), a copy in eval mode."""
         return copy.deepcopy(self.model).eval()
 
-    @staticmethod
-    def _unpack(batch: dict[str, Tensor], batch_idx: int) -> tuple[Tensor, Tensor]:
-        if not isinstance(batch, dict) or not {"image", "points"} <= set(batch):
-            raise ValueError(f"batch {batch_idx}: expected a dict with 'image' and 'points'")
-        images, points = batch["image"], batch["points"]
-        if images.ndim != 4 or points.ndim != 3 or len(images) != len(points):
-            raise ValueError(
-                f"batch {batch_idx}: expected image (B, C, H, W) and points (B, K, 2), got "
-                f"{tuple(images.shape)} and {tuple(points.shape)}"
-            )
-        return images, points
-
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        images, points = self._unpack(batch, batch_idx)
+        images, points = batch_images_and_points(batch, batch_idx)
         parts = self.losses(images, points)
         size = len(images)
         self.log("train/loss", parts["loss"], prog_bar=True, on_step=True, on_epoch=True,
@@ -129,7 +117,7 @@ class LandmarkBaselineTask(pl.LightningModule):
         return parts["loss"]
 
     def _evaluate(self, batch: dict[str, Tensor], batch_idx: int, split: str) -> None:
-        images, points = self._unpack(batch, batch_idx)
+        images, points = batch_images_and_points(batch, batch_idx)
         loss = self.losses(images, points)["loss"]
         predicted = self.model(images)
         target = batch.get("original_points")

@@ -60,7 +60,7 @@ import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
-from wherewhat.data.face_crops import uncrop_points
+from wherewhat.data.face_crops import batch_images_and_points, uncrop_points
 from wherewhat.errors import ConfigError
 from wherewhat.geometry import pixel_to_normalized
 from wherewhat.metrics.landmarks import LandmarkNME
@@ -355,20 +355,8 @@ class WorldComp2DTask(pl.LightningModule):
         return self.model.refiner.loss(image, centres, points, landmarks_per_image)
 
     # -- steps ---------------------------------------------------------------------------------
-    @staticmethod
-    def _unpack(batch: dict[str, Tensor], batch_idx: int) -> tuple[Tensor, Tensor]:
-        if not isinstance(batch, dict) or not {"image", "points"} <= set(batch):
-            raise ValueError(f"batch {batch_idx}: expected a dict with 'image' and 'points'")
-        images, points = batch["image"], batch["points"]
-        if images.ndim != 4 or points.ndim != 3 or len(images) != len(points):
-            raise ValueError(
-                f"batch {batch_idx}: expected image (B, C, H, W) and points (B, K, 2), got "
-                f"{tuple(images.shape)} and {tuple(points.shape)}"
-            )
-        return images, points
-
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        images, points = self._unpack(batch, batch_idx)
+        images, points = batch_images_and_points(batch, batch_idx)
         image = self.model.normalize(images)
         if self.stage == "encoder":
             loss = self._contrastive_loss(image, points)
@@ -390,7 +378,7 @@ class WorldComp2DTask(pl.LightningModule):
         return loss
 
     def _evaluate(self, batch: dict[str, Tensor], batch_idx: int, split: str) -> None:
-        images, points = self._unpack(batch, batch_idx)
+        images, points = batch_images_and_points(batch, batch_idx)
         image = self.model.normalize(images)
         if self.stage == "encoder":
             # Fixed draws per batch index: comparable from one validation to the next.
