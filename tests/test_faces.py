@@ -780,3 +780,15 @@ def test_batch_images_and_points_names_the_bad_batch():
         batch_images_and_points((images, points), 3)
     with pytest.raises(ValueError, match=r"batch 4: .* got \(2, 3, 8, 8\) and \(1, 68, 2\)"):
         batch_images_and_points({"image": images, "points": points[:1]}, 4)
+
+
+def test_prediction_record_maps_crop_points_to_original_pixels():
+    from wherewhat.data.face_crops import prediction_record
+
+    # original -> crop: scale by 2, then shift by (10, -4)
+    affine = torch.tensor([[[2.0, 0.0, 10.0], [0.0, 2.0, -4.0], [0.0, 0.0, 1.0]]])
+    crop_points = torch.tensor([[[10.0, 0.0], [30.0, 16.0]]])
+    record = prediction_record(crop_points, {"affine": affine, "index": torch.tensor([7])})
+    torch.testing.assert_close(record["points"], torch.tensor([[[0.0, 2.0], [10.0, 10.0]]]))
+    assert record["crop_points"] is crop_points and record["index"].tolist() == [7]
+    assert set(prediction_record(crop_points, torch.zeros(1, 3, 8, 8))) == {"crop_points"}

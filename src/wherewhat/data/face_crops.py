@@ -40,6 +40,7 @@ __all__ = [
     "hflip_face",
     "FaceLandmarkDataset",
     "batch_images_and_points",
+    "prediction_record",
 ]
 
 
@@ -362,3 +363,15 @@ def batch_images_and_points(batch: object, batch_idx: int) -> tuple[Tensor, Tens
             f"{tuple(images.shape)} and {tuple(points.shape)}"
         )
     return images, points
+
+
+def prediction_record(crop_points: Tensor, batch: object) -> dict[str, Tensor]:
+    """What a landmark task's ``predict_step`` returns for ``crop_points`` ``(B, K, 2)``
+    predicted on ``batch`` (a :class:`FaceLandmarkDataset` batch, or bare crops):
+    ``{"crop_points", "points" (original pixels, when the batch has "affine"), "index"}``."""
+    out = {"crop_points": crop_points}
+    if isinstance(batch, dict) and "affine" in batch:
+        out["points"] = uncrop_points(crop_points, batch["affine"])
+    if isinstance(batch, dict) and "index" in batch:
+        out["index"] = batch["index"]
+    return out

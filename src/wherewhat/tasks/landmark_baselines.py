@@ -33,7 +33,11 @@ import lightning.pytorch as pl
 import torch
 from torch import Tensor, nn
 
-from wherewhat.data.face_crops import batch_images_and_points, uncrop_points
+from wherewhat.data.face_crops import (
+    batch_images_and_points,
+    prediction_record,
+    uncrop_points,
+)
 from wherewhat.errors import ConfigError
 from wherewhat.geometry import pixel_to_normalized
 from wherewhat.metrics.landmarks import LandmarkNME
@@ -153,15 +157,9 @@ class LandmarkBaselineTask(pl.LightningModule):
         self._log_nme("test", self.test_nme)
 
     def predict_step(self, batch: dict[str, Tensor] | Tensor, batch_idx: int) -> dict[str, Tensor]:
-        """``{"crop_points", "points" (original pixels, when the batch has "affine"), "index"}``."""
+        """:func:`~wherewhat.data.face_crops.prediction_record` of the batch's crops."""
         images = batch["image"] if isinstance(batch, dict) else batch
-        landmarks = self.model(images)
-        out = {"crop_points": landmarks}
-        if isinstance(batch, dict) and "affine" in batch:
-            out["points"] = uncrop_points(landmarks, batch["affine"])
-        if isinstance(batch, dict) and "index" in batch:
-            out["index"] = batch["index"]
-        return out
+        return prediction_record(self.model(images), batch)
 
     def configure_optimizers(self) -> Any:
         optimizer = torch.optim.Adam(
