@@ -675,21 +675,18 @@ def run_landmark_bench(
     saving (needs ``trained_dir``); the dict then has only ``training``, ``trained_dir``,
     ``settings``, ``seconds``.
     """
-    import torch
-
     from wherewhat.bench import machine_info
+    from wherewhat.bench.runtime import torch_num_threads
 
     settings = settings or LandmarkBenchSettings.preset("full")
     settings.check()
     if train_only and trained_dir is None:
         raise ValueError("train_only needs a trained_dir (else the trained models are lost)")
     start = time.perf_counter()
-    threads = torch.get_num_threads()
-    torch.set_num_threads(settings.threads)
     models: dict[str, dict[str, Any]] = {}
     evaluations: dict[str, dict[str, Any]] = {}
     split: dict[str, Any] | None = None
-    try:
+    with torch_num_threads(settings.threads):
         with tempfile.TemporaryDirectory(prefix="landmark-bench-") as tmp:
             workdir = Path(tmp)
             store = _TrainedStore(Path(trained_dir) if trained_dir else workdir / "trained")
@@ -713,8 +710,6 @@ def run_landmark_bench(
                 evaluations[name] = evaluation
             if not train_only:
                 figures = _figures(evaluations, wc_model, settings)
-    finally:
-        torch.set_num_threads(threads)
     common = {
         "training": training,
         "trained_dir": str(Path(trained_dir).resolve()) if trained_dir else None,

@@ -30,7 +30,6 @@ import dataclasses
 import math
 import time
 from collections.abc import Callable, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -297,7 +296,9 @@ def run_arm(
     steps = settings.detection_steps if task == "detection" else settings.segmentation_steps
     if ARMS[arm][1] > 1:
         steps = max(1, int(round(steps * settings.steps_2x_fraction)))
-    with _threads(settings.threads):
+    from wherewhat.bench.runtime import torch_num_threads
+
+    with torch_num_threads(settings.threads):
         fit = _fit(module, _loader(train_set, settings.batch_size, True, seed), steps,
                    settings.progress_bar)  # fmt: skip
         wall, cpu = time.perf_counter(), time.process_time()
@@ -310,14 +311,6 @@ def run_arm(
     record = {"task": task, "arm": arm, "seed": seed, **fit, **evaluation, **metrics,
               "params": params, "torch_threads": torch.get_num_threads()}  # fmt: skip
     return module, record
-
-
-@contextmanager
-def _threads(threads: int):
-    from wherewhat.bench.runtime import torch_num_threads
-
-    with torch_num_threads(threads):
-        yield
 
 
 # -- model-free measurements -------------------------------------------------------------------
@@ -421,6 +414,7 @@ def latency_breakdown(
     import torch
     import torch.nn.functional as F
 
+    from wherewhat.bench.runtime import torch_num_threads
     from wherewhat.geometry.saliency import boxes_saliency
     from wherewhat.geometry.warp import saliency_to_grid, sampling_grid, unzoom, unzoom_grid, zoom
     from wherewhat.models.segmentation import logits_at_label_pixels
@@ -441,7 +435,7 @@ def latency_breakdown(
     def resize():
         return F.interpolate(image, in_size, mode="bilinear", align_corners=False)
 
-    with _threads(settings.threads), torch.inference_mode():
+    with torch_num_threads(settings.threads), torch.inference_mode():
         coarse = saliency_to_grid(fixed_saliency, **warp)
         dense = sampling_grid(coarse, in_size)
         zoomed = zoom(image, None, dense_grid=dense)

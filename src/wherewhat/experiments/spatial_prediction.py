@@ -27,7 +27,6 @@ import math
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,7 +45,6 @@ __all__ = [
     "ssl_markdown",
     "summarise_arms",
     "summary_rows",
-    "torch_threads",
 ]
 
 DEFAULT_CIFAR = Path("../shared/data/cifar10/cifar10_subset.npz")
@@ -170,19 +168,6 @@ def arm_name(base: str, sp_lambda: float, default_lambda: float) -> str:
 
 
 # -- training ---------------------------------------------------------------------------------
-
-
-@contextmanager
-def torch_threads(threads: int):
-    """Run the block with ``threads`` torch threads, then restore the previous count."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _fit(task: Any, data: Any, epochs: int, s: SSLBenchSettings) -> dict[str, float]:
@@ -583,6 +568,7 @@ def run_ssl_bench(
     """
 
     from wherewhat.bench.machine import machine_info
+    from wherewhat.bench.runtime import torch_num_threads
 
     s = settings or SSLBenchSettings.preset("quick" if quick else "full")
     s.check()
@@ -590,8 +576,8 @@ def run_ssl_bench(
     arms: list[dict[str, Any]] = []
     face_arms: list[dict[str, Any]] = []
     kept_task = None
-    with torch_threads(s.threads), tempfile.TemporaryDirectory(prefix="ssl-bench-",
-                                                                 dir=work_dir) as tmp:  # fmt: skip
+    with torch_num_threads(s.threads), tempfile.TemporaryDirectory(prefix="ssl-bench-",
+                                                                     dir=work_dir) as tmp:  # fmt: skip
         plan = [("simclr", lam, seed) for seed in s.seeds for lam in (0.0, s.sp_lambda)]
         plan += [("byol", lam, seed) for seed in s.byol_seeds for lam in (0.0, s.sp_lambda)]
         plan += [

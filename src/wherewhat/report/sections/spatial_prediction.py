@@ -14,7 +14,6 @@ from wherewhat.experiments.spatial_prediction import (
     run_ssl_bench,
     summarise_arms,
     summary_rows,
-    torch_threads,
 )
 from wherewhat.report.html import Section
 from wherewhat.report.tour import TourContext, register_section
@@ -38,7 +37,9 @@ def spatial_prediction_section(ctx: TourContext) -> Section:
         else:
             settings = dataclasses.replace(settings, faces_root=str(faces))
     if ctx.quick:
-        with ctx.step("pre-train + probe"), torch_threads(settings.threads):
+        from wherewhat.bench.runtime import torch_num_threads
+
+        with ctx.step("pre-train + probe"), torch_num_threads(settings.threads):
             arm, task = run_ssl_arm(
                 "simclr", settings.sp_lambda, settings.seeds[0], settings, ctx.log
             )
