@@ -26,12 +26,9 @@ import numpy as np
 from wherewhat.bench.machine import machine_info
 from wherewhat.bench.tables import format_markdown_table, write_results
 from wherewhat.data.mnist import load_mnist_digits
-from wherewhat.data.scatter import (
-    ScatterConfig,
-    _load_or_generate,
-    generate_scatter,
-    lzu_scatter_config,
-)
+from wherewhat.data.scatter import ScatterConfig, generate_scatter
+from wherewhat.data.scatter.cache import load_or_generate_reporting
+from wherewhat.methods.lzu.street import street_scene_config
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 COLUMNS = [
@@ -67,9 +64,9 @@ def _timed_cpu(call: Any) -> tuple[Any, float, float]:
 def bench_config(name: str, config: ScatterConfig, cache_root: Path) -> dict[str, Any]:
     """Time generation, a cache miss and a cache hit of the train split of ``config``."""
     scenes, seconds, cpu_seconds = _timed_cpu(lambda: generate_scatter(config, "train"))
-    (_, generated), miss = _timed(lambda: _load_or_generate(config, "train", cache_root, None))
+    (_, generated), miss = _timed(lambda: load_or_generate_reporting(config, "train", cache_root, None))
     assert generated, "the cache must start empty"
-    (cached, generated), hit = _timed(lambda: _load_or_generate(config, "train", cache_root, None))
+    (cached, generated), hit = _timed(lambda: load_or_generate_reporting(config, "train", cache_root, None))
     assert not generated and np.array_equal(cached.grey, scenes.grey)
     disk = sum(p.stat().st_size for p in cache_root.rglob("*") if p.is_file())
     count = len(scenes)
@@ -104,7 +101,7 @@ def main(argv: list[str] | None = None) -> None:
     _, digits_load_s = _timed(lambda: (load_mnist_digits("train"), load_mnist_digits("test")))
     configs = {
         "default (SSDIR)": ScatterConfig(n_train=n_default),
-        "LZU preset + masks": lzu_scatter_config(n_train=n_lzu, with_masks=True),
+        "LZU preset + masks": street_scene_config(n_train=n_lzu, with_masks=True),
     }
     rows = []
     for name, config in configs.items():

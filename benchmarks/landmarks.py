@@ -7,7 +7,7 @@ AUC@10 (inter-ocular, original pixels, every validation face), batch-1 faces/s f
 crop to landmarks in ONNX Runtime (1 and 2 threads) and PyTorch (1 thread), training minutes,
 ratios to each baseline, the issue's targets, and figures (predictions on validation faces,
 cumulative error curves, a 2-D embedding of WorldComp2D's view codes). The pipeline is
-:func:`wherewhat.experiments.landmarks.run_landmark_bench`.
+:func:`wherewhat.methods.worldcomp2d.experiment.run_landmark_bench`.
 
     .venv/bin/python benchmarks/landmarks.py                      # full: 60 min per model
     .venv/bin/python benchmarks/landmarks.py --budget-minutes 30  # another budget
@@ -51,7 +51,7 @@ import yaml
 
 from wherewhat.bench.tables import write_figures, write_results
 from wherewhat.errors import ConfigError
-from wherewhat.experiments.landmarks import (
+from wherewhat.methods.worldcomp2d.experiment import (
     BASELINES,
     LandmarkBenchSettings,
     landmark_markdown,

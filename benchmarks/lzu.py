@@ -1,6 +1,6 @@
 """LZU benchmark: uniform vs LZU-fixed vs LZU-adaptive vs 2x input, detection and segmentation.
 
-The street experiment of issue 5 (see :mod:`wherewhat.experiments.lzu` for what each arm
+The street experiment of issue 5 (see :mod:`wherewhat.methods.lzu.experiment` for what each arm
 does): 512 x 1024 scattered-MNIST scenes, models trained at 128 x 256, AP50 / AP by object size
 (original pixels) and mIoU per arm over seeds; round-trip error and coverage of the exact
 inverse; 1-D inverse vs tile solver at 152 x 240; per-step CPU latency and the zoom + unzoom
@@ -25,7 +25,13 @@ import sys
 from pathlib import Path
 
 from wherewhat.bench.tables import write_figures, write_results
-from wherewhat.experiments.lzu import ARMS, TASKS, LZUBenchSettings, lzu_markdown, run_lzu_bench
+from wherewhat.methods.lzu.experiment import (
+    ARMS,
+    TASKS,
+    LZUBenchSettings,
+    lzu_markdown,
+    run_lzu_bench,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = ROOT / "benchmarks" / "results"

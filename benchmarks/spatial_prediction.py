@@ -1,7 +1,7 @@
 """Spatial Prediction benchmark: SimCLR / BYOL with and without SP at equal budget, on CPU.
 
 Arms (each pre-trains from scratch, then probes the frozen backbone; see
-:mod:`wherewhat.experiments.spatial_prediction` for the pipeline):
+:mod:`wherewhat.methods.spatial_prediction.experiment` for the pipeline):
 
 * SimCLR and SimCLR + SP (lambda 0.5), seeds 0 1 2;
 * BYOL and BYOL + SP, seed 0;
@@ -30,7 +30,7 @@ import sys
 from pathlib import Path
 
 from wherewhat.bench.tables import write_figures, write_results
-from wherewhat.experiments.spatial_prediction import (
+from wherewhat.methods.spatial_prediction.experiment import (
     SSLBenchSettings,
     run_ssl_bench,
     ssl_markdown,

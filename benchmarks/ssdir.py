@@ -5,7 +5,7 @@ test scenes: class-agnostic AP50 / AP50:95, reconstruction MSE, the Table-2 prob
 regression on train-scene z_what, objects labelled at IoU >= 0.5, unmatched objects counted),
 training minutes, inference scenes/s at batch 1 and 32 (SSDIR forward, torch, 2 threads),
 parameters and MACs. Then the de-duplication ablation (nms / soft / none) on the first seed.
-The pipeline is :func:`wherewhat.experiments.ssdir.run_ssdir_bench` (the tour runs its
+The pipeline is :func:`wherewhat.methods.ssdir.experiment.run_ssdir_bench` (the tour runs its
 quick version).
 
     .venv/bin/python benchmarks/ssdir.py                  # full: 2 variants x 3 seeds + ablation
@@ -38,7 +38,7 @@ from typing import Any
 import yaml
 
 from wherewhat.bench.tables import write_figures, write_results
-from wherewhat.experiments.ssdir import (
+from wherewhat.methods.ssdir.experiment import (
     DEDUP_MODES,
     VARIANTS,
     SSDIRBenchSettings,

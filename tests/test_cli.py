@@ -102,7 +102,8 @@ def _stand_in(monkeypatch, module_name: str, **functions) -> list:
 
 def test_tour_passes_options_and_prints_report_path(monkeypatch, capsys, tmp_path):
     report = tmp_path / "report.html"
-    calls = _stand_in(monkeypatch, "wherewhat.report.tour", run_tour=report)
+    calls = _stand_in(monkeypatch, "wherewhat.tour", run=report)
+    sys.modules["wherewhat.tour"].TourFailed = RuntimeError
     main(["tour", "--out", str(tmp_path), "--faces-root", "/faces", "--full"])
     (_, args, kwargs), = calls  # fmt: skip
     assert args == (str(tmp_path),)

@@ -12,15 +12,15 @@ import torch
 from PIL import Image
 
 from wherewhat.data.face_formats import read_pts, write_pts
-from wherewhat.errors import DataFormatError
-from wherewhat.geometry import apply_affine
-from wherewhat.tasks.face_predict import (
+from wherewhat.data.face_predict import (
     FacePredictDataModule,
     LandmarkPredictionWriter,
     find_faces,
     read_boxes_file,
 )
-from wherewhat.tasks.worldcomp2d import WorldComp2DTask
+from wherewhat.errors import DataFormatError
+from wherewhat.geometry import apply_affine
+from wherewhat.methods.worldcomp2d.task import WorldComp2DTask
 
 # Crop-frame points the stub model "predicts" on a 64 px crop: the crop's centre and a corner.
 CROP_POINTS = torch.tensor([[32.0, 32.0], [0.0, 0.0], [64.0, 48.0]])
@@ -153,7 +153,7 @@ def test_cli_predict_with_the_config_and_a_checkpoint(tmp_path):
         localizer_hidden=(32,), refiner_width=6, refiner_groups=2, refiner_blocks=1,
     )  # fmt: skip
     task = WorldComp2DTask(stage="refiner", **tiny)
-    hparams = {**dict(task.hparams), "_class_path": "wherewhat.tasks.worldcomp2d.WorldComp2DTask"}
+    hparams = {**dict(task.hparams), "_class_path": "wherewhat.methods.worldcomp2d.task.WorldComp2DTask"}
     checkpoint = tmp_path / "tiny.ckpt"
     torch.save(
         {"state_dict": task.state_dict(), "hyper_parameters": hparams,

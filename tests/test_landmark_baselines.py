@@ -16,6 +16,8 @@ from wherewhat.data.face_crops import uncrop_points
 from wherewhat.data.face_datamodule import FaceLandmarkDataModule
 from wherewhat.data.loader import EpochSeededSampler, ResumableDataLoader
 from wherewhat.errors import ConfigError
+from wherewhat.methods.worldcomp2d.model import LandmarkRefiner, sample_landmark_subset
+from wherewhat.methods.worldcomp2d.task import WorldComp2DTask
 from wherewhat.metrics.landmarks import nme
 from wherewhat.models.landmark_baselines import (
     PFLDRegressor,
@@ -25,9 +27,7 @@ from wherewhat.models.landmark_baselines import (
     nearest_neighbors,
     neighbor_merge_matrix,
 )
-from wherewhat.models.worldcomp2d import LandmarkRefiner, sample_landmark_subset
 from wherewhat.tasks.landmark_baselines import PFLDTask, PIPHeatmapTask
-from wherewhat.tasks.worldcomp2d import WorldComp2DTask
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -298,7 +298,7 @@ def test_refiner_subset_loss_equals_full_loss_when_it_takes_every_landmark():
     pick = sample_landmark_subset(3, 7, 3, torch.Generator().manual_seed(5))
     subset = refiner.loss(image, centres, truth, 3, torch.Generator().manual_seed(5))
     heatmaps = refiner.heatmaps(image, centres)
-    from wherewhat.models.worldcomp2d import heatmap_targets
+    from wherewhat.methods.worldcomp2d.model import heatmap_targets
 
     targets, valid = heatmap_targets(truth, centres, refiner.view_size, refiner.sigma)
     per_landmark = (heatmaps - targets).pow(2).mean(dim=(-1, -2))

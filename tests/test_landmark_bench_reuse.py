@@ -1,5 +1,5 @@
 """The landmark benchmark's saved trained models: reuse across invocations, fingerprints,
-train-only runs, stage-by-stage resume (:mod:`wherewhat.experiments.landmarks`).
+train-only runs, stage-by-stage resume (:mod:`wherewhat.methods.worldcomp2d.experiment`).
 
 Real faces from ``../shared/data/faces68`` (skipped if absent); tiny models and one step per
 training run; latency and figures are stubbed out (they do not depend on where the weights
@@ -16,8 +16,8 @@ import warnings
 import pytest
 
 from wherewhat.errors import ConfigError
-from wherewhat.experiments import landmarks
-from wherewhat.experiments.landmarks import (
+from wherewhat.methods.worldcomp2d import experiment as landmarks
+from wherewhat.methods.worldcomp2d.experiment import (
     STAGES,
     LandmarkBenchSettings,
     run_landmark_bench,

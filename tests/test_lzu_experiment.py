@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import wherewhat.tasks.lzu_detection as lzu_detection
+import wherewhat.methods.lzu.detection_task as lzu_detection
 from wherewhat.errors import ConfigError
 from wherewhat.geometry.saliency import (
     FixedSaliency,
@@ -18,15 +18,15 @@ from wherewhat.geometry.saliency import (
     load_saliency,
 )
 from wherewhat.geometry.warp import saliency_to_grid, zoom
-from wherewhat.models.segmentation import LZUSegmenter, logits_at_label_pixels
-from wherewhat.models.ssd import SSDDetector
-from wherewhat.tasks.lzu_detection import (
+from wherewhat.methods.lzu.detection_task import (
     LZUDetectionTask,
     LZUDetector,
     load_or_compute_fixed_saliency,
     plain_detector_outputs,
 )
-from wherewhat.tasks.lzu_segmentation import LZUSegmentationTask, boxes_from_label_map
+from wherewhat.methods.lzu.segmentation_net import LZUSegmenter, logits_at_label_pixels
+from wherewhat.methods.lzu.segmentation_task import LZUSegmentationTask, boxes_from_label_map
+from wherewhat.models.ssd import SSDDetector
 
 ORIGINAL = (128, 256)
 INPUT = (64, 128)

@@ -9,14 +9,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import wherewhat.models.lzu as lzu_module
+import wherewhat.methods.lzu.wrapper as lzu_module
 from wherewhat.geometry.saliency import (
     FixedSaliency,
     LearnedSaliency,
     UniformSaliency,
     boxes_saliency,
 )
-from wherewhat.models.lzu import LZU
+from wherewhat.methods.lzu.wrapper import LZU
 
 
 class TwoLevels(nn.Module):

@@ -250,10 +250,11 @@ def test_failing_section_is_reported_and_the_tour_signals_failure(tmp_path):
 
 
 def test_command_line_exit_codes(tmp_path, monkeypatch):
-    from wherewhat.report import tour
+    from wherewhat import tour
+    from wherewhat.report import tour as machinery
 
-    monkeypatch.setattr(tour, "_load_builtin_sections", lambda: None)
-    monkeypatch.setattr(tour, "SECTIONS", _registry_with_failure())
+    monkeypatch.setattr(tour, "PAGE_MODULES", ())
+    monkeypatch.setattr(machinery, "SECTIONS", _registry_with_failure())
     out = str(tmp_path / "cli")
     assert tour.main(["--out-dir", out, "--sections", "first", "last"]) == 0
     assert tour.main(["--out-dir", out]) == 1  # "boom" fails, report still written
@@ -334,6 +335,8 @@ def test_preview_scatter_and_data_section(tmp_path):
     out = preview_dataset("scatter", tmp_path / "cache", tmp_path / "scatter.png", n=4)
     with Image.open(out) as png:
         assert png.size[0] == 4 * 200
+    import wherewhat.report.sections.data  # noqa: F401  (registers the page)
+
     path = run_tour(tmp_path / "tour", sections=["data"], show_progress=False)
     summary = json.loads((tmp_path / "tour" / "summary.json").read_text())
     assert summary["sections"]["data"]["numbers"]["scatter_test_scenes"] == 200

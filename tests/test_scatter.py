@@ -12,22 +12,22 @@ import pytest
 import torch
 from PIL import Image
 
-from wherewhat.data import scatter_cache
 from wherewhat.data.mnist import load_mnist_digits
 from wherewhat.data.scatter import (
     ScatterConfig,
     ScatterMNIST,
     ScatterMNISTDataModule,
-    _cells_covered,
-    _load_or_generate,
     collate_scenes,
     generate_scatter,
     generate_scene,
     load_or_generate,
-    lzu_scatter_config,
     scatter_cache_dir,
 )
+from wherewhat.data.scatter import store as scatter_cache
+from wherewhat.data.scatter.cache import load_or_generate_reporting
+from wherewhat.data.scatter.generator import _cells_covered
 from wherewhat.errors import ConfigError, DataFormatError
+from wherewhat.methods.lzu.street import street_scene_config
 
 SMALL = ScatterConfig(
     image_size=(64, 80),
@@ -187,7 +187,7 @@ def test_vertical_prior_moves_centres_into_the_band_and_depends_on_size():
 
 
 def test_lzu_preset_is_wide_and_valid():
-    config = lzu_scatter_config(n_train=2)
+    config = street_scene_config(n_train=2)
     assert config.image_size == (512, 1024) and config.has_prior
     scene = generate_scene(config, "train", 0)
     assert scene.image.shape == (1, 512, 1024) and len(scene.boxes) >= 1
@@ -242,9 +242,9 @@ def test_bad_config_values_raise_config_error_naming_the_key(key, value):
 
 
 def test_cache_hit_returns_identical_data_and_changed_knob_misses(tmp_path):
-    first, generated = _load_or_generate(SMALL, "train", tmp_path, None)
+    first, generated = load_or_generate_reporting(SMALL, "train", tmp_path, None)
     assert generated
-    again, generated = _load_or_generate(SMALL, "train", tmp_path, None)
+    again, generated = load_or_generate_reporting(SMALL, "train", tmp_path, None)
     assert not generated
     fresh = generate_scatter(SMALL, "train")
     for scenes in (first, again):
@@ -261,7 +261,7 @@ def test_cache_hit_returns_identical_data_and_changed_knob_misses(tmp_path):
     assert json.loads((folder / "config.json").read_text())["config"] == SMALL.to_dict()
     changed = SMALL.replace(position_variance=0.5)
     assert scatter_cache_dir(changed, tmp_path) != folder
-    _, generated = _load_or_generate(changed, "train", tmp_path, None)
+    _, generated = load_or_generate_reporting(changed, "train", tmp_path, None)
     assert generated
     assert not list(folder.glob(".tmp-*"))  # no temporary leftovers
 

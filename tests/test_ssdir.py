@@ -19,9 +19,8 @@ from torchvision.ops import box_iou
 
 from wherewhat.data.scatter import ScatterConfig, ScatterMNIST, collate_scenes, load_or_generate
 from wherewhat.geometry import extract
-from wherewhat.models.ssd import SSDDetector
-from wherewhat.models.ssdir import SSDIR, load_detector
-from wherewhat.models.ssdir_parts import (
+from wherewhat.methods.ssdir.model import SSDIR, load_detector
+from wherewhat.methods.ssdir.parts import (
     bernoulli_log_likelihood,
     depth_weights,
     gaussian_log_likelihood,
@@ -29,7 +28,8 @@ from wherewhat.models.ssdir_parts import (
     merge_objects,
     select_objects,
 )
-from wherewhat.tasks.ssdir import SSDIRTask
+from wherewhat.methods.ssdir.task import SSDIRTask
+from wherewhat.models.ssd import SSDDetector
 
 SIZE = (64, 64)
 SMALL = {"z_what_size": 16, "what_hidden": 1, "glimpse_size": 16, "decoder_width": 64}
@@ -343,7 +343,7 @@ def test_task_fits_through_lightning_and_config_names_real_arguments(tmp_path):
         assert name in logged and torch.isfinite(logged[name])
 
     config = yaml.safe_load(CONFIG.read_text())
-    assert config["model"]["class_path"] == "wherewhat.tasks.ssdir.SSDIRTask"
+    assert config["model"]["class_path"] == "wherewhat.methods.ssdir.task.SSDIRTask"
     import inspect
 
     accepted = set(inspect.signature(SSDIRTask.__init__).parameters)

@@ -17,15 +17,15 @@ from scipy import ndimage
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from wherewhat.metrics.ssdir_eval import coverage_counts, encode_scenes, evaluate_ssdir
-from wherewhat.report.html import png_bytes, png_size
-from wherewhat.report.ssdir_figures import (
+from wherewhat.methods.ssdir.evaluation import coverage_counts, encode_scenes, evaluate_ssdir
+from wherewhat.methods.ssdir.figures import (
     glimpse_panels,
     reconstruction_panels,
     ssdir_figures,
     zwhat_tsne,
 )
-from wherewhat.tasks.ssdir_records import SSDIRRecordsWriter, read_records, write_records
+from wherewhat.methods.ssdir.records import SSDIRRecordsWriter, read_records, write_records
+from wherewhat.report.html import png_bytes, png_size
 
 SIDE = 64
 NUM_CLASSES = 10
@@ -176,7 +176,7 @@ def test_duplicates_are_counted_and_lower_scored_copies_do_not_hurt_ap50(splits)
 
 
 def test_coverage_counts_on_a_hand_case():
-    from wherewhat.metrics.ssdir_eval import SceneObjects
+    from wherewhat.methods.ssdir.evaluation import SceneObjects
 
     gt = torch.tensor([[0.0, 0, 10, 10], [20, 20, 30, 30], [40, 40, 50, 50]])
     boxes = torch.tensor([[0.0, 0, 10, 10], [0, 0, 10, 9], [21, 20, 31, 30], [60, 60, 70, 70]])
@@ -289,8 +289,8 @@ def test_figures_are_pngs_of_the_documented_size(splits):
 
 
 def test_ssdir_figures_on_a_tiny_real_ssdir():
+    from wherewhat.methods.ssdir.model import SSDIR
     from wherewhat.models.ssd import SSDDetector
-    from wherewhat.models.ssdir import SSDIR
 
     torch.manual_seed(0)
     detector = SSDDetector(image_size=(SIDE, SIDE), width_mult=0.125)
@@ -312,17 +312,18 @@ def test_ssdir_figures_on_a_tiny_real_ssdir():
 
 
 def test_section_is_registered():
-    import wherewhat.report.sections as sections
     from wherewhat.report.tour import SECTIONS
+    from wherewhat.tour import PAGE_MODULES, load_pages
 
-    assert "ssdir" in sections.SECTION_MODULES
+    load_pages()
+    assert "wherewhat.methods.ssdir.tour" in PAGE_MODULES
     assert "ssdir" in SECTIONS
     entry = SECTIONS.ordered(["ssdir"])[0]
-    assert entry.order == 30 and entry.fn.__module__ == "wherewhat.report.sections.ssdir"
+    assert entry.order == 30 and entry.fn.__module__ == "wherewhat.methods.ssdir.tour"
 
 
 def test_bench_summary_and_markdown_on_made_up_arms():
-    from wherewhat.experiments.ssdir import SSDIRBenchSettings, _summaries, ssdir_markdown
+    from wherewhat.methods.ssdir.experiment import SSDIRBenchSettings, _summaries, ssdir_markdown
 
     def arm(variant, seed, acc):
         return {"variant": variant, "seed": seed, "dedup": "nms", "ap50": 0.9, "ap": 0.6,
@@ -356,7 +357,11 @@ def test_results_of_two_runs_merge_into_the_pooled_seeds():
     import dataclasses
     import json
 
-    from wherewhat.experiments.ssdir import SSDIRBenchSettings, assemble_result, merge_results
+    from wherewhat.methods.ssdir.experiment import (
+        SSDIRBenchSettings,
+        assemble_result,
+        merge_results,
+    )
 
     def arm(seed, acc, dedup="nms"):
         return {"variant": "class_agnostic", "seed": seed, "dedup": dedup, "ap50": 0.9,
@@ -392,7 +397,7 @@ def test_results_of_two_runs_merge_into_the_pooled_seeds():
 
 @pytest.mark.slow
 def test_run_ssdir_bench_end_to_end_on_a_tiny_setting():
-    from wherewhat.experiments.ssdir import SSDIRBenchSettings, run_ssdir_bench
+    from wherewhat.methods.ssdir.experiment import SSDIRBenchSettings, run_ssdir_bench
 
     settings = SSDIRBenchSettings.preset(
         "quick", n_train=32, n_test=8, batch_size=8, detector_max_steps=3, ssdir_max_steps=3,

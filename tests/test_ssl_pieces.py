@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.utils.data import default_collate
 
-from wherewhat.models.ssl import (
+from wherewhat.methods.spatial_prediction import (
     BYOL,
     CropConfig,
     PhotometricConfig,

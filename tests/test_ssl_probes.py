@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from wherewhat.metrics.probe import knn_probe
-from wherewhat.metrics.ssl_probes import (
+from wherewhat.methods.spatial_prediction import PhotometricConfig, SpatialPredictionConfig, TinyCNN
+from wherewhat.methods.spatial_prediction.probes import (
     CORRUPTIONS,
     LinearProbe,
     corrupt,
@@ -18,7 +18,7 @@ from wherewhat.metrics.ssl_probes import (
     sample_view_pairs,
     sp_pair_error,
 )
-from wherewhat.models.ssl import PhotometricConfig, SpatialPredictionConfig, TinyCNN
+from wherewhat.metrics.probe import knn_probe
 
 
 @pytest.fixture(autouse=True)

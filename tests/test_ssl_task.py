@@ -13,8 +13,8 @@ from torch.utils.data import default_collate
 
 from wherewhat.data.images import SelfSupervisedDataModule
 from wherewhat.errors import ConfigError
-from wherewhat.models.ssl import SimCLR, TinyCNN, ViewSampler
-from wherewhat.tasks.ssl import SelfSupervisedTask
+from wherewhat.methods.spatial_prediction import SimCLR, TinyCNN, ViewSampler
+from wherewhat.methods.spatial_prediction.task import SelfSupervisedTask
 
 SMALL_HEADS = {
     "simclr": {"projection_hidden_dim": 32, "projection_dim": 16},

@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from wherewhat.bench import count_macs, count_parameters, export_onnx
 from wherewhat.data.face_crops import face_crop_affine, uncrop_points, warp_to_crop
 from wherewhat.geometry import apply_affine, normalized_to_pixel
-from wherewhat.models import worldcomp2d_parts
-from wherewhat.models.worldcomp2d import (
+from wherewhat.methods.worldcomp2d import parts as worldcomp2d_parts
+from wherewhat.methods.worldcomp2d.model import (
     FixationLocalizer,
     LandmarkRefiner,
     ProximityEncoder,

@@ -18,8 +18,8 @@ from wherewhat.data.face_datamodule import FaceCrops, FaceLandmarkDataModule, cr
 from wherewhat.data.faces import load_pts_folder
 from wherewhat.errors import ConfigError
 from wherewhat.geometry import apply_affine, hflip_affine
+from wherewhat.methods.worldcomp2d.task import WorldComp2DTask, parts_loaded_from
 from wherewhat.metrics.landmarks import nme
-from wherewhat.tasks.worldcomp2d import WorldComp2DTask, parts_loaded_from
 
 TINY = dict(
     encoder_channels=(8, 8, 16, 16, 16, 32),

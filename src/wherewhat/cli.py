@@ -122,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 # -- command implementations (lazy imports: each pulls in only what it needs) ------------------
 def _run_tour(args: argparse.Namespace) -> int:
-    from wherewhat.report.tour import run_tour
+    from wherewhat.tour import TourFailed, run
 
     kwargs: dict[str, Any] = {
         "faces_root": args.faces_root,
@@ -132,10 +132,8 @@ def _run_tour(args: argparse.Namespace) -> int:
     if args.sections:
         kwargs["sections"] = args.sections
     try:
-        report = run_tour(args.out, **kwargs)
-    except Exception as failure:
-        if type(failure).__name__ != "TourFailed":
-            raise
+        report = run(args.out, **kwargs)
+    except TourFailed as failure:
         print(failure, file=sys.stderr)
         return 1
     print(report)

@@ -1,6 +1,6 @@
 """Face-landmark baselines for WorldComp2D: a PFLD-style regressor and a PIPNet-style heatmap net.
 
-Both take the same input as :class:`~wherewhat.models.worldcomp2d.WorldComp2D`: square face
+Both take the same input as :class:`~wherewhat.methods.worldcomp2d.model.WorldComp2D`: square face
 crops ``(B, C, S, S)`` in [0, 1] (S = 256, cut by :mod:`wherewhat.data.face_crops`), normalise
 them inside the model, and return landmarks ``(B, K, 2)`` in crop pixels (our pixel frame:
 origin at the top-left corner of the top-left pixel). Backbones are torchvision's, built with
@@ -36,7 +36,7 @@ from torch import Tensor, nn
 from torchvision.models import mobilenet_v2, resnet18
 
 from wherewhat.geometry import normalized_to_pixel
-from wherewhat.models.worldcomp2d import IMAGENET_MEAN, IMAGENET_STD, mean_shape_from_points
+from wherewhat.models.face_landmarks import IMAGENET_MEAN, IMAGENET_STD, mean_shape_from_points
 
 __all__ = [
     "PFLDRegressor",

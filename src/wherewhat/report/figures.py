@@ -22,6 +22,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
+from sklearn.manifold import TSNE
 
 __all__ = [
     "show_image",
@@ -33,6 +34,7 @@ __all__ = [
     "line_chart",
     "save_png",
     "to_display_image",
+    "tsne_embedding",
 ]
 
 DPI = 100
@@ -291,3 +293,19 @@ def line_chart(
         ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
+
+
+def tsne_embedding(
+    z: Any, *, seed: int = 0, perplexity: float = 30.0, max_iter: int = 1000
+) -> np.ndarray:
+    """2-D t-SNE (sklearn, PCA initialisation) of ``(N, D)`` features; ``(N, 2)``.
+
+    The perplexity is lowered to ``(N - 1) / 3`` for small N (sklearn needs it below N)."""
+    x = as_numpy(z).astype(np.float64)
+    if x.ndim != 2 or len(x) < 3:
+        raise ValueError(f"tsne_embedding: expected (N, D) features with N >= 3, got {x.shape}")
+    perplexity = float(min(perplexity, max(1.0, (len(x) - 1) / 3)))
+    tsne = TSNE(
+        n_components=2, perplexity=perplexity, init="pca", random_state=seed, max_iter=max_iter
+    )
+    return tsne.fit_transform(x)

@@ -15,10 +15,10 @@ order::
         section.record(map50=0.71)       # key numbers -> summary.json
         return section
 
-Built-in sections live in ``wherewhat/report/sections/<name>.py`` and are listed in
-``wherewhat/report/sections/__init__.py`` (``SECTION_MODULES``); adding a method's section means
-adding one module there and one entry to that list. Orders in use: data 10, methods 20-80,
-bench 90.
+This module is the machinery only and knows no method. The pages are a method's
+``wherewhat/methods/<name>/tour.py`` and the core's ``wherewhat/report/sections/{data,bench}.py``;
+:mod:`wherewhat.tour` (above the methods) imports them, which registers them. Orders in use:
+data 10, methods 20-80, bench 90.
 
 A section that raises does not stop the tour: the report shows it as FAILED with its traceback,
 the other sections still run, and at the end :func:`run_tour` raises :class:`TourFailed` (the
@@ -27,13 +27,11 @@ command line turns that into a non-zero exit), so a user sees everything and CI 
 
 from __future__ import annotations
 
-import argparse
 import datetime as _dt
 import json
 import math
 import platform
 import random
-import sys
 import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
@@ -53,7 +51,6 @@ __all__ = [
     "SECTIONS",
     "register_section",
     "run_tour",
-    "main",
 ]
 
 
@@ -202,10 +199,6 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
-def _load_builtin_sections() -> None:
-    import wherewhat.report.sections  # noqa: F401  (registers the built-in sections)
-
-
 def run_tour(
     out_dir: str | Path = "runs/tour",
     faces_root: str | Path | None = None,
@@ -225,7 +218,8 @@ def run_tour(
         quick: the short tour (default) or longer runs.
         seed: seed for all sections.
         sections: names of the sections to run (default: all).
-        registry: the sections to draw from (default: the built-in ones).
+        registry: the sections to draw from (default: :data:`SECTIONS`, whatever has been
+            registered; :mod:`wherewhat.tour` registers the built-in pages).
         show_progress: show a progress bar and log lines on stderr.
 
     Returns:
@@ -246,7 +240,6 @@ def run_tour(
     )
 
     if registry is None:
-        _load_builtin_sections()
         registry = SECTIONS
     chosen = registry.ordered(sections)
     out_dir = Path(out_dir)
@@ -336,31 +329,3 @@ def run_tour(
     if failed:
         raise TourFailed(report_path, failed)
     return report_path
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m wherewhat.report.tour``: run the tour; exit code 1 if a section failed."""
-    parser = argparse.ArgumentParser(prog="wherewhat tour", description=__doc__.split("\n")[0])
-    parser.add_argument("--out-dir", default="runs/tour", help="output folder")
-    parser.add_argument("--faces-root", default=None, help="folder of 68-point .pts faces")
-    parser.add_argument("--full", action="store_true", help="longer runs instead of quick ones")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--sections", nargs="+", default=None, help="run only these sections")
-    args = parser.parse_args(argv)
-    try:
-        run_tour(args.out_dir, args.faces_root, not args.full, args.seed, args.sections)
-    except TourFailed as failure:
-        print(failure, file=sys.stderr)
-        return 1
-    except ConfigError as error:
-        print(f"wherewhat tour: {error}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    # Import by name so sections register into the same module object that runs the tour
-    # (under `python -m`, this file is also loaded as `__main__`, a second copy).
-    from wherewhat.report.tour import main as _main
-
-    raise SystemExit(_main())

@@ -1,7 +1,7 @@
 """Training of the face-landmark baselines (:mod:`wherewhat.models.landmark_baselines`).
 
 Same harness, data, crops, augmentation and evaluation as WorldComp2D
-(:mod:`wherewhat.tasks.worldcomp2d`): batches of
+(:mod:`wherewhat.methods.worldcomp2d.task`): batches of
 :class:`~wherewhat.data.face_datamodule.FaceLandmarkDataModule`, NME / FR@10 / AUC@10 in
 original-image pixels over every validation face, the same logged keys (``train/loss``,
 ``val/loss``, ``val/nme``, ``val/fr10``, ``val/auc10``, ``val/num_faces``; fractions), the same

@@ -1,0 +1,1 @@
+"""The four methods, one folder each (networks, LightningModules, pipeline, figures, tour page)."""

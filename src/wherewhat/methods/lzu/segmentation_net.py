@@ -1,0 +1,172 @@
+"""Semantic segmentation of digit pixels, plain or behind an LZU zoom.
+
+:class:`SegmentationNet` is a small FPN-style encoder-decoder: a stride-1 stem, four stride-2
+stages (strides 2, 4, 8, 16), lateral 1 x 1 convolutions merged top-down to stride 2, a 3 x 3
+smoothing convolution and a 1 x 1 classifier. It maps raw [0, 1] images ``(B, C, h, w)`` to class
+logits ``(B, K, ceil(h / 2), ceil(w / 2))``; the images are normalised inside.
+
+:class:`LZUSegmenter` runs it the LZU way: the full-resolution image is zoomed to the net's input
+size by a saliency warp, the net's logits are *unzoomed* back to the original frame at their own
+resolution (a map that covers the image uniformly, as for a plainly downsampled input), then
+upsampled bilinearly to the label resolution. Labels are never warped. A 1 x 1 classifier
+commutes with bilinear resampling (the weights of an interpolation sum to one), so unzooming the
+logits equals unzooming the features and classifying them in the unwarped frame.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from wherewhat.geometry.saliency import SaliencySource
+from wherewhat.geometry.warp import unzoom
+from wherewhat.methods.lzu.wrapper import LZU
+from wherewhat.models.vgg_lite import PIXEL_MEAN, PIXEL_STD
+
+__all__ = ["LZUSegmenter", "SegmentationNet", "logits_at_label_pixels"]
+
+
+def _conv_bn_relu(cin: int, cout: int, stride: int = 1) -> list[nn.Module]:
+    return [
+        nn.Conv2d(cin, cout, 3, stride, 1, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
+    ]
+
+
+class SegmentationNet(nn.Module):
+    """Images ``(B, C, h, w)`` raw in [0, 1] -> logits ``(B, num_classes, ceil(h/2), ceil(w/2))``.
+
+    Args:
+        in_channels: image channels.
+        num_classes: output classes (11 for background + 10 digits).
+        widths: channels of the stem and the four stride-2 stages (strides 1, 2, 4, 8, 16).
+        decoder_width: channels of the top-down path.
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        num_classes: int = 11,
+        widths: Sequence[int] = (16, 16, 32, 64, 64),
+        decoder_width: int = 24,
+    ):
+        super().__init__()
+        if len(widths) != 5:
+            raise ValueError(f"widths needs 5 entries (stem + 4 stages), got {list(widths)}")
+        if num_classes < 2:
+            raise ValueError(f"num_classes must be >= 2, got {num_classes}")
+        self.num_classes = num_classes
+        self.register_buffer("pixel_mean", torch.tensor(PIXEL_MEAN), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(PIXEL_STD), persistent=False)
+        self.stem = nn.Sequential(*_conv_bn_relu(in_channels, widths[0]))
+        stages, cin = [], widths[0]
+        for cout in widths[1:]:
+            stages.append(nn.Sequential(*_conv_bn_relu(cin, cout, 2), *_conv_bn_relu(cout, cout)))
+            cin = cout
+        self.stages = nn.ModuleList(stages)
+        self.laterals = nn.ModuleList(nn.Conv2d(c, decoder_width, 1) for c in widths[1:])
+        self.smooth = nn.Sequential(*_conv_bn_relu(decoder_width, decoder_width))
+        self.classifier = nn.Conv2d(decoder_width, num_classes, 1)
+
+    def forward(self, images: Tensor) -> Tensor:
+        x = self.stem((images - self.pixel_mean) / self.pixel_std)
+        skips = []
+        for stage in self.stages:
+            x = stage(x)
+            skips.append(x)
+        top = self.laterals[-1](skips[-1])
+        for skip, lateral in zip(reversed(skips[:-1]), reversed(self.laterals[:-1]), strict=True):
+            # sizes may be odd: upsample to the skip's exact size (align_corners=False frame)
+            top = lateral(skip) + F.interpolate(
+                top, size=skip.shape[-2:], mode="bilinear", align_corners=False
+            )
+        return self.classifier(self.smooth(top))
+
+
+def logits_at_label_pixels(logits: Tensor, label_size: tuple[int, int], stride: int = 1) -> Tensor:
+    """Logits of an original-frame map ``(B, K, h, w)`` at label pixels ``(B, K, H', W')``.
+
+    ``stride`` 1: every pixel of a ``label_size`` mask (bilinear upsampling, align_corners=False,
+    border values beyond the outer centres). ``stride`` s > 1: the pixels ``mask[::s, ::s]`` of
+    that mask, sampled at their own centres (exactly aligned with a strided label, unlike a
+    resize to ``label_size / s``); a cheaper training loss.
+    """
+    if stride == 1:
+        return F.interpolate(logits, size=label_size, mode="bilinear", align_corners=False)
+    if stride < 1:
+        raise ValueError(f"stride must be >= 1, got {stride}")
+    height, width = label_size
+    ys = (torch.arange(0, height, stride, dtype=logits.dtype, device=logits.device) + 0.5) / height
+    xs = (torch.arange(0, width, stride, dtype=logits.dtype, device=logits.device) + 0.5) / width
+    grid_y, grid_x = torch.meshgrid(2 * ys - 1, 2 * xs - 1, indexing="ij")
+    grid = torch.stack([grid_x, grid_y], dim=-1).expand(logits.shape[0], -1, -1, -1)
+    return F.grid_sample(logits, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+class LZUSegmenter(nn.Module):
+    """Zoom -> :class:`SegmentationNet` -> unzoom the logits -> upsample to the labels.
+
+    Args:
+        net: maps ``(B, C, h, w)`` images to ``(B, K, h', w')`` logits (``h, w = input_size``).
+        saliency: any :class:`~wherewhat.geometry.saliency.SaliencySource` (a uniform one gives
+            plain bilinear downsampling).
+        input_size: ``(h, w)`` the net sees; ``label_size``: ``(H, W)`` of the masks (default:
+            the images' size).
+        separable, fwhm, inverse: warp options of :class:`~wherewhat.methods.lzu.wrapper.LZU`.
+        unzoom_to: ``"logits"`` (default): unzoom the logits at their own resolution, then
+            upsample bilinearly to the labels; ``"labels"``: unzoom straight to the label pixels
+            (the exact inverse at every label pixel, so detail the zoom magnified survives).
+            Both equal plain bilinear upsampling for a uniform saliency.
+
+    ``forward(images (B, C, H, W), saliency_boxes=None, label_stride=1)`` returns logits at the
+    label pixels ``(B, K, ceil(H / s), ceil(W / s))``; ``saliency_boxes`` (adaptive sources):
+    one ``(n, 4)`` XYXY tensor per image in pixels of ``images``.
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        saliency: SaliencySource,
+        input_size: tuple[int, int],
+        label_size: tuple[int, int] | None = None,
+        *,
+        separable: bool = True,
+        fwhm: float = 13.0,
+        inverse: str = "auto",
+        unzoom_to: str = "logits",
+    ):
+        super().__init__()
+        if unzoom_to not in ("logits", "labels"):
+            raise ValueError(f"unzoom_to must be 'logits' or 'labels', got {unzoom_to!r}")
+        self.lzu = LZU(net, saliency, input_size, separable=separable, fwhm=fwhm, inverse=inverse)
+        self.input_size = tuple(int(s) for s in input_size)
+        self.label_size = None if label_size is None else tuple(int(s) for s in label_size)
+        self.unzoom_to = unzoom_to
+
+    @property
+    def net(self) -> nn.Module:
+        return self.lzu.backbone
+
+    @property
+    def saliency(self) -> SaliencySource:
+        return self.lzu.saliency
+
+    def unzoomed_logits(self, images: Tensor, saliency_boxes=None) -> Tensor:
+        """Logits in the original frame at the net's output resolution ``(B, K, h', w')``."""
+        return self.lzu(images, saliency_boxes)
+
+    def forward(self, images: Tensor, saliency_boxes=None, label_stride: int = 1) -> Tensor:
+        label_size = self.label_size or tuple(images.shape[-2:])
+        if self.unzoom_to == "logits":
+            return logits_at_label_pixels(
+                self.unzoomed_logits(images, saliency_boxes), label_size, label_stride
+            )
+        zoomed, coarse = self.lzu.zoom_image(images, saliency_boxes)
+        logits = self.net(zoomed)
+        # The grid at every label pixel, then every s-th: exactly the strided pixels' centres.
+        grid = self.lzu.inverse_grid(coarse, label_size, logits.dtype)
+        return unzoom(logits, grid[:, ::label_stride, ::label_stride])

@@ -1,0 +1,62 @@
+"""Self-supervised learning pieces: view sampling, Spatial Prediction, SimCLR / BYOL, backbones.
+
+Small, separately testable parts in lightly's style::
+
+    sp = SpatialPredictionConfig(weight=0.5, num_pairs=2)
+    sampler = ViewSampler(sp.view_sampler_config())          # DataLoader transform
+    model = build_ssl_method("simclr", cifar_resnet18(width=32), spatial_prediction=sp)
+    losses = model.loss(batch)                                 # batch = collated sampler output
+"""
+
+from wherewhat.methods.spatial_prediction.backbones import (
+    ResNetBackbone,
+    TinyCNN,
+    build_backbone,
+    cifar_resnet18,
+)
+from wherewhat.methods.spatial_prediction.bases import BYOL, SimCLR, SSLMethod, build_ssl_method
+from wherewhat.methods.spatial_prediction.head import (
+    ReorderAccuracy,
+    SpatialPrediction,
+    SpatialPredictionConfig,
+    SpatialPredictionHead,
+    patch_reorder_accuracy,
+    spatial_prediction_loss,
+    spatial_targets,
+)
+from wherewhat.methods.spatial_prediction.views import (
+    CropConfig,
+    PhotometricConfig,
+    ViewSampler,
+    ViewSamplerConfig,
+    jitter_views,
+    max_width_ratio,
+    mirror_boxes,
+    sample_crop_boxes,
+)
+
+__all__ = [
+    "BYOL",
+    "CropConfig",
+    "PhotometricConfig",
+    "ReorderAccuracy",
+    "ResNetBackbone",
+    "SSLMethod",
+    "SimCLR",
+    "SpatialPrediction",
+    "SpatialPredictionConfig",
+    "SpatialPredictionHead",
+    "TinyCNN",
+    "ViewSampler",
+    "ViewSamplerConfig",
+    "build_backbone",
+    "build_ssl_method",
+    "cifar_resnet18",
+    "jitter_views",
+    "max_width_ratio",
+    "mirror_boxes",
+    "patch_reorder_accuracy",
+    "sample_crop_boxes",
+    "spatial_prediction_loss",
+    "spatial_targets",
+]

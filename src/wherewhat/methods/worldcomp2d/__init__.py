@@ -1,0 +1,1 @@
+"""worldcomp2d"""
