@@ -19,7 +19,7 @@ from wherewhat.training.harness import expand_resume_args
 from wherewhat.training.run_dir import RUN_DIR_ENV, create_run_dir, resolve_run_dir
 
 REPO = Path(__file__).resolve().parents[1]
-DIGITS_CONFIG = REPO / "configs" / "digits_classifier.yaml"
+DIGITS_CONFIG = REPO / "configs" / "digits" / "default.yaml"
 _LAUNCH_VARIABLES = (
     RUN_DIR_ENV, "RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "WORLD_SIZE",
     "SLURM_PROCID", "SLURM_NTASKS", "SLURM_JOB_ID", "TORCHELASTIC_RUN_ID",

@@ -17,6 +17,7 @@ from scipy import ndimage
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from wherewhat.io import png_bytes
 from wherewhat.methods.ssdir.evaluation import coverage_counts, encode_scenes, evaluate_ssdir
 from wherewhat.methods.ssdir.figures import (
     glimpse_panels,
@@ -25,7 +26,7 @@ from wherewhat.methods.ssdir.figures import (
     zwhat_tsne,
 )
 from wherewhat.methods.ssdir.records import SSDIRRecordsWriter, read_records, write_records
-from wherewhat.report.html import png_bytes, png_size
+from wherewhat.report.html import png_size
 
 SIDE = 64
 NUM_CLASSES = 10

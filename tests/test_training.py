@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from wherewhat.data.digits import DigitsDataModule, DigitsDataset
 from wherewhat.data.loader import EpochSeededSampler, ResumableDataLoader
+from wherewhat.io import PARTIAL_MARKER
 from wherewhat.tasks.digits import DigitClassifierTask
 from wherewhat.training.callbacks import (
     NonFiniteLossError,
@@ -23,12 +24,12 @@ from wherewhat.training.callbacks import (
     capture_random_state,
     restore_random_state,
 )
-from wherewhat.training.checkpoint_io import PARTIAL_MARKER, AtomicCheckpointIO
+from wherewhat.training.checkpoint_io import AtomicCheckpointIO
 from wherewhat.training.harness import run_lightning_cli
 from wherewhat.training.run_dir import RUN_DIR_ENV
 
 REPO = Path(__file__).resolve().parents[1]
-DIGITS_CONFIG = REPO / "configs" / "digits_classifier.yaml"
+DIGITS_CONFIG = REPO / "configs" / "digits" / "default.yaml"
 
 
 @pytest.fixture(autouse=True)

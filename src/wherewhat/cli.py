@@ -2,9 +2,9 @@
 
 ::
 
-    wherewhat fit      --config configs/digits_classifier.yaml [--trainer.max_epochs 3 ...]
+    wherewhat fit      --config configs/digits/default.yaml [--trainer.max_epochs 3 ...]
     wherewhat validate|test|predict --config CONFIG.yaml --ckpt_path RUN/checkpoints/last.ckpt
-    wherewhat fit      --resume runs/digits_classifier/20250101-120000   # continue a run
+    wherewhat fit      --resume runs/digits/20250101-120000   # continue a run
     wherewhat tour     [--out runs/tour] [--faces-root PATH] [--full]
     wherewhat data generate scatter [--config YAML] [--cache-root DIR]
     wherewhat data preview NAME [--root PATH] --out FILE.png

@@ -38,6 +38,7 @@ from torch import nn
 
 from wherewhat.bench.runtime import as_input_tuple, batch_size_of, make_ort_session
 from wherewhat.errors import ConfigError, DataFormatError
+from wherewhat.io import atomic_path
 
 __all__ = [
     "ExportResult",
@@ -340,11 +341,9 @@ def export_onnx(
         batch_outputs = [t.dim() > 0 and t.shape[0] == batch for _, t in reference]
         names = (in_names, out_names, batch_outputs)
 
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         order = ["torchscript", "dynamo"] if exporter == "auto" else [exporter]
         notes: list[str] = []
-        try:
+        with atomic_path(path) as tmp:
             for index, name in enumerate(order):
                 try:
                     attempt = _export_and_check(
@@ -368,9 +367,6 @@ def export_onnx(
                     note = f"exporter {name!r} failed, fell back to {order[index + 1]!r}: {error}"
                     notes.append(str(error))
                     warnings.warn(note, RuntimeWarning, stacklevel=2)
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
     finally:
         model.train(was_training)
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from wherewhat.report.html import write_atomic
+from wherewhat.io import write_atomic
 
 __all__ = [
     "format_markdown_table",

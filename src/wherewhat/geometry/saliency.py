@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from wherewhat.errors import DataFormatError
 from wherewhat.geometry.coords import boxes_xyxy_to_cxcywh, normalized_to_pixel
 from wherewhat.geometry.warp import node_positions
+from wherewhat.io import atomic_torch_save
 
 __all__ = [
     "AdaptiveSaliency",
@@ -174,12 +175,8 @@ def save_saliency(path: str | Path, saliency: Tensor, **meta) -> None:
     """Write a saliency map ``(1, 1, gh, gw)`` and its provenance (any keyword) atomically."""
     if saliency.dim() != 4 or saliency.shape[:2] != (1, 1):
         raise ValueError(f"saliency must be (1, 1, gh, gw), got {tuple(saliency.shape)}")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
     payload = {"version": _SALIENCY_FILE_VERSION, "saliency": saliency.detach().cpu(), "meta": meta}
-    torch.save(payload, tmp)
-    tmp.replace(path)
+    atomic_torch_save(payload, path)
 
 
 def load_saliency(path: str | Path) -> tuple[Tensor, dict]:

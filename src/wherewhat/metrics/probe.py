@@ -26,6 +26,8 @@ from sklearn.preprocessing import StandardScaler
 from torch import Tensor
 from torchvision.ops import box_iou
 
+from wherewhat.metrics.summary import mean_std
+
 __all__ = [
     "UNMATCHED",
     "ObjectMatches",
@@ -214,13 +216,10 @@ def classification_scores(
 _SCORES = ("accuracy", "precision", "recall", "f1")
 
 
-def _mean_std(per_seed: list[dict]) -> dict:
+def _scores_over_seeds(per_seed: list[dict]) -> dict:
     out: dict = {}
     for key in _SCORES:
-        values = np.array([s[key] for s in per_seed])
-        out[key] = float(values.mean())
-        # Sample std (ddof=1) over seeds; a single seed has no spread to report.
-        out[f"{key}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+        out[key], out[f"{key}_std"] = mean_std(s[key] for s in per_seed)
     return out
 
 
@@ -289,7 +288,7 @@ def latent_probe(
              "converged": seed_converged}
         )  # fmt: skip
     return {
-        **_mean_std(per_seed),
+        **_scores_over_seeds(per_seed),
         "per_seed": per_seed,
         "confusion_matrices": np.stack(matrices),
         "classes": classes,

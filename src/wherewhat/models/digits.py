@@ -9,12 +9,15 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from wherewhat.models.spec import configurable
+
 __all__ = ["DigitCNN", "MNIST_MEAN", "MNIST_STD"]
 
 MNIST_MEAN = 0.1307
 MNIST_STD = 0.3081
 
 
+@configurable
 class DigitCNN(nn.Module):
     """Three 3x3 conv layers, two 2x2 poolings, a dropout-regularised two-layer head.
 
@@ -32,6 +35,7 @@ class DigitCNN(nn.Module):
         self, num_classes: int = 10, channels: int = 16, hidden: int = 64, dropout: float = 0.25
     ):
         super().__init__()
+        self.num_classes = num_classes
         self.features = nn.Sequential(
             nn.Conv2d(1, channels, 3, padding=1),
             nn.ReLU(inplace=True),

@@ -51,7 +51,7 @@ def new_figure(width_in: float, height_in: float, dpi: int = DPI) -> Figure:
 
 def save_png(fig: Figure, path: str | Path) -> Path:
     """Save ``fig`` as a PNG at its own dpi (atomically), creating parent folders."""
-    from wherewhat.report.html import png_bytes, write_atomic
+    from wherewhat.io import png_bytes, write_atomic
 
     return write_atomic(path, png_bytes(fig))
 

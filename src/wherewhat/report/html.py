@@ -20,28 +20,24 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 import math
 import numbers
-import os
 import re
-import secrets
 import struct
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from wherewhat.io import PNG_SIGNATURE, png_bytes, write_atomic
+
 __all__ = [
     "Report",
     "Section",
     "format_value",
-    "png_bytes",
     "png_size",
-    "write_atomic",
 ]
 
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def format_value(value: Any) -> str:
@@ -76,44 +72,12 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, numbers.Number) and not isinstance(value, bool)
 
 
-def png_bytes(figure: Any) -> bytes:
-    """PNG bytes of a matplotlib figure (at its own dpi), or ``figure`` itself if already PNG."""
-    if isinstance(figure, bytes | bytearray):
-        data = bytes(figure)
-        if not data.startswith(_PNG_SIGNATURE):
-            raise ValueError("figure bytes are not a PNG image (missing PNG signature)")
-        return data
-    if not hasattr(figure, "savefig"):
-        raise TypeError(f"expected a matplotlib Figure or PNG bytes, got {type(figure).__name__}")
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=figure.dpi)
-    return buffer.getvalue()
-
-
 def png_size(data: bytes) -> tuple[int, int]:
     """(width, height) in pixels, read from a PNG's IHDR chunk."""
-    if not data.startswith(_PNG_SIGNATURE) or data[12:16] != b"IHDR":
+    if not data.startswith(PNG_SIGNATURE) or data[12:16] != b"IHDR":
         raise ValueError("not a PNG image")
     width, height = struct.unpack(">II", data[16:24])
     return width, height
-
-
-def write_atomic(path: str | Path, data: bytes | str) -> Path:
-    """Write ``data`` to ``path`` via a temporary file in the same folder and a rename, so a
-    reader never sees a half-written file. Permissions follow the umask like a plain write."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    payload = data.encode("utf-8") if isinstance(data, str) else data
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        handle = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        with os.fdopen(handle, "wb") as out:
-            out.write(payload)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
 
 
 def slugify(text: str) -> str:

@@ -41,7 +41,8 @@ from pathlib import Path
 from typing import Any
 
 from wherewhat.errors import ConfigError
-from wherewhat.report.html import Report, Section, write_atomic
+from wherewhat.io import write_atomic
+from wherewhat.report.html import Report, Section
 
 __all__ = [
     "TourContext",

@@ -17,6 +17,7 @@ from torch import Tensor
 from torchmetrics.classification import MulticlassAccuracy
 
 from wherewhat.models.digits import DigitCNN
+from wherewhat.models.spec import build_module, module_spec
 
 __all__ = ["DigitClassifierTask"]
 
@@ -25,7 +26,8 @@ class DigitClassifierTask(pl.LightningModule):
     """Cross-entropy classification of digits with accuracy from torchmetrics.
 
     Args:
-        num_classes, channels, hidden, dropout: passed to :class:`DigitCNN`.
+        model: the network (or its spec, see :mod:`wherewhat.models.spec`); default
+            ``DigitCNN()``.
         lr: AdamW learning rate.
         weight_decay: AdamW weight decay.
         schedule: ``"cosine"`` decays the learning rate to zero over the run's planned optimizer
@@ -35,19 +37,16 @@ class DigitClassifierTask(pl.LightningModule):
 
     def __init__(
         self,
-        num_classes: int = 10,
-        channels: int = 16,
-        hidden: int = 64,
-        dropout: float = 0.25,
+        model: DigitCNN | None = None,
         lr: float = 2e-3,
         weight_decay: float = 1e-4,
         schedule: Literal["cosine", "constant"] = "cosine",
     ):
         super().__init__()
-        self.save_hyperparameters()
-        self.model = DigitCNN(
-            num_classes=num_classes, channels=channels, hidden=hidden, dropout=dropout
-        )
+        self.model = build_module(model if model is not None else DigitCNN(), DigitCNN)
+        self.save_hyperparameters(ignore=["model"])
+        self.hparams["model"] = module_spec(self.model)
+        num_classes = self.model.num_classes
         self.train_accuracy = MulticlassAccuracy(num_classes=num_classes, average="micro")
         self.val_accuracy = MulticlassAccuracy(num_classes=num_classes, average="micro")
         self.test_accuracy = MulticlassAccuracy(num_classes=num_classes, average="micro")

@@ -25,7 +25,6 @@ neighbours) from the training split at ``setup`` (the data module's ``train_crop
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -47,6 +46,7 @@ from wherewhat.models.landmark_baselines import (
     encode_grid_targets,
     pip_losses,
 )
+from wherewhat.training.schedules import step_decay
 
 __all__ = ["LandmarkBaselineTask", "PFLDTask", "PIPHeatmapTask"]
 
@@ -165,15 +165,12 @@ class LandmarkBaselineTask(pl.LightningModule):
         optimizer = torch.optim.Adam(
             self.model.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay
         )
-        decay_at = self.hparams.lr_decay_at
-        total_steps = self.trainer.estimated_stepping_batches
-        if decay_at is None or not math.isfinite(total_steps):
-            return optimizer
-        milestone = max(1, int(decay_at * total_steps))
-        schedule = torch.optim.lr_scheduler.MultiStepLR(
-            optimizer, milestones=[milestone], gamma=self.hparams.lr_decay
+        return step_decay(
+            optimizer,
+            self.hparams.lr_decay,
+            self.hparams.lr_decay_at,
+            self.trainer.estimated_stepping_batches,
         )
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
 
 class PFLDTask(LandmarkBaselineTask):

@@ -10,7 +10,6 @@ and the same under ``test/``.
 
 from __future__ import annotations
 
-import math
 from typing import Any, Literal
 
 import lightning.pytorch as pl
@@ -19,6 +18,7 @@ from torch import Tensor, nn
 from torchmetrics.detection import MeanAveragePrecision
 
 from wherewhat.models.ssd import SSDDetector, SSDInference, validate_targets
+from wherewhat.training.schedules import warmup_cosine
 
 __all__ = ["SSDTask"]
 
@@ -177,20 +177,9 @@ class SSDTask(pl.LightningModule):
         optimizer = torch.optim.AdamW(
             self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay
         )
-        total = self.trainer.estimated_stepping_batches
-        warmup = max(0, int(self.hparams.warmup_steps))
-        cosine = self.hparams.schedule == "cosine" and math.isfinite(total)
-        if warmup == 0 and not cosine:
-            return optimizer
-        total_steps = max(1, int(total)) if math.isfinite(total) else 0
-
-        def factor(step: int) -> float:
-            if step < warmup:
-                return 0.01 + 0.99 * step / warmup
-            if not cosine:
-                return 1.0
-            progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
-            return 0.5 * (1.0 + math.cos(math.pi * progress))
-
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+        return warmup_cosine(
+            optimizer,
+            self.hparams.warmup_steps,
+            self.trainer.estimated_stepping_batches,
+            cosine=self.hparams.schedule == "cosine",
+        )

@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import jsonargparse
+import yaml
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import (
     Callback,
@@ -56,13 +57,22 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.plugins.io import CheckpointIO
 
 from wherewhat.errors import ConfigError
+from wherewhat.io import atomic_torch_save
 from wherewhat.training.callbacks import NonFiniteLossGuard, RandomStateCheckpoint
-from wherewhat.training.checkpoint_io import AtomicCheckpointIO, atomic_torch_save
+from wherewhat.training.checkpoint_io import AtomicCheckpointIO
 from wherewhat.training.run_dir import is_rank_zero_process, resolve_run_dir
 
-__all__ = ["RunOptions", "WherewhatCLI", "expand_resume_args", "run_lightning_cli", "SUBCOMMANDS"]
+__all__ = [
+    "SUBCOMMANDS",
+    "RunOptions",
+    "WherewhatCLI",
+    "expand_config_bases",
+    "expand_resume_args",
+    "run_lightning_cli",
+]
 
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
+BASE_KEY = "base"
 DEFAULT_SEED = 0
 LAST_CHECKPOINT = Path("checkpoints") / "last.ckpt"
 # Write null values too, so the saved config is complete (jsonargparse renamed the option in 4.49).
@@ -154,14 +164,67 @@ def expand_resume_args(args: Sequence[str]) -> list[str]:
     return head + resume + subcommand_args
 
 
+def _config_base(path: Path) -> Path | None:
+    """The file named by ``path``'s top-level ``base`` key (relative to ``path``'s folder)."""
+    try:
+        document = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError):
+        return None  # the parser reports an unreadable config with its own message
+    base = document.get(BASE_KEY) if isinstance(document, dict) else None
+    if base is None:
+        return None
+    if not isinstance(base, str):
+        raise ConfigError(f"{path}: '{BASE_KEY}' must be a path to a YAML file, got {base!r}")
+    target = (path.parent / base).resolve()
+    if not target.is_file():
+        raise ConfigError(f"{path}: '{BASE_KEY}: {base}' names {target}, which does not exist")
+    return target
+
+
+def expand_config_bases(args: Sequence[str]) -> list[str]:
+    """Put each ``--config FILE``'s base files before it: a delta config says ``base:
+    default.yaml`` (relative to its own folder) and holds only what differs.
+
+    ``--config configs/worldcomp2d/localizer.yaml`` becomes ``--config
+    .../worldcomp2d/default.yaml --config configs/worldcomp2d/localizer.yaml``: jsonargparse
+    applies config files in order, so the delta's keys win, and later command-line options win
+    over both. Bases may have bases; a loop is an error.
+    """
+    expanded: list[str] = []
+    index = 0
+    while index < len(args):
+        arg, value = args[index], None
+        if arg == "--config" and index + 1 < len(args):
+            value, index = args[index + 1], index + 2
+        elif arg.startswith("--config="):
+            value, index = arg.split("=", 1)[1], index + 1
+        else:
+            expanded.append(arg)
+            index += 1
+            continue
+        chain = [Path(value)]
+        while (base := _config_base(chain[0])) is not None:
+            if base in [p.resolve() for p in chain]:
+                raise ConfigError(f"{value}: its '{BASE_KEY}' files form a loop at {base}")
+            chain.insert(0, base)
+        for path in chain[:-1]:
+            expanded += ["--config", str(path)]
+        expanded += ["--config", value]
+    return expanded
+
+
 def _config_stem(config: Any) -> str | None:
+    """Run name from the last config file: its stem, or for a method's layered configs
+    (a folder holding ``default.yaml``) ``<folder>`` / ``<folder>_<stem>``."""
     paths = config.get("config") if hasattr(config, "get") else None
     if not paths:
         return None
     last = paths[-1] if isinstance(paths, list) else paths
     text = str(getattr(last, "relative", None) or getattr(last, "absolute", None) or last)
-    stem = Path(text).stem
-    return stem or None
+    path = Path(text)
+    if (path.parent / "default.yaml").is_file() and path.parent.name:
+        return path.parent.name if path.stem == "default" else f"{path.parent.name}_{path.stem}"
+    return path.stem or None
 
 
 def _on_ci_or_not_a_terminal() -> bool:
@@ -195,6 +258,11 @@ class WherewhatCLI(LightningCLI):
     # -- parser --------------------------------------------------------------------------------
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_class_arguments(RunOptions, "run")
+        # Read by expand_config_bases before parsing; declared so that a delta config parses.
+        parser.add_argument(
+            f"--{BASE_KEY}", type=str | None, default=None,
+            help="(in a config file) the config this one changes, relative to its folder",
+        )  # fmt: skip
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults(
             {
@@ -220,6 +288,8 @@ class WherewhatCLI(LightningCLI):
         name = run.name or _config_stem(config) or self._model_name(config)
         run.name = name
         self.run_dir, self.owns_run_dir = resolve_run_dir(run.root, name, run.dir)
+        # The saved config is complete (bases merged in), so it must not name a base again.
+        config[BASE_KEY] = None
         if self.owns_run_dir:
             self._parser(self.subcommand).save(
                 config, _free_name(self.run_dir / "config.yaml"), multifile=False, **_KEEP_NONE
@@ -334,4 +404,4 @@ def _as_list(value: Any) -> list[Any]:
 
 def run_lightning_cli(args: Sequence[str]) -> WherewhatCLI:
     """Run ``wherewhat <subcommand> ...`` (args include the subcommand) and return the CLI."""
-    return WherewhatCLI(args=expand_resume_args(args))
+    return WherewhatCLI(args=expand_config_bases(expand_resume_args(args)))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from functools import lru_cache
 from pathlib import Path
@@ -20,18 +19,15 @@ from wherewhat.data.scatter.store import (
     write_split,
 )
 from wherewhat.errors import DataFormatError
+from wherewhat.io import array_digest
 
 log = logging.getLogger(__name__)
 
 
 @lru_cache(maxsize=4)
 def _digits_fingerprint(digits_root: str | None) -> str:
-    digest = hashlib.blake2b(digest_size=16)
-    for split in SPLITS:
-        images, labels = load_mnist_digits(split, digits_root)
-        digest.update(images.numpy().tobytes())
-        digest.update(labels.numpy().tobytes())
-    return digest.hexdigest()
+    pools = [load_mnist_digits(split, digits_root) for split in SPLITS]
+    return array_digest(array.numpy() for pool in pools for array in pool)
 
 
 def _root_key(digits_root: str | Path | None) -> str | None:

@@ -28,7 +28,6 @@ An interrupted write leaves a ``.tmp-*`` folder beside the splits that is safe t
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -40,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from wherewhat.errors import DataFormatError
+from wherewhat.io import json_fingerprint, write_atomic
 
 __all__ = [
     "FORMAT_VERSION",
@@ -65,11 +65,9 @@ def default_cache_root(cache_root: str | Path | None = None) -> Path:
 
 def cache_key(config: Mapping[str, Any], digits_fingerprint: str) -> str:
     """16 hex digits identifying (format version, config, digit pools)."""
-    payload = json.dumps(
-        {"format": FORMAT_VERSION, "config": config, "digits": digits_fingerprint},
-        sort_keys=True,
+    return json_fingerprint(
+        {"format": FORMAT_VERSION, "config": config, "digits": digits_fingerprint}
     )
-    return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
 def _umask() -> int:
@@ -86,16 +84,7 @@ def _share(path: Path, directory: bool = False) -> None:
 
 def write_json_atomic(path: Path, payload: Mapping[str, Any]) -> None:
     """Write JSON to a temporary file beside ``path`` and rename it over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(payload, handle, indent=2, sort_keys=True)
-        _share(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, json.dumps(payload, indent=2, sort_keys=True))
 
 
 def read_json(path: Path) -> dict[str, Any]:

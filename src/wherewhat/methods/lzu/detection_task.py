@@ -29,8 +29,6 @@ and evaluates it. Logged: ``train/loss`` (+ ``loc_loss``, ``cls_loss``), and for
 
 from __future__ import annotations
 
-import hashlib
-import math
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -51,9 +49,11 @@ from wherewhat.geometry.saliency import (
     save_saliency,
     uniform_saliency,
 )
+from wherewhat.io import array_digest
 from wherewhat.methods.lzu.wrapper import LZU
 from wherewhat.metrics.detection import DetectionAP, area_ranges_from_sides
 from wherewhat.models.ssd import SSDDetector, validate_targets
+from wherewhat.training.schedules import warmup_cosine
 
 __all__ = [
     "SaliencyKind",
@@ -66,7 +66,6 @@ __all__ = [
     "make_saliency_source",
     "plain_detector_outputs",
     "scale_boxes",
-    "warmup_cosine",
 ]
 
 SaliencyKind = Literal["uniform", "fixed", "adaptive"]
@@ -113,11 +112,7 @@ def fixed_saliency_settings(
 
 
 def _boxes_digest(boxes: Sequence[Tensor]) -> str:
-    digest = hashlib.blake2b(digest_size=12)
-    for b in boxes:
-        digest.update(b.detach().to(torch.float32).cpu().contiguous().numpy().tobytes())
-        digest.update(b"|")
-    return digest.hexdigest()
+    return array_digest(boxes, digest_size=12, separator=b"|")
 
 
 def load_or_compute_fixed_saliency(
@@ -167,25 +162,6 @@ def load_or_compute_fixed_saliency(
             boxes_digest=_boxes_digest(box_list),
         )
     return saliency
-
-
-def warmup_cosine(optimizer, warmup_steps: int, total_steps: float, cosine: bool) -> Any:
-    """Lightning optimizer config: linear warm-up from 1 %, then cosine decay to 0 (or flat)."""
-    warmup = max(0, int(warmup_steps))
-    cosine = cosine and math.isfinite(total_steps)
-    if warmup == 0 and not cosine:
-        return optimizer
-    total = max(1, int(total_steps)) if math.isfinite(total_steps) else 0
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return 0.01 + 0.99 * step / warmup
-        if not cosine:
-            return 1.0
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
-
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
 
 def train_boxes_of(datamodule: Any) -> list[Tensor] | None:
@@ -418,7 +394,7 @@ class LZUTaskBase(pl.LightningModule):
             optimizer,
             self.hparams.warmup_steps,
             self.trainer.estimated_stepping_batches,
-            self.hparams.schedule == "cosine",
+            cosine=self.hparams.schedule == "cosine",
         )
 
 

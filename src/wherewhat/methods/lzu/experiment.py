@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from wherewhat.report.html import png_bytes
+from wherewhat.io import png_bytes
 from wherewhat.training.quiet import quiet_lightning
 
 __all__ = [

@@ -526,8 +526,8 @@ def _step_curves(arms: Sequence[Mapping[str, Any]], names: Sequence[str], key: s
 
 
 def _figures(arms: Sequence[Mapping[str, Any]]) -> dict[str, bytes]:
+    from wherewhat.io import png_bytes
     from wherewhat.report.figures import line_chart
-    from wherewhat.report.html import png_bytes
 
     figures = {}
     for base in ("simclr", "byol"):
@@ -835,7 +835,7 @@ def relative_position_png(task: Any, s: SSLBenchSettings, count: int = 9) -> byt
     import torch
 
     from wherewhat.data.images import load_cifar_npz
-    from wherewhat.report.html import png_bytes
+    from wherewhat.io import png_bytes
 
     arrays = load_cifar_npz(s.cifar_npz)
     pick = np.random.default_rng(0).permutation(len(arrays.y_test))[:300]  # mixed classes

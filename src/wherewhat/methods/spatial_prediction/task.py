@@ -54,6 +54,7 @@ from wherewhat.methods.spatial_prediction import (
 )
 from wherewhat.methods.spatial_prediction.probes import LinearProbe, encode_images
 from wherewhat.metrics.probe import knn_probe
+from wherewhat.training.schedules import warmup_cosine
 
 __all__ = ["SelfSupervisedTask"]
 
@@ -308,18 +309,11 @@ class SelfSupervisedTask(pl.LightningModule):
         else:
             optimizer = LARS(groups, lr=hp.lr, momentum=hp.momentum)
         total = self._planned_steps()
-        warmup = int(hp.warmup_fraction * total)
-
-        def factor(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / warmup
-            if hp.schedule == "constant":
-                return 1.0
-            progress = (step - warmup) / max(1, total - warmup)
-            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
-        }
+        return warmup_cosine(
+            optimizer,
+            int(hp.warmup_fraction * total),
+            total,
+            cosine=hp.schedule != "constant",
+            start_factor=0.0,
+            skip_start=True,
+        )

@@ -313,8 +313,8 @@ def _evaluate(model: Any, data: Any, seed: int, s: SSDIRBenchSettings):
 
 
 def _figures(model: Any, evaluation: Any, data: Any, s: SSDIRBenchSettings, seed: int) -> dict:
+    from wherewhat.io import png_bytes
     from wherewhat.methods.ssdir.figures import ssdir_figures
-    from wherewhat.report.html import png_bytes
 
     count = min(s.figure_scenes, len(data.test_set))
     batch = _test_batch(data, count)

@@ -33,8 +33,7 @@ import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 from torch import Tensor
 
-from wherewhat.report.html import write_atomic
-from wherewhat.training.checkpoint_io import atomic_torch_save
+from wherewhat.io import atomic_torch_save, write_atomic
 
 __all__ = [
     "RECORDS_FORMAT",

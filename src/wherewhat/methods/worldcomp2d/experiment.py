@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import hashlib
 import importlib
 import json
 import math
@@ -59,6 +58,7 @@ from typing import Any
 
 import numpy as np
 
+from wherewhat.io import json_fingerprint
 from wherewhat.training.quiet import quiet_lightning
 
 __all__ = [
@@ -292,7 +292,7 @@ def training_settings(settings: LandmarkBenchSettings, model: str) -> dict[str, 
 
 
 def _fingerprint(chosen: Mapping[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(chosen, sort_keys=True).encode()).hexdigest()[:16]
+    return json_fingerprint(chosen)
 
 
 def _differences(saved: Any, now: Any, key: str = "") -> list[str]:
@@ -396,7 +396,7 @@ def _trained_run(
         "split": _split_summary(data),
         "settings": chosen,
     }
-    from wherewhat.report.html import write_atomic
+    from wherewhat.io import write_atomic
 
     write_atomic(meta, json.dumps(entry, indent=2) + "\n")
     log(f"{run}: saved {checkpoint}")
@@ -597,13 +597,13 @@ def _figures(
     wc_model: Any | None,
     settings: LandmarkBenchSettings,
 ) -> dict[str, bytes]:
+    from wherewhat.io import png_bytes
     from wherewhat.methods.worldcomp2d.figures import (
         ced_figure,
         latent_codes_by_nearest_landmark,
         latent_embedding_figure,
         prediction_panels,
     )
-    from wherewhat.report.html import png_bytes
 
     first = next(iter(evaluations.values()))
     count = len(first["nmes"])

@@ -49,7 +49,6 @@ inter-ocular NME over every face. Logged (fractions, 0.05 = 5 %): ``train/loss``
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -74,6 +73,7 @@ from wherewhat.methods.worldcomp2d.model import (
     sample_contrastive_views,
 )
 from wherewhat.metrics.landmarks import LandmarkNME
+from wherewhat.training.schedules import step_decay
 
 __all__ = ["STAGES", "WorldComp2DTask", "parts_loaded_from"]
 
@@ -457,12 +457,9 @@ class WorldComp2DTask(pl.LightningModule):
     def configure_optimizers(self) -> Any:
         lr = self.hparams.lr if self.hparams.lr is not None else _DEFAULT_LR[self.stage]
         optimizer = torch.optim.Adam(self.trained_part().parameters(), lr=lr)
-        decay_at = self.hparams.lr_decay_at
-        total_steps = self.trainer.estimated_stepping_batches
-        if decay_at is None or not math.isfinite(total_steps):
-            return optimizer
-        milestone = max(1, int(decay_at * total_steps))
-        schedule = torch.optim.lr_scheduler.MultiStepLR(
-            optimizer, milestones=[milestone], gamma=self.hparams.lr_decay
+        return step_decay(
+            optimizer,
+            self.hparams.lr_decay,
+            self.hparams.lr_decay_at,
+            self.trainer.estimated_stepping_batches,
         )
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}

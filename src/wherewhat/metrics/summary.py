@@ -1,0 +1,23 @@
+"""Summaries over seeds: one convention for every results table."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import numpy as np
+
+__all__ = ["mean_std"]
+
+
+def mean_std(values: Iterable[float | None]) -> tuple[float, float]:
+    """Mean and sample standard deviation (ddof 1) of the finite values among ``values``.
+
+    ``None``, NaN and inf are left out (a seed that produced no number). One value has no
+    spread: std 0. No finite value at all: ``(nan, nan)``, which tables print as "-".
+    """
+    clean = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    if not clean:
+        return math.nan, math.nan
+    std = float(np.std(clean, ddof=1)) if len(clean) > 1 else 0.0
+    return float(np.mean(clean)), std
