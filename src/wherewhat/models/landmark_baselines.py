@@ -37,6 +37,7 @@ from torchvision.models import mobilenet_v2, resnet18
 
 from wherewhat.geometry import normalized_to_pixel
 from wherewhat.models.face_landmarks import IMAGENET_MEAN, IMAGENET_STD, mean_shape_from_points
+from wherewhat.models.spec import configurable
 
 __all__ = [
     "PFLDRegressor",
@@ -104,6 +105,7 @@ def _first_conv_for(channels: int, conv: nn.Conv2d) -> nn.Conv2d:
 # PFLD-style direct regression
 
 
+@configurable
 class PFLDRegressor(nn.Module):
     """MobileNetV2 + PFLD's multi-scale head: crops -> landmarks by direct regression.
 
@@ -302,6 +304,7 @@ def _backbone(name: str, image_channels: int, width_mult: float) -> tuple[nn.Mod
     raise ValueError(f"unknown backbone {name!r}; choose from {BACKBONES}")
 
 
+@configurable
 class PIPHeatmapNet(nn.Module):
     """PIPNet-style landmarks: grid scores + in-cell offsets + neighbour offsets.
 

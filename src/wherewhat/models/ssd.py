@@ -39,6 +39,7 @@ from torch import Tensor, nn
 from torchvision.models.detection._utils import BoxCoder
 from torchvision.ops import batched_nms, box_iou, clip_boxes_to_image
 
+from wherewhat.models.spec import configurable
 from wherewhat.models.vgg_lite import VGGLiteBackbone
 
 __all__ = [
@@ -207,6 +208,7 @@ def ssd_loss(
     return {"loss": loc_loss + cls_loss, "loc_loss": loc_loss, "cls_loss": cls_loss}
 
 
+@configurable
 class SSDDetector(nn.Module):
     """SSD on a VGG11-BN-lite pyramid; works with or without Lightning.
 

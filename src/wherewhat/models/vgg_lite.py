@@ -22,6 +22,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from wherewhat.models.spec import configurable
+
 __all__ = [
     "VGGLiteBackbone",
     "auto_first_stride",
@@ -98,6 +100,7 @@ def _conv_bn_relu(
     ]
 
 
+@configurable
 class VGGLiteBackbone(nn.Module):
     """Images ``(B, C, H, W)`` raw in [0, 1] -> list of feature maps ``[(B, C_l, h_l, w_l)]``.
 
