@@ -14,7 +14,10 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+import onnx
+import onnxruntime
 import torch
+import torchvision
 
 from wherewhat.bench.runtime import torch_num_threads
 
@@ -92,10 +95,6 @@ def _physical_cores() -> int | None:
 
 def machine_info() -> dict[str, Any]:
     """CPU, core counts, load, library versions and thread settings, to store with results."""
-    import onnx
-    import onnxruntime
-    import torchvision
-
     try:
         usable = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux

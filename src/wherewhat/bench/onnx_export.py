@@ -32,7 +32,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import lightning.pytorch as pl
 import numpy as np
+import onnx
 import torch
 from torch import nn
 
@@ -370,8 +372,6 @@ def export_onnx(
     finally:
         model.train(was_training)
 
-    import onnx
-
     opset_used = next(
         (
             o.version
@@ -410,8 +410,6 @@ def _resolve_module_class(checkpoint: Path, module_class: type | str | None) -> 
     """The LightningModule class: given, or the ``_class_path`` LightningCLI stored in the
     checkpoint's hyper_parameters (imported automatically only inside ``wherewhat``, so a
     checkpoint can never make us import arbitrary code)."""
-    import lightning.pytorch as pl
-
     if isinstance(module_class, str):
         cls = _import_class(module_class, checkpoint)
     elif module_class is not None:

@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import onnxruntime as ort
 import torch
 
 __all__ = ["torch_num_threads", "make_ort_session", "as_input_tuple", "batch_size_of"]
@@ -41,8 +42,6 @@ def make_ort_session(model: str | os.PathLike | bytes, threads: int | None = 1) 
     ``inter_op_num_threads=1`` and sequential execution, so the model uses exactly ``threads``
     cores; all graph optimisations are on (what a deployed model would use).
     """
-    import onnxruntime as ort
-
     options = ort.SessionOptions()
     if threads is not None:
         if threads < 1:

@@ -19,9 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+import h5py
 import numpy as np
 import torch
 from PIL import Image
+from scipy.io import loadmat
 from torch import Tensor
 
 from wherewhat.data.face_formats import parse_decimal, read_pts
@@ -344,8 +346,6 @@ def _cofw_split(path: Path, keys) -> tuple[str, str, str]:
 
 def _read_cofw_hdf5(path: Path) -> tuple[list[np.ndarray], np.ndarray, np.ndarray | None]:
     """MATLAB v7.3: HDF5, arrays stored column-major (so transposed), cells as references."""
-    import h5py
-
     with h5py.File(path, "r") as handle:
         images_key, phis_key, boxes_key = _cofw_split(path, set(handle.keys()))
         cell = handle[images_key]
@@ -361,8 +361,6 @@ def _read_cofw_hdf5(path: Path) -> tuple[list[np.ndarray], np.ndarray, np.ndarra
 
 
 def _read_cofw_v5(path: Path) -> tuple[list[np.ndarray], np.ndarray, np.ndarray | None]:
-    from scipy.io import loadmat
-
     mat = loadmat(path)
     images_key, phis_key, boxes_key = _cofw_split(path, set(mat.keys()))
     cell = mat[images_key]
@@ -403,8 +401,6 @@ def load_cofw(mat_path: str | Path) -> list[FaceRecord]:
     the same 1-based convention as ``.pts``: points and the box's top-left corner get -0.5.
     Occlusion flags are kept in ``occluded``; the images (grey or RGB uint8) in ``image``.
     """
-    import h5py
-
     path = Path(mat_path)
     if not path.is_file():
         raise DataFormatError(path, "cannot read: no such file (expected a COFW .mat file)")

@@ -27,6 +27,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
 from torch import Tensor
 from torchmetrics.detection import MeanAveragePrecision
 
@@ -229,9 +231,6 @@ def _run_cocoeval(
 ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
     """COCOeval over all images; returns ``precision`` ``(T, R, K, A, 1)`` and ``recall``
     ``(T, K, A, 1)`` with -1 where a class has no ground truth in that area range."""
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
-
     images = [{"id": i} for i in range(len(gt_boxes))]
     categories = [{"id": int(c), "name": str(c)} for c in classes]
     gt_annotations, dt_annotations = [], []

@@ -24,6 +24,8 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from sklearn.manifold import TSNE
 
+from wherewhat.io import png_bytes, write_atomic
+
 __all__ = [
     "show_image",
     "as_numpy",
@@ -51,8 +53,6 @@ def new_figure(width_in: float, height_in: float, dpi: int = DPI) -> Figure:
 
 def save_png(fig: Figure, path: str | Path) -> Path:
     """Save ``fig`` as a PNG at its own dpi (atomically), creating parent folders."""
-    from wherewhat.io import png_bytes, write_atomic
-
     return write_atomic(path, png_bytes(fig))
 
 

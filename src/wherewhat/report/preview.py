@@ -6,7 +6,10 @@ from pathlib import Path
 
 import numpy as np
 
+from wherewhat.data.faces import load_pts_folder, read_face_image
+from wherewhat.data.scatter import ScatterConfig, load_or_generate
 from wherewhat.errors import ConfigError
+from wherewhat.report.figures import faces_with_landmarks, save_png, scene_grid
 
 __all__ = ["PREVIEW_DATASETS", "preview_dataset"]
 
@@ -44,13 +47,9 @@ def preview_dataset(
     Returns:
         ``out`` as a Path.
     """
-    from wherewhat.report.figures import faces_with_landmarks, save_png, scene_grid
-
     if n < 1:
         raise ConfigError(f"preview: n={n!r}: expected at least 1 sample")
     if name == "scatter":
-        from wherewhat.data.scatter import ScatterConfig, load_or_generate
-
         scenes = load_or_generate(ScatterConfig(), split, cache_root=root)
         picked = _pick(len(scenes), n, seed)
         if not picked:
@@ -65,8 +64,6 @@ def preview_dataset(
     elif name in ("faces68", "pts"):
         if root is None:
             raise ConfigError(f"preview {name}: give --root, a folder of images with .pts files")
-        from wherewhat.data.faces import load_pts_folder, read_face_image
-
         expected = 68 if name == "faces68" else None
         records = load_pts_folder(root, expected_points=expected)
         picked = _pick(len(records), n, seed)

@@ -40,6 +40,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
+
+import wherewhat
 from wherewhat.errors import ConfigError
 from wherewhat.io import write_atomic
 from wherewhat.report.html import Report, Section
@@ -171,18 +184,8 @@ def _seed_everything(seed: int) -> None:
     """Same global RNG state before every section, so a section's result does not depend on
     which sections ran before it."""
     random.seed(seed)
-    try:
-        import numpy as np
-
-        np.random.seed(seed % 2**32)
-    except ImportError:  # pragma: no cover - numpy ships with the package's dependencies
-        pass
-    try:
-        import torch
-
-        torch.manual_seed(seed)
-    except ImportError:  # pragma: no cover
-        pass
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
 
 
 def _jsonable(value: Any) -> Any:
@@ -230,24 +233,12 @@ def run_tour(
         TourFailed: after writing everything, if any section raised.
         ConfigError: for an unknown section name.
     """
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        SpinnerColumn,
-        TextColumn,
-        TimeElapsedColumn,
-    )
-
     if registry is None:
         registry = SECTIONS
     chosen = registry.ordered(sections)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     faces = Path(faces_root) if faces_root is not None else None
-
-    import wherewhat
 
     started = _dt.datetime.now().astimezone()
     mode = "quick" if quick else "full"

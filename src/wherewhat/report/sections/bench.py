@@ -6,14 +6,13 @@ random weights, in torch and ONNX Runtime, at 1 and 2 threads, plus the machine 
 
 from __future__ import annotations
 
+from wherewhat.bench.suite import run_reference_backbone_bench
 from wherewhat.report.html import Section
 from wherewhat.report.tour import TourContext, register_section
 
 
 @register_section("bench", order=90, title="Speed on this machine")
 def bench_section(ctx: TourContext) -> Section:
-    from wherewhat.bench.suite import run_reference_backbone_bench
-
     section = Section("Speed on this machine")
     with ctx.step("reference backbones"):
         data = run_reference_backbone_bench(quick=ctx.quick)

@@ -10,6 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
+from wherewhat.data.faces import load_pts_folder, read_face_image
+from wherewhat.data.scatter import ScatterConfig, load_or_generate
+from wherewhat.report.figures import bar_chart, faces_with_landmarks, scene_grid
 from wherewhat.report.html import Section
 from wherewhat.report.tour import TourContext, register_section
 
@@ -29,9 +32,6 @@ def data_section(ctx: TourContext) -> Section:
 
 
 def _scatter_part(ctx: TourContext, section: Section) -> None:
-    from wherewhat.data.scatter import ScatterConfig, load_or_generate
-    from wherewhat.report.figures import bar_chart, scene_grid
-
     # Scene i depends only on (seed, split, i), so the quick tour's scenes are the first ones of
     # the default test split: a smaller count changes how many, never which.
     config = ScatterConfig()
@@ -125,9 +125,6 @@ def _faces_part(ctx: TourContext, section: Section) -> None:
         )
         section.record(faces=0, faces_root=None)
         return
-
-    from wherewhat.data.faces import load_pts_folder, read_face_image
-    from wherewhat.report.figures import faces_with_landmarks
 
     with ctx.step("faces"):
         records = load_pts_folder(root)
