@@ -17,9 +17,9 @@ read-out (SP error on held-out view pairs, 2x2 / 3x3 patch re-ordering) and time
     .venv/bin/python benchmarks/spatial_prediction.py --seeds 0 --lambda-sweep --no-faces
 
 Run it on a quiet machine: the time-per-epoch overhead of SP is measured here, and timings
-under contention are meaningless. Writes benchmarks/results/ssl.json and .md (``--quick``:
-ssl_quick.*, so a quick check never overwrites the full results) and the figures as
-ssl[_quick]-<name>.png.
+under contention are meaningless. Writes benchmarks/results/spatial_prediction.json and .md
+(``--quick``: spatial_prediction_quick.*, so a quick check never overwrites the full results)
+and the figures as spatial_prediction[_quick]-<name>.png (``--results-dir`` for elsewhere).
 """
 
 from __future__ import annotations
@@ -30,11 +30,9 @@ import sys
 from pathlib import Path
 
 from wherewhat.bench.tables import write_figures, write_results
-from wherewhat.methods.spatial_prediction.experiment import (
-    SSLBenchSettings,
-    run_ssl_bench,
-    ssl_markdown,
-)
+from wherewhat.methods.spatial_prediction.experiment import run_bench
+from wherewhat.methods.spatial_prediction.settings import BenchSettings
+from wherewhat.methods.spatial_prediction.tables import bench_markdown
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = ROOT / "benchmarks" / "results"
@@ -63,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
     args = parser.parse_args(argv)
 
-    settings = SSLBenchSettings.preset("quick" if args.quick else "full")
+    settings = BenchSettings.preset("quick" if args.quick else "full")
     overrides = {
         "cifar_npz": str(args.cifar),
         "faces_root": None if args.no_faces else str(args.faces),
@@ -86,16 +84,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     if args.width is not None:
         settings.task_args = {**settings.task_args, "backbone_width": args.width}
-    result = run_ssl_bench(settings=settings, log=lambda m: print(m, flush=True))
+    result = run_bench(settings=settings, log=lambda m: print(m, flush=True))
 
-    name = "ssl_quick" if settings.quick else "ssl"
-    figures = result.pop("figures")
-    if figures:
-        result["figure_files"] = write_figures(name, figures, args.results_dir)
-    markdown = ssl_markdown(result)
-    json_path, md_path = write_results(name, result, markdown, args.results_dir)
+    name = "spatial_prediction_quick" if settings.quick else "spatial_prediction"
+    if result.figures:
+        result.figure_files = write_figures(name, result.figures, args.results_dir)
+    markdown = bench_markdown(result)
+    json_path, md_path = write_results(name, result.to_dict(), markdown, args.results_dir)
     print(markdown)
-    print(f"wrote {json_path}, {md_path} and {len(figures)} figures")
+    print(f"wrote {json_path}, {md_path} and {len(result.figures)} figures")
     return 0
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import pytest
@@ -113,18 +114,31 @@ def test_step_decay_multiplies_once_at_the_fraction():
 # -- networks as specs ---------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class _Options:
+    depth: int = 2
+    sizes: tuple[int, ...] = (4, 8)
+
+
 @configurable
 class _Pair(nn.Module):
-    def __init__(self, inner: nn.Module, scale: float = 2.0, sizes: tuple[int, ...] = (1, 2)):
+    def __init__(
+        self,
+        inner: nn.Module,
+        scale: float = 2.0,
+        sizes: tuple[int, ...] = (1, 2),
+        options: _Options | dict | None = None,
+    ):
         super().__init__()
         self.inner, self.scale = inner, scale
 
 
 def test_module_spec_round_trip_with_a_nested_network():
-    pair = _Pair(DigitCNN(channels=4, hidden=8), sizes=(3,))
+    pair = _Pair(DigitCNN(channels=4, hidden=8), sizes=(3,), options=_Options(depth=3))
     spec = module_spec(pair)
     assert spec["class_path"].endswith("._Pair")
     assert spec["init_args"]["scale"] == 2.0 and spec["init_args"]["sizes"] == [3]
+    assert spec["init_args"]["options"] == {"depth": 3, "sizes": [4, 8]}  # plain data
     assert spec["init_args"]["inner"]["init_args"] == {
         "num_classes": 10, "channels": 4, "hidden": 8, "dropout": 0.25,
     }  # fmt: skip

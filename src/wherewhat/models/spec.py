@@ -25,6 +25,7 @@ the nested ``class_path`` / ``init_args`` block LightningCLI already understands
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib
 import inspect
@@ -65,9 +66,12 @@ def configurable(cls: type[ModuleT]) -> type[ModuleT]:
 
 
 def _plain(value: Any) -> Any:
-    """A spec value as plain YAML / JSON data (tuples -> lists, networks -> specs)."""
+    """A spec value as plain YAML / JSON data (tuples -> lists, networks -> specs, dataclass
+    options -> mappings): what ``torch.load(weights_only=True)`` accepts in a checkpoint."""
     if isinstance(value, nn.Module):
         return module_spec(value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return _plain(dataclasses.asdict(value))
     if isinstance(value, Mapping):
         return {str(k): _plain(v) for k, v in value.items()}
     if isinstance(value, list | tuple):

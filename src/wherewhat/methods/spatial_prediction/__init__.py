@@ -1,11 +1,18 @@
-"""Self-supervised learning pieces: view sampling, Spatial Prediction, SimCLR / BYOL, backbones.
+"""Spatial Prediction (SP): a self-supervised plug-in that regresses where one local view of an
+image sits relative to another, on top of SimCLR / BYOL.
 
-Small, separately testable parts in lightly's style::
+The networks, losses and view sampling here are plain PyTorch (no Lightning), small, separately
+testable parts in lightly's style::
 
     sp = SpatialPredictionConfig(weight=0.5, num_pairs=2)
     sampler = ViewSampler(sp.view_sampler_config())          # DataLoader transform
     model = build_ssl_method("simclr", cifar_resnet18(width=32), spatial_prediction=sp)
     losses = model.loss(batch)                                 # batch = collated sampler output
+
+Above them: :mod:`.task` (the LightningModule, ``SelfSupervisedTask(model, ...)``; configs in
+``configs/spatial_prediction/``), :mod:`.probes` (frozen-feature probes), the benchmark
+pipeline :mod:`.experiment` (:mod:`.settings`, :mod:`.records`, :mod:`.tables`,
+:mod:`.figures`) and the tour page :mod:`.tour`.
 """
 
 from wherewhat.methods.spatial_prediction.backbones import (

@@ -7,7 +7,10 @@
 
 Both take raw images in [0, 1] (normalisation is inside, so exported models need no
 preprocessing) and return pooled features ``(B, D)``, or ``(pooled, feature_map)`` with
-``return_map=True``. ``feature_dim`` is ``D``.
+``return_map=True``. ``feature_dim`` is ``D``. Both record their constructor arguments
+(:func:`~wherewhat.models.spec.configurable`), so a task stores them as a spec; in a config
+``cifar_resnet18(width=8)`` is ``class_path: ...backbones.ResNetBackbone``, ``init_args: {width:
+8}`` (the default ``layers`` are ResNet-18's).
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 from torchvision.models.resnet import BasicBlock
+
+from wherewhat.models.spec import configurable
 
 __all__ = [
     "CIFAR_MEAN",
@@ -54,6 +59,7 @@ def _stage(in_channels: int, channels: int, blocks: int, stride: int) -> nn.Sequ
     return nn.Sequential(*layers)
 
 
+@configurable
 class ResNetBackbone(nn.Module):
     """ResNet with BasicBlocks and a CIFAR stem; no classifier.
 
@@ -115,6 +121,7 @@ def cifar_resnet18(width: int = 64, in_channels: int = 3, **kwargs) -> ResNetBac
     return ResNetBackbone((2, 2, 2, 2), width=width, in_channels=in_channels, **kwargs)
 
 
+@configurable
 class TinyCNN(nn.Module):
     """Three (conv 3x3, BN, ReLU) blocks, the last two with stride 2, then global average pool.
 

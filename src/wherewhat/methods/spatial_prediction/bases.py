@@ -8,15 +8,17 @@ Each method is a plain ``nn.Module`` with
   local pairs (``ViewSampler`` output, collated); keys ``loss``, ``base_loss`` and, with SP,
   ``sp_loss``.
 
-SP runs on the online backbone only (BYOL's EMA target never sees local views), and its head
-is a submodule, so ``parameters()`` hands it to the optimizer. Heads, losses and the momentum
-update come from lightly.
+SimCLR and BYOL record their constructor arguments (:func:`~wherewhat.models.spec.configurable`),
+so a task takes one already built and stores its spec. SP runs on the online backbone only
+(BYOL's EMA target never sees local views), and its head is a submodule, so ``parameters()``
+hands it to the optimizer. Heads, losses and the momentum update come from lightly.
 """
 
 from __future__ import annotations
 
 import copy
 from collections.abc import Iterator, Mapping
+from typing import Any
 
 import torch
 from lightly.loss import NegativeCosineSimilarity, NTXentLoss
@@ -26,6 +28,7 @@ from lightly.utils.scheduler import cosine_schedule
 from torch import Tensor, nn
 
 from wherewhat.methods.spatial_prediction.head import SpatialPrediction, SpatialPredictionConfig
+from wherewhat.models.spec import configurable
 
 __all__ = ["SSLMethod", "SimCLR", "BYOL", "build_ssl_method"]
 
@@ -47,9 +50,13 @@ class SSLMethod(nn.Module):
         self.feature_dim = _feature_dim(backbone, feature_dim)
         self.spatial_prediction: SpatialPrediction | None = None
 
-    def attach_spatial_prediction(self, config: SpatialPredictionConfig | None) -> None:
-        """Plug SP in (``None``: leave it out). Subclasses call this last in ``__init__`` so the
-        base method's own layers are initialised identically with and without SP."""
+    def attach_spatial_prediction(
+        self, config: SpatialPredictionConfig | Mapping[str, Any] | None
+    ) -> None:
+        """Plug SP in (``None``: leave it out; a mapping: the config's fields, as a stored model
+        spec holds them). Subclasses call this last in ``__init__`` so the base method's own
+        layers are initialised identically with and without SP."""
+        config = SpatialPredictionConfig.coerce(config)
         self.spatial_prediction = (
             SpatialPrediction(self.feature_dim, config) if config is not None else None
         )
@@ -96,6 +103,7 @@ class SSLMethod(nn.Module):
         return {}
 
 
+@configurable
 class SimCLR(SSLMethod):
     """SimCLR: backbone -> projection MLP -> NT-Xent between the two views of each image.
 
@@ -103,7 +111,9 @@ class SimCLR(SSLMethod):
         backbone: ``(B, C, H, W) -> (B, D)`` with a ``feature_dim`` attribute (or pass it).
         projection_hidden_dim / projection_dim: lightly ``SimCLRProjectionHead`` sizes.
         temperature: NT-Xent temperature (0.2 in solo-learn's CIFAR recipe).
-        spatial_prediction: SP plug-in config, or ``None`` for plain SimCLR.
+        spatial_prediction: SP plug-in config (or its fields as a mapping), or ``None`` for
+            plain SimCLR. It is the one source of the SP settings: the training task derives
+            its view sampler (local crops, pairs per image) from ``spatial_prediction.config``.
         projection_head: replaces the default head (e.g. ``nn.Identity()`` in tests).
     """
 
@@ -114,7 +124,7 @@ class SimCLR(SSLMethod):
         projection_hidden_dim: int = 512,
         projection_dim: int = 128,
         temperature: float = 0.2,
-        spatial_prediction: SpatialPredictionConfig | None = None,
+        spatial_prediction: SpatialPredictionConfig | Mapping[str, Any] | None = None,
         projection_head: nn.Module | None = None,
     ):
         super().__init__(backbone, feature_dim)
@@ -131,6 +141,7 @@ class SimCLR(SSLMethod):
         return self.criterion(z_a, z_b)
 
 
+@configurable
 class BYOL(SSLMethod):
     """BYOL: online (backbone, projector, predictor) regresses an EMA target's projection.
 
@@ -151,7 +162,7 @@ class BYOL(SSLMethod):
         prediction_hidden_dim: int = 1024,
         momentum_base: float = 0.99,
         momentum_end: float = 1.0,
-        spatial_prediction: SpatialPredictionConfig | None = None,
+        spatial_prediction: SpatialPredictionConfig | Mapping[str, Any] | None = None,
         projection_head: nn.Module | None = None,
         prediction_head: nn.Module | None = None,
     ):

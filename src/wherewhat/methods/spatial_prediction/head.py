@@ -14,8 +14,9 @@ its local views (see ``bases.py``).
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import torch
@@ -23,6 +24,7 @@ import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
 
+from wherewhat.errors import ConfigError
 from wherewhat.geometry import boxes_xyxy_to_cxcywh, extract
 from wherewhat.methods.spatial_prediction.views import (
     CropConfig,
@@ -164,9 +166,21 @@ class SpatialPredictionConfig:
 
     def __post_init__(self) -> None:
         if self.weight < 0:
-            raise ValueError(f"SP weight (lambda) must be >= 0, got {self.weight}")
+            raise ConfigError(f"SP weight (lambda) must be >= 0, got {self.weight}")
+        if self.num_pairs < 1:
+            raise ConfigError(
+                f"SP num_pairs must be >= 1, got {self.num_pairs} (weight 0 turns SP off)"
+            )
         self.local_scale, self.local_ratio = tuple(self.local_scale), tuple(self.local_ratio)
         self.local_size = tuple(self.local_size)
+
+    @classmethod
+    def coerce(
+        cls, value: SpatialPredictionConfig | Mapping[str, Any] | None
+    ) -> SpatialPredictionConfig | None:
+        """``value`` as a config: a mapping (the form a checkpoint's model spec stores, see
+        :meth:`to_dict`) is unpacked into one; a config or ``None`` is returned as it is."""
+        return cls(**value) if isinstance(value, Mapping) else value
 
     @property
     def resolved_max_ratio(self) -> float:

@@ -41,6 +41,7 @@ from wherewhat.methods.spatial_prediction.head import (
 )
 from wherewhat.methods.spatial_prediction.views import PhotometricConfig, ViewSampler
 from wherewhat.metrics.landmarks import nme
+from wherewhat.metrics.summary import mean_std
 
 __all__ = [
     "CORRUPTIONS",
@@ -303,7 +304,10 @@ class SPReadout(nn.Module):
         return (self.encoder(images) - self.mean) / self.std
 
 
-def _pair_features(encoder, pairs: ViewPairs, batch_size: int) -> Tensor:
+def _pair_features(
+    encoder: Callable[[Tensor], Tensor], pairs: ViewPairs, batch_size: int
+) -> Tensor:
+    """Features ``(N, 2, D)`` of both views of every pair."""
     flat = encode_images(encoder, pairs.views.flatten(0, 1), batch_size)
     return flat.view(len(pairs), 2, -1)
 
@@ -434,10 +438,9 @@ def landmark_probe(
 
 
 def summarize(values: Mapping[str, Sequence[float]]) -> dict[str, float]:
-    """``{name: [v per seed]}`` -> ``{name: mean, name_std: sample std (0 for one value)}``."""
+    """``{name: [v per seed]}`` -> ``{name: mean, name_std: sample std}``, as
+    :func:`~wherewhat.metrics.summary.mean_std` (std 0 for one value, NaN for none)."""
     out: dict[str, float] = {}
     for name, seq in values.items():
-        array = np.asarray(list(seq), dtype=np.float64)
-        out[name] = float(array.mean()) if len(array) else math.nan
-        out[f"{name}_std"] = float(array.std(ddof=1)) if len(array) > 1 else 0.0
+        out[name], out[f"{name}_std"] = mean_std(seq)
     return out

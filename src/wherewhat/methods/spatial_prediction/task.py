@@ -1,12 +1,16 @@
 """Self-supervised pre-training (SimCLR or BYOL, optionally with Spatial Prediction).
 
-:class:`SelfSupervisedTask` holds only the training logic; the networks, views and losses are
-:mod:`wherewhat.methods.spatial_prediction`. It
+:class:`SelfSupervisedTask` holds only the training logic; it takes its network, a
+:class:`~wherewhat.methods.spatial_prediction.bases.SimCLR` or
+:class:`~wherewhat.methods.spatial_prediction.bases.BYOL` with its backbone and SP plug-in
+(:mod:`wherewhat.methods.spatial_prediction`), already built. It
 
-* builds the method (``base`` + backbone + optional SP plug-in with weight ``sp_lambda``) and
-  the matching :class:`~wherewhat.methods.spatial_prediction.ViewSampler`, which it installs as the data
+* installs a :class:`~wherewhat.methods.spatial_prediction.views.ViewSampler` as the data
   module's ``train_transform`` at ``setup`` (unless the user set a sampler of their own), so
-  views are drawn inside DataLoader workers (torch runs each worker with one thread);
+  views are drawn inside DataLoader workers (torch runs each worker with one thread). The local
+  views come from the model's SP configuration (``model.spatial_prediction.config``, the one
+  source of the SP settings); the two global views from this task's ``global_scale``,
+  ``global_size`` and ``flip_p``;
 * optimises ``model.trainable_parameters()`` (backbone, heads and the SP head; never BYOL's
   EMA target) with AdamW, SGD or LARS, linear warm-up then cosine decay per step;
 * updates BYOL's EMA target after every optimizer step (:meth:`optimizer_step`);
@@ -24,8 +28,8 @@ training. ``history`` keeps one dict per epoch (mean losses, wall ``seconds`` an
 process's ``cpu_seconds`` of the training batches, ``knn_acc``) and ``step_losses`` one per
 step, for learning curves without a logger.
 
-    wherewhat fit --config configs/ssl_cifar_simclr_sp.yaml
-    wherewhat test --config configs/ssl_cifar_simclr_sp.yaml --ckpt_path runs/.../last.ckpt
+    wherewhat fit --config configs/spatial_prediction/default.yaml
+    wherewhat test --config configs/spatial_prediction/default.yaml --ckpt_path runs/.../last.ckpt
 """
 
 from __future__ import annotations
@@ -33,7 +37,8 @@ from __future__ import annotations
 import math
 import time
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any, Literal
 
 import lightning.pytorch as pl
@@ -41,39 +46,40 @@ import numpy as np
 import torch
 from lightly.utils.lars import LARS
 from torch import Tensor, nn
+from torch.optim import Optimizer
 
+from wherewhat.data.images import ImageArrayDataset
 from wherewhat.errors import ConfigError
-from wherewhat.methods.spatial_prediction import (
-    CropConfig,
-    SpatialPredictionConfig,
-    SSLMethod,
-    ViewSampler,
-    ViewSamplerConfig,
-    build_backbone,
-    build_ssl_method,
-)
+from wherewhat.methods.spatial_prediction.backbones import cifar_resnet18
+from wherewhat.methods.spatial_prediction.bases import SimCLR, SSLMethod
+from wherewhat.methods.spatial_prediction.head import SpatialPredictionConfig
 from wherewhat.methods.spatial_prediction.probes import LinearProbe, encode_images
+from wherewhat.methods.spatial_prediction.views import CropConfig, ViewSampler, ViewSamplerConfig
 from wherewhat.metrics.probe import knn_probe
+from wherewhat.models.spec import build_module, module_spec
 from wherewhat.training.schedules import warmup_cosine
 
 __all__ = ["SelfSupervisedTask"]
+
+# A training batch: the collated ViewSampler dict, with the (unused) labels beside it.
+ViewBatch = Sequence[Mapping[str, Tensor] | Tensor] | Mapping[str, Tensor]
+# Probe images (N, C, H, W) uint8 and labels (N,).
+LabelledImages = tuple[Tensor, Tensor]
+
+
+def _default_model() -> SimCLR:
+    """SimCLR on ``cifar_resnet18(width=16)`` with SP attached at weight 0 (off)."""
+    return SimCLR(cifar_resnet18(width=16), spatial_prediction=SpatialPredictionConfig(weight=0.0))
 
 
 class SelfSupervisedTask(pl.LightningModule):
     """SimCLR / BYOL pre-training with an optional Spatial Prediction term.
 
     Args:
-        base: ``"simclr"`` or ``"byol"``.
-        backbone: :func:`~wherewhat.methods.spatial_prediction.build_backbone` name (``resnet18_cifar``,
-            ``tiny_cnn``); ``backbone_width``: its width; ``backbone_args``: other constructor
-            arguments (e.g. ``mean`` / ``std``).
-        method_args: arguments of :class:`~wherewhat.methods.spatial_prediction.SimCLR` /
-            :class:`~wherewhat.methods.spatial_prediction.BYOL` (projection sizes, ``temperature``,
-            ``momentum_base`` ...).
-        sp_lambda: SP weight (0: the base method exactly: no SP views, no SP term).
-        sp_pairs, sp_local_scale, sp_local_size, sp_min_gap, sp_hidden_dim, sp_antisymmetric,
-            sp_loss: :class:`~wherewhat.methods.spatial_prediction.SpatialPredictionConfig` (``sp_local_size``
-            is the side of the square local views in pixels).
+        model: the method network (or its spec, see :mod:`wherewhat.models.spec`): ``SimCLR`` or
+            ``BYOL`` with its backbone and ``spatial_prediction`` config (weight 0: the base
+            method exactly, no SP views, no SP term; ``None``: no SP module at all). Default:
+            SimCLR on ``cifar_resnet18(width=16)`` with SP at weight 0.
         global_scale, global_size: the base method's two crops (area fraction range, side).
         flip_p: probability of mirroring the whole image (all views together).
         optimizer: ``adamw``, ``sgd`` (momentum, Nesterov) or ``lars`` (lightly's; biases and
@@ -87,19 +93,7 @@ class SelfSupervisedTask(pl.LightningModule):
 
     def __init__(
         self,
-        base: Literal["simclr", "byol"] = "simclr",
-        backbone: str = "resnet18_cifar",
-        backbone_width: int = 16,
-        backbone_args: dict[str, Any] | None = None,
-        method_args: dict[str, Any] | None = None,
-        sp_lambda: float = 0.0,
-        sp_pairs: int = 1,
-        sp_local_scale: tuple[float, float] = (0.05, 0.4),
-        sp_local_size: int = 16,
-        sp_min_gap: float = 0.0,
-        sp_hidden_dim: int = 512,
-        sp_antisymmetric: bool = False,
-        sp_loss: Literal["smooth_l1", "l1"] = "smooth_l1",
+        model: SSLMethod | None = None,
         global_scale: tuple[float, float] = (0.08, 1.0),
         global_size: int = 32,
         flip_p: float = 0.5,
@@ -115,31 +109,15 @@ class SelfSupervisedTask(pl.LightningModule):
         knn_test_limit: int | None = 2000,
     ):
         super().__init__()
-        self.save_hyperparameters()
         if optimizer not in ("adamw", "sgd", "lars"):
             raise ConfigError(f"model.optimizer must be adamw, sgd or lars, got {optimizer!r}")
         if schedule not in ("cosine", "constant"):
             raise ConfigError(f"model.schedule must be cosine or constant, got {schedule!r}")
         if not 0 <= warmup_fraction < 1:
             raise ConfigError(f"model.warmup_fraction must be in [0, 1), got {warmup_fraction}")
-        if sp_pairs < 1:
-            raise ConfigError(f"model.sp_pairs must be >= 1, got {sp_pairs}")
-        self.sp_config = SpatialPredictionConfig(
-            weight=sp_lambda,
-            num_pairs=sp_pairs,
-            local_scale=tuple(sp_local_scale),
-            local_size=(sp_local_size, sp_local_size),
-            min_gap=sp_min_gap,
-            hidden_dim=sp_hidden_dim,
-            antisymmetric=sp_antisymmetric,
-            loss=sp_loss,
-        )
-        encoder = build_backbone(backbone, width=backbone_width, **(backbone_args or {}))
-        # SP is attached with weight 0 too (the module is created last, so the base method's
-        # initialisation is identical); with weight 0 it is never called.
-        self.model: SSLMethod = build_ssl_method(
-            base, encoder, spatial_prediction=self.sp_config, **(method_args or {})
-        )
+        self.model = build_module(model if model is not None else _default_model(), SSLMethod)
+        self.save_hyperparameters(ignore=["model"])
+        self.hparams["model"] = module_spec(self.model)
         self.history: list[dict[str, float]] = []
         self.step_losses: list[dict[str, float]] = []
         self._epoch_sums: dict[str, float] = defaultdict(float)
@@ -150,13 +128,15 @@ class SelfSupervisedTask(pl.LightningModule):
 
     # -- views ---------------------------------------------------------------------------------
     def view_sampler_config(self) -> ViewSamplerConfig:
-        """The sampler this task trains on: two global views (+ SP pairs when lambda > 0)."""
+        """The sampler this task trains on: two global views (+ the model's SP pairs when its
+        weight is > 0)."""
         hp = self.hparams
         size = (hp.global_size, hp.global_size)
         base = ViewSamplerConfig(
             global_crop=CropConfig(scale=tuple(hp.global_scale), size=size), flip_p=hp.flip_p
         )
-        return self.sp_config.view_sampler_config(base)
+        sp = self.model.spatial_prediction
+        return replace(base, num_pairs=0) if sp is None else sp.config.view_sampler_config(base)
 
     def view_sampler(self) -> ViewSampler:
         return ViewSampler(self.view_sampler_config())
@@ -182,7 +162,7 @@ class SelfSupervisedTask(pl.LightningModule):
         """Backbone features ``(B, D)`` of images ``(B, C, H, W)`` in [0, 1]."""
         return self.model.encode(images)
 
-    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+    def training_step(self, batch: ViewBatch, batch_idx: int) -> Tensor:
         views = batch[0] if isinstance(batch, list | tuple) else batch
         if not isinstance(views, Mapping) or "global_views" not in views:
             raise ValueError(
@@ -233,13 +213,15 @@ class SelfSupervisedTask(pl.LightningModule):
                 self.log("probe/knn_acc", accuracy, on_step=False, on_epoch=True)
         self.history.append(record)
 
-    def _probe_sets(self, train_limit: int | None, test_limit: int | None):
+    def _probe_sets(
+        self, train_limit: int | None, test_limit: int | None
+    ) -> tuple[LabelledImages, LabelledImages] | None:
         datamodule = getattr(self.trainer, "datamodule", None)
         if datamodule is None or not hasattr(datamodule, "probe_train_dataset"):
             return None
         train, test = datamodule.probe_train_dataset(), datamodule.test_dataset()
 
-        def subset(dataset, limit, seed):
+        def subset(dataset: ImageArrayDataset, limit: int | None, seed: int) -> LabelledImages:
             if limit is None or limit >= len(dataset):
                 return dataset.images, dataset.labels
             keep = np.sort(np.random.default_rng(seed).permutation(len(dataset))[:limit])
@@ -259,7 +241,7 @@ class SelfSupervisedTask(pl.LightningModule):
         return float(knn_probe(train_f, train_y, test_f, test_y, k=k)["accuracy"])
 
     # -- test: probes on frozen features -------------------------------------------------------
-    def test_step(self, batch: Any, batch_idx: int) -> None:
+    def test_step(self, batch: LabelledImages, batch_idx: int) -> None:
         images, labels = batch
         self._test_features.append(encode_images(self.model.encode, images))
         self._test_labels.append(labels.cpu())
@@ -299,7 +281,7 @@ class SelfSupervisedTask(pl.LightningModule):
             {"params": no_decay, "weight_decay": 0.0},
         ]
 
-    def configure_optimizers(self) -> Any:
+    def configure_optimizers(self) -> Optimizer | dict[str, Any]:
         hp = self.hparams
         groups = self._parameter_groups()
         if hp.optimizer == "adamw":

@@ -1,20 +1,18 @@
-"""Tour section "spatial_prediction": a short SimCLR + SP run of the SSL benchmark
+"""Tour section "spatial_prediction": a short SimCLR + SP run of the benchmark
 (:mod:`wherewhat.methods.spatial_prediction.experiment`), or its quick preset in the full tour."""
 
 from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any
 
-from wherewhat.methods.spatial_prediction.experiment import (
-    SSLBenchSettings,
-    relative_position_png,
-    run_ssl_arm,
-    run_ssl_bench,
-    summarise_arms,
-    summary_rows,
-)
+from wherewhat.bench.runtime import torch_num_threads
+from wherewhat.methods.spatial_prediction.experiment import run_arm, run_bench
+from wherewhat.methods.spatial_prediction.figures import relative_position_png
+from wherewhat.methods.spatial_prediction.records import summarise_arms
+from wherewhat.methods.spatial_prediction.settings import BenchSettings
+from wherewhat.methods.spatial_prediction.tables import summary_rows
+from wherewhat.report.figures import line_chart
 from wherewhat.report.html import Section
 from wherewhat.report.tour import TourContext, register_section
 
@@ -23,7 +21,7 @@ from wherewhat.report.tour import TourContext, register_section
 def spatial_prediction_section(ctx: TourContext) -> Section:
     """Quick tour: one short SimCLR+SP arm. Full tour: the benchmark's quick preset."""
     section = Section("Spatial Prediction")
-    settings = SSLBenchSettings.preset("tour" if ctx.quick else "quick")
+    settings = BenchSettings.preset("tour" if ctx.quick else "quick")
     if not Path(settings.cifar_npz).is_file():
         section.paragraph(
             f"Skipped: the CIFAR-10 arrays were not found at {settings.cifar_npz} (a .npz with "
@@ -37,19 +35,16 @@ def spatial_prediction_section(ctx: TourContext) -> Section:
         else:
             settings = dataclasses.replace(settings, faces_root=str(faces))
     if ctx.quick:
-        from wherewhat.bench.runtime import torch_num_threads
-
         with ctx.step("pre-train + probe"), torch_num_threads(settings.threads):
-            arm, task = run_ssl_arm(
-                "simclr", settings.sp_lambda, settings.seeds[0], settings, ctx.log
-            )
-            positions_png = relative_position_png(task, settings)
-        result: dict[str, Any] = {"summary": summarise_arms([arm])}
+            arm, task = run_arm("simclr", settings.sp_lambda, settings.seeds[0], settings, ctx.log)
+            positions_png = relative_position_png(task.model, settings.cifar_npz)
+        summary = summarise_arms([arm])
     else:
         with ctx.step("benchmark (quick preset)"):
-            result = run_ssl_bench(settings=settings, log=ctx.log)
-        arm = next(a for a in result["arms"] if a["arm"] == "simclr_sp")
-        positions_png = result["figures"]["relative-positions"]
+            result = run_bench(settings=settings, log=ctx.log)
+        arm = next(a for a in result.arms if a.arm == "simclr_sp")
+        positions_png = result.figures["relative-positions"]
+        summary = result.summary
     t = settings.task_args
     section.paragraph(
         "Spatial Prediction (SP): besides its base method's loss, the network regresses where a "
@@ -57,29 +52,26 @@ def spatial_prediction_section(ctx: TourContext) -> Section:
         f"its backbone features. SimCLR + SP (lambda {settings.sp_lambda:g}), {t['backbone']} "
         f"width {t['backbone_width']}, {settings.epochs} epoch(s) on {settings.train_images:,} "
         "CIFAR-10 images: the pipeline end to end, far from converged. The README's table comes "
-        "from `benchmarks/spatial_prediction.py` (SimCLR / BYOL with and without SP at equal budget, 3 seeds, "
-        "lambda sweep, landmark probe)."
+        "from `benchmarks/spatial_prediction.py` (SimCLR / BYOL with and without SP at equal "
+        "budget, 3 seeds, lambda sweep, landmark probe)."
     )
-    section.table(summary_rows(result), caption="Probes on frozen features (test images)")
+    section.table(summary_rows(summary), caption="Probes on frozen features (test images)")
     section.figure(
         positions_png,
         "Held-out view pairs: box A (blue), box B (orange), true offset A -> B (green) and the "
         "SP head's prediction (red, dashed); last panel: predicted vs true dx, dy.",
         name="relative_positions",
     )
-    history = arm["history"]
+    history = arm.history
     if len(history) > 1 and "knn_acc" in history[0]:
-        from wherewhat.report.figures import line_chart
-
         fig = line_chart(
             {"k-NN": ([h["epoch"] + 1 for h in history], [h["knn_acc"] for h in history])},
             title="k-NN accuracy per epoch", xlabel="epoch", ylabel="accuracy",
         )  # fmt: skip
         section.figure(fig, "k-NN accuracy on a test subset after each epoch.", name="knn_curve")
     section.record(
-        linear_probe=arm["linear_probe"], knn=arm["knn"],
-        reorder_accuracy_2x2=arm["reorder_accuracy_2x2"], sp_error_ratio=arm["sp_error_ratio"],
-        native_sp_error_ratio=arm["where"]["native"]["ratio"],
-        epoch_seconds=arm["epoch_seconds"],
+        linear_probe=arm.linear_probe, knn=arm.knn,
+        reorder_accuracy_2x2=arm.reorder_accuracy_2x2, sp_error_ratio=arm.sp_error_ratio,
+        native_sp_error_ratio=arm.where["native"]["ratio"], epoch_seconds=arm.epoch_seconds,
     )  # fmt: skip
     return section

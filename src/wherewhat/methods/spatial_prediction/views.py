@@ -12,7 +12,7 @@ Rules that keep SP honest (a network must not be able to read the answer off low
 
 * One horizontal-flip decision per image, applied to *all* its views; never to a single view,
   which would break the geometry between the views of a pair. SP targets are computed in the
-  frame the network sees (``mirror_boxes`` when flipped), see ``spatial_prediction.py``.
+  frame the network sees (``mirror_boxes`` when flipped), see ``head.py``.
 * Independent photometric jitter per view (colour jitter, greyscale, Gaussian blur), so neither
   matching colours between views nor the resampling blur of small, upscaled crops gives away
   position or scale.
@@ -292,7 +292,9 @@ class ViewSampler:
     def __init__(self, config: ViewSamplerConfig | None = None):
         self.config = config or ViewSamplerConfig()
 
-    def _local_boxes(self, image_size: tuple[int, int], generator) -> Tensor:
+    def _local_boxes(
+        self, image_size: tuple[int, int], generator: torch.Generator | None
+    ) -> Tensor:
         cfg = self.config
         k = cfg.num_pairs
         boxes_a = sample_crop_boxes(k, image_size, cfg.local_crop, generator=generator)
@@ -311,7 +313,9 @@ class ViewSampler:
                 )
         return torch.stack([boxes_a, boxes_b], dim=1)
 
-    def __call__(self, image: Tensor, generator: torch.Generator | None = None) -> dict:
+    def __call__(
+        self, image: Tensor, generator: torch.Generator | None = None
+    ) -> dict[str, Tensor]:
         if image.ndim != 3 or not image.is_floating_point():
             raise ValueError(
                 f"ViewSampler expects one float image (C, H, W) in [0, 1], got "

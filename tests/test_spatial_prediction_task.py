@@ -13,7 +13,14 @@ from torch.utils.data import default_collate
 
 from wherewhat.data.images import SelfSupervisedDataModule
 from wherewhat.errors import ConfigError
-from wherewhat.methods.spatial_prediction import SimCLR, TinyCNN, ViewSampler
+from wherewhat.methods.spatial_prediction import (
+    SimCLR,
+    SpatialPredictionConfig,
+    SSLMethod,
+    TinyCNN,
+    ViewSampler,
+    build_ssl_method,
+)
 from wherewhat.methods.spatial_prediction.task import SelfSupervisedTask
 
 SMALL_HEADS = {
@@ -30,13 +37,18 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-def tiny_task(base: str = "simclr", sp_lambda: float = 0.5, **kwargs) -> SelfSupervisedTask:
-    args = {
-        "base": base, "backbone": "tiny_cnn", "backbone_width": 8, "sp_lambda": sp_lambda,
-        "sp_hidden_dim": 16, "sp_local_size": 8, "global_size": 16,
-        "method_args": SMALL_HEADS[base], "knn_train_limit": 64, "knn_test_limit": 32,
-    }  # fmt: skip
-    return SelfSupervisedTask(**{**args, **kwargs})
+def tiny_model(base: str = "simclr", sp_lambda: float = 0.5, sp_pairs: int = 1) -> SSLMethod:
+    sp = SpatialPredictionConfig(
+        weight=sp_lambda, num_pairs=sp_pairs, local_size=(8, 8), hidden_dim=16
+    )
+    return build_ssl_method(base, TinyCNN(8), spatial_prediction=sp, **SMALL_HEADS[base])
+
+
+def tiny_task(
+    base: str = "simclr", sp_lambda: float = 0.5, sp_pairs: int = 1, **kwargs
+) -> SelfSupervisedTask:
+    args = {"global_size": 16, "knn_train_limit": 64, "knn_test_limit": 32}
+    return SelfSupervisedTask(tiny_model(base, sp_lambda, sp_pairs), **{**args, **kwargs})
 
 
 def blob_images(n: int, seed: int, size: int = 16) -> tuple[np.ndarray, np.ndarray]:
@@ -154,6 +166,27 @@ def test_byol_target_is_updated_after_every_optimizer_step(blob_npz):
     assert any(not torch.equal(a, b) for a, b in zip(target, start, strict=True))
 
 
+@pytest.mark.parametrize("base", ["simclr", "byol"])
+def test_load_from_checkpoint_rebuilds_the_model_from_its_spec(blob_npz, tmp_path, base):
+    """The task takes its model; the checkpoint stores the model's spec (plain data, so it
+    loads with weights_only) and ``load_from_checkpoint`` builds the same network from it."""
+    pl.seed_everything(0, verbose=False)
+    task = tiny_task(base, knn_every_n_epochs=0, lr=1e-3)
+    data = SelfSupervisedDataModule(npz_path=blob_npz, batch_size=32, num_workers=0, seed=0)
+    trainer = quiet_trainer(max_steps=2)
+    trainer.fit(task, datamodule=data)
+    path = tmp_path / "last.ckpt"
+    trainer.save_checkpoint(path)
+    loaded = SelfSupervisedTask.load_from_checkpoint(path, weights_only=True)
+    assert type(loaded.model) is type(task.model)
+    assert loaded.model.spatial_prediction.config == task.model.spatial_prediction.config
+    assert loaded.view_sampler_config() == task.view_sampler_config()
+    assert loaded.hparams.lr == 1e-3 and "sp_lambda" not in loaded.hparams
+    state, restored = task.state_dict(), loaded.state_dict()
+    assert state.keys() == restored.keys()
+    assert all(torch.equal(state[k], restored[k]) for k in state)
+
+
 def test_a_foreign_train_transform_is_refused(blob_npz):
     task = tiny_task()
     data = SelfSupervisedDataModule(npz_path=blob_npz, batch_size=32, train_transform=abs)
@@ -164,7 +197,7 @@ def test_a_foreign_train_transform_is_refused(blob_npz):
 def test_bad_options_are_named():
     with pytest.raises(ConfigError, match="optimizer"):
         tiny_task(optimizer="adam")
-    with pytest.raises(ConfigError, match="sp_pairs"):
+    with pytest.raises(ConfigError, match="num_pairs"):
         tiny_task(sp_pairs=0)
 
 
