@@ -20,6 +20,7 @@ from wherewhat.data.face_predict import (
 )
 from wherewhat.errors import DataFormatError
 from wherewhat.geometry import apply_affine
+from wherewhat.methods.worldcomp2d.model import WorldComp2D
 from wherewhat.methods.worldcomp2d.task import WorldComp2DTask
 
 # Crop-frame points the stub model "predicts" on a 64 px crop: the crop's centre and a corner.
@@ -144,7 +145,7 @@ def test_writer_needs_original_pixel_points(tmp_path):
 
 
 def test_cli_predict_with_the_config_and_a_checkpoint(tmp_path):
-    """``wherewhat predict --config configs/worldcomp2d_predict.yaml --ckpt_path ...``: the
+    """``wherewhat predict --config configs/worldcomp2d/predict.yaml --ckpt_path ...``: the
     checkpoint's (tiny) model replaces the config's and .pts + overlays land in the run dir."""
     from wherewhat.training.harness import run_lightning_cli
 
@@ -152,8 +153,11 @@ def test_cli_predict_with_the_config_and_a_checkpoint(tmp_path):
         encoder_channels=(8, 8, 16, 16, 16, 32), encoder_hidden=32, latent=16,
         localizer_hidden=(32,), refiner_width=6, refiner_groups=2, refiner_blocks=1,
     )  # fmt: skip
-    task = WorldComp2DTask(stage="refiner", **tiny)
-    hparams = {**dict(task.hparams), "_class_path": "wherewhat.methods.worldcomp2d.task.WorldComp2DTask"}
+    task = WorldComp2DTask(WorldComp2D(**tiny), stage="refiner")
+    hparams = {
+        **dict(task.hparams),
+        "_class_path": "wherewhat.methods.worldcomp2d.task.WorldComp2DTask",
+    }
     checkpoint = tmp_path / "tiny.ckpt"
     torch.save(
         {"state_dict": task.state_dict(), "hyper_parameters": hparams,
@@ -164,7 +168,7 @@ def test_cli_predict_with_the_config_and_a_checkpoint(tmp_path):
     photos.mkdir()
     _photo(photos / "p.jpg", 160, 120)
     write_pts(photos / "p.pts", torch.tensor([[40.0, 30.0], [100.0, 50.0], [70.0, 100.0]]))
-    config = Path(__file__).resolve().parents[1] / "configs" / "worldcomp2d_predict.yaml"
+    config = Path(__file__).resolve().parents[1] / "configs" / "worldcomp2d" / "predict.yaml"
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore")
         cli = run_lightning_cli(

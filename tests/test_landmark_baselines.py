@@ -16,7 +16,7 @@ from wherewhat.data.face_crops import uncrop_points
 from wherewhat.data.face_datamodule import FaceLandmarkDataModule
 from wherewhat.data.loader import EpochSeededSampler, ResumableDataLoader
 from wherewhat.errors import ConfigError
-from wherewhat.methods.worldcomp2d.model import LandmarkRefiner, sample_landmark_subset
+from wherewhat.methods.worldcomp2d.model import LandmarkRefiner, WorldComp2D, sample_landmark_subset
 from wherewhat.methods.worldcomp2d.task import WorldComp2DTask
 from wherewhat.metrics.landmarks import nme
 from wherewhat.models.landmark_baselines import (
@@ -166,7 +166,7 @@ def _steps_lower_loss(task, crops, points, steps: int, lr: float) -> tuple[float
 def test_a_few_pfld_steps_lower_the_loss():
     torch.manual_seed(0)
     crops = torch.rand(8, 3, 64, 64, generator=torch.Generator().manual_seed(1))
-    task = PFLDTask(width_mult=0.25, crop_size=64)
+    task = PFLDTask(PFLDRegressor(width_mult=0.25, crop_size=64))
     first, last = _steps_lower_loss(task, crops, _shapes(8), steps=15, lr=1e-3)
     assert last < 0.5 * first, (first, last)
 
@@ -174,7 +174,8 @@ def test_a_few_pfld_steps_lower_the_loss():
 def test_a_few_pip_steps_lower_the_loss():
     torch.manual_seed(0)
     crops = torch.rand(8, 3, 64, 64, generator=torch.Generator().manual_seed(1))
-    task = PIPHeatmapTask(backbone="mobilenet_v2", width_mult=0.25, num_neighbors=4, crop_size=64)
+    network = PIPHeatmapNet(backbone="mobilenet_v2", width_mult=0.25, num_neighbors=4, crop_size=64)
+    task = PIPHeatmapTask(network)
     first, last = _steps_lower_loss(task, crops, _shapes(8), steps=15, lr=3e-3)
     assert last < 0.5 * first, (first, last)
 
@@ -199,7 +200,7 @@ def small_faces(shared_data) -> FaceLandmarkDataModule:
 
 
 def test_harness_sets_the_prior_and_scores_every_face_in_original_pixels(small_faces):
-    task = PFLDTask(width_mult=0.25, crop_size=64, lr_decay_at=None)
+    task = PFLDTask(PFLDRegressor(width_mult=0.25, crop_size=64), lr_decay_at=None)
     trainer = pl.Trainer(
         accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False, max_steps=1,
@@ -254,10 +255,11 @@ def test_worldcomp2d_task_export_is_the_whole_path_and_matches_torch(tmp_path):
     # What `wherewhat export onnx` and the benchmark export after stage refiner: crop ->
     # fixations -> encoder -> localizer -> refiner (tiny widths; full size: test_worldcomp2d).
     torch.manual_seed(0)
-    task = WorldComp2DTask(
-        stage="refiner", encoder_channels=(8, 8, 16, 16, 16, 32), encoder_hidden=32, latent=16,
+    network = WorldComp2D(
+        encoder_channels=(8, 8, 16, 16, 16, 32), encoder_hidden=32, latent=16,
         localizer_hidden=(32,), refiner_width=6, refiner_groups=2, refiner_blocks=1,
     )  # fmt: skip
+    task = WorldComp2DTask(network, stage="refiner")
     model = task.export_model()
     model.localizer.set_mean_shape(_shapes(4, size=256))
     torch.nn.init.normal_(model.refiner.head.weight, std=0.5)  # the refiner moves points

@@ -17,10 +17,12 @@ import pytest
 
 from wherewhat.errors import ConfigError
 from wherewhat.methods.worldcomp2d import experiment as landmarks
-from wherewhat.methods.worldcomp2d.experiment import (
+from wherewhat.methods.worldcomp2d.experiment import run_landmark_bench
+from wherewhat.methods.worldcomp2d.markdown import landmark_markdown
+from wherewhat.methods.worldcomp2d.records import CostsAndSpeed
+from wherewhat.methods.worldcomp2d.settings import (
     STAGES,
     LandmarkBenchSettings,
-    run_landmark_bench,
     training_settings,
 )
 
@@ -36,8 +38,18 @@ TINY_WC = dict(
 FILES = [f"worldcomp2d-{s}" for s in STAGES] + ["pfld_baseline"]
 
 
+def _network(class_path: str, **init_args) -> dict:
+    """A task's ``model`` argument as the benchmark reads it from a config: a spec."""
+    return {"class_path": class_path, "init_args": init_args}
+
+
 def _costs_stub(name, model, crop, workdir, settings):
-    return {"params": 1, "macs": 1, "ort_faces_per_s_1thread": 1.0}
+    return CostsAndSpeed(
+        params=1, macs=1, ort_faces_per_s_1thread=1.0, ort_faces_per_s_2threads=1.0,
+        torch_faces_per_s_1thread=1.0, ort_ms_1thread=1.0, ort_ms_2threads=1.0,
+        torch_ms_1thread=1.0, onnx_max_abs_diff=None, onnx_parity_error=None,
+        onnx_exporter="stub",
+    )  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +57,10 @@ def settings(shared_data) -> LandmarkBenchSettings:
     root = shared_data / "faces68"
     if not root.is_dir():
         pytest.skip(f"no faces at {root}")
-    runs = {stage: {"model": TINY_WC} for stage in STAGES}
-    runs["pfld_baseline"] = {"model": {"width_mult": 0.25}}
+    wc = _network("wherewhat.methods.worldcomp2d.model.WorldComp2D", **TINY_WC)
+    runs = {stage: {"model": {"model": wc}} for stage in STAGES}
+    pfld = _network("wherewhat.models.landmark_baselines.PFLDRegressor", width_mult=0.25)
+    runs["pfld_baseline"] = {"model": {"model": pfld}}
     return LandmarkBenchSettings.preset(
         "tour",
         faces_root=str(root),
@@ -81,20 +95,20 @@ def no_training(monkeypatch):
     def refuse(task, *args, **kwargs):
         raise AssertionError(f"trained {getattr(task, 'stage', type(task).__name__)}")
 
-    monkeypatch.setattr(landmarks, "_fit", refuse)
+    monkeypatch.setattr(landmarks, "_train", refuse)
 
 
 @pytest.fixture
 def fitted_runs(monkeypatch) -> list[str]:
-    """Records which runs ``_fit`` trains (WorldComp2D: the stage, else the task class)."""
+    """Records which runs ``_train`` trains (WorldComp2D: the stage, else the task class)."""
     fitted: list[str] = []
-    real_fit = landmarks._fit
+    real_fit = landmarks._train
 
     def recording(task, *args, **kwargs):
         fitted.append(getattr(task, "stage", type(task).__name__))
         return real_fit(task, *args, **kwargs)
 
-    monkeypatch.setattr(landmarks, "_fit", recording)
+    monkeypatch.setattr(landmarks, "_train", recording)
     return fitted
 
 
@@ -111,28 +125,26 @@ def test_first_run_saves_every_training_run(first, settings):
         assert entry["model"] == model
         assert entry["settings"] == training_settings(settings, model)
         assert entry["record"]["steps"] == 1
-        assert entry["split"]["val_faces"] == result["split"]["val_faces"]
-    assert not any(m["reused"] for m in result["models"].values())
+        assert entry["split"]["val_faces"] == result.split.val_faces
+    assert not any(m.reused for m in result.models.values())
     # WorldComp2D's minutes are its stages'; without refiner, stages 1 + 2.
-    stages = [result["training"][s]["minutes"] for s in STAGES]
-    assert result["models"]["worldcomp2d"]["train_minutes"] == pytest.approx(sum(stages))
-    assert result["models"]["worldcomp2d_no_refiner"]["train_minutes"] == pytest.approx(
-        sum(stages[:2])
-    )
+    stages = [result.training[s].minutes for s in STAGES]
+    assert result.models["worldcomp2d"].train_minutes == pytest.approx(sum(stages))
+    assert result.models["worldcomp2d_no_refiner"].train_minutes == pytest.approx(sum(stages[:2]))
 
 
 def test_second_run_reuses_without_training_and_scores_the_same(first, settings, no_training):
     trained_dir, result = first
     again = run_landmark_bench(settings, log=lambda m: None, trained_dir=trained_dir)
-    assert again["models"].keys() == result["models"].keys()
-    for name, model in again["models"].items():
-        before = result["models"][name]
-        assert model["reused"]
-        assert model["nme"] == before["nme"]  # the same weights, bit for bit
-        assert model["train_minutes"] == before["train_minutes"]
-        assert model["trained_at"] == before["trained_at"]
-    assert all(r["reused"] for r in again["training"].values())
-    assert "reused" in landmarks.landmark_markdown(again)
+    assert again.models.keys() == result.models.keys()
+    for name, model in again.models.items():
+        before = result.models[name]
+        assert model.reused
+        assert model.accuracy.nme == before.accuracy.nme  # the same weights, bit for bit
+        assert model.train_minutes == before.train_minutes
+        assert model.trained_at == before.trained_at
+    assert all(r.reused for r in again.training.values())
+    assert "reused" in landmark_markdown(again)
 
 
 def test_other_settings_raise_naming_the_file_and_the_difference(first, settings, no_training):
@@ -141,7 +153,8 @@ def test_other_settings_raise_naming_the_file_and_the_difference(first, settings
         run_landmark_bench(
             dataclasses.replace(settings, seed=1), trained_dir=trained_dir, train_only=True
         )
-    runs = {**settings.runs, "pfld_baseline": {"model": {"width_mult": 0.5}}}
+    pfld = _network("wherewhat.models.landmark_baselines.PFLDRegressor", width_mult=0.5)
+    runs = {**settings.runs, "pfld_baseline": {"model": {"model": pfld}}}
     other = dataclasses.replace(settings, models=("pfld_baseline",), runs=runs)
     with pytest.raises(ConfigError, match=r"pfld_baseline\.json.*width_mult: 0\.25 \(saved\)"):
         run_landmark_bench(other, trained_dir=trained_dir, train_only=True)
@@ -157,8 +170,8 @@ def test_train_only_resumes_at_the_first_missing_stage(first, settings, tmp_path
                                 train_only=True)  # fmt: skip
     # The refiner was saved, but it started from the old localizer: trained again too.
     assert fitted_runs == ["localizer", "refiner"]
-    assert "models" not in result
-    assert [result["training"][s]["reused"] for s in STAGES] == [True, False, False]
+    assert not result.models
+    assert [result.training[s].reused for s in STAGES] == [True, False, False]
     assert _entry(trained_dir, "worldcomp2d-encoder") == encoder
     for stem in FILES:
         assert _entry(trained_dir, stem)["fingerprint"] == _entry(first[0], stem)["fingerprint"]

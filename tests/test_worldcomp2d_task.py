@@ -18,6 +18,7 @@ from wherewhat.data.face_datamodule import FaceCrops, FaceLandmarkDataModule, cr
 from wherewhat.data.faces import load_pts_folder
 from wherewhat.errors import ConfigError
 from wherewhat.geometry import apply_affine, hflip_affine
+from wherewhat.methods.worldcomp2d.model import WorldComp2D
 from wherewhat.methods.worldcomp2d.task import WorldComp2DTask, parts_loaded_from
 from wherewhat.metrics.landmarks import nme
 
@@ -162,7 +163,9 @@ def test_stages_chain_through_checkpoints_and_freeze(small_data, tmp_path):
     checkpoints = {}
     previous = None
     for stage in ("encoder", "localizer", "refiner"):
-        task = WorldComp2DTask(stage=stage, init_from=previous, views_per_image=2, **TINY)
+        task = WorldComp2DTask(
+            WorldComp2D(**TINY), stage=stage, init_from=previous, views_per_image=2
+        )
         initial = {name: _state(task.part(name)) for name in ("encoder", "localizer", "refiner")}
         trainer = _trainer(max_steps=3, limit_val_batches=1)
         trainer.fit(task, small_data)
@@ -185,35 +188,39 @@ def test_stages_chain_through_checkpoints_and_freeze(small_data, tmp_path):
 
 
 def test_init_from_checks_stage_and_architecture(small_data, tmp_path):
-    encoder_stage = WorldComp2DTask(stage="encoder", **TINY)
+    encoder_stage = WorldComp2DTask(WorldComp2D(**TINY), stage="encoder")
     trainer = _trainer(max_steps=1, limit_val_batches=0)
     trainer.fit(encoder_stage, small_data)
     path = tmp_path / "encoder.ckpt"
     trainer.save_checkpoint(path)
     with pytest.raises(ConfigError, match="needs a checkpoint of stage 'localizer'"):
-        WorldComp2DTask(stage="refiner", **TINY).load_stage_weights(path)
+        WorldComp2DTask(WorldComp2D(**TINY), stage="refiner").load_stage_weights(path)
     wider = {**TINY, "latent": 24}
     with pytest.raises(ConfigError, match="same model options"):
-        WorldComp2DTask(stage="localizer", **wider).load_stage_weights(path)
+        WorldComp2DTask(WorldComp2D(**wider), stage="localizer").load_stage_weights(path)
     with pytest.raises(ConfigError, match="not found"):
-        WorldComp2DTask(stage="localizer", **TINY).load_stage_weights(tmp_path / "missing.ckpt")
+        WorldComp2DTask(WorldComp2D(**TINY), stage="localizer").load_stage_weights(
+            tmp_path / "missing.ckpt"
+        )
 
 
 def test_resume_ignores_init_from(small_data, tmp_path):
-    first = WorldComp2DTask(stage="localizer", **TINY)
+    first = WorldComp2DTask(WorldComp2D(**TINY), stage="localizer")
     trainer = _trainer(max_steps=1, limit_val_batches=0)
     trainer.fit(first, small_data)
     path = tmp_path / "localizer.ckpt"
     trainer.save_checkpoint(path)
     # A resumed run restores its own weights; the (here missing) init_from file is not read.
-    resumed = WorldComp2DTask(stage="localizer", init_from=str(tmp_path / "gone.ckpt"), **TINY)
+    resumed = WorldComp2DTask(
+        WorldComp2D(**TINY), stage="localizer", init_from=str(tmp_path / "gone.ckpt")
+    )
     _trainer(max_steps=2, limit_val_batches=0).fit(resumed, small_data, ckpt_path=path)
     assert resumed.loaded_parts == ()
     _assert_same(_state(first.model.encoder), resumed.model.encoder)
 
 
 def test_validation_scores_every_face_in_original_pixels(small_data):
-    task = WorldComp2DTask(stage="localizer", **TINY)
+    task = WorldComp2DTask(WorldComp2D(**TINY), stage="localizer")
     task.model.localizer.set_mean_shape(small_data.train_crop_points())
     metrics = _trainer().validate(task, small_data, verbose=False)[0]
     val = small_data.val_set
@@ -254,19 +261,19 @@ def trained_toy(faces_root, tmp_path_factory):
     evaluation = DataLoader(plain_items, batch_size=8)
 
     pl.seed_everything(0)
-    encoder_stage = WorldComp2DTask(stage="encoder", views_per_image=4, **TINY)
+    encoder_stage = WorldComp2DTask(WorldComp2D(**TINY), stage="encoder", views_per_image=4)
     trainer = _trainer(max_steps=30, limit_val_batches=0)
     trainer.fit(encoder_stage, training)
     checkpoint = tmp_path_factory.mktemp("toy") / "encoder.ckpt"
     trainer.save_checkpoint(checkpoint)
 
     task = WorldComp2DTask(
+        WorldComp2D(**TINY),
         stage="localizer",
         init_from=str(checkpoint),
         lr=1e-2,
         lr_decay_at=None,
         fixation_jitter=0,
-        **TINY,
     )
     task.load_stage_weights(checkpoint)  # here already, to score the untrained localizer
     task.model.localizer.set_mean_shape(crop_points_of(records))

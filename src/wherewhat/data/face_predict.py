@@ -1,6 +1,6 @@
 """Landmarks for a folder of photos: a prediction data module and a writer callback.
 
-``wherewhat predict --config configs/worldcomp2d_predict.yaml --ckpt_path RUN/checkpoints/last.ckpt``
+``wherewhat predict --config configs/worldcomp2d/predict.yaml --ckpt_path RUN/checkpoints/last.ckpt``
 reads every image under ``data.root`` with its face box(es), crops each face as in training
 (square, ``side_factor`` x the box's longer side, centred on the box, resized to
 ``crop_size``), runs the checkpoint's model (any task whose ``predict_step`` returns ``points``

@@ -153,6 +153,7 @@ class PFLDRegressor(nn.Module):
         self.register_buffer("crop_hw", torch.tensor([crop_size, crop_size]), persistent=False)
         self.num_landmarks = num_landmarks
         self.crop_size = crop_size
+        self.image_channels = image_channels
 
     @torch.no_grad()
     def set_mean_shape(self, points: Tensor) -> None:
@@ -373,6 +374,7 @@ class PIPHeatmapNet(nn.Module):
         self.stride = stride
         self.grid = crop_size // stride
         self.crop_size = crop_size
+        self.image_channels = image_channels
 
     @torch.no_grad()
     def set_mean_shape(self, points: Tensor) -> None:

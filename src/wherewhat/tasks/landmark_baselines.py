@@ -5,11 +5,15 @@ Same harness, data, crops, augmentation and evaluation as WorldComp2D
 :class:`~wherewhat.data.face_datamodule.FaceLandmarkDataModule`, NME / FR@10 / AUC@10 in
 original-image pixels over every validation face, the same logged keys (``train/loss``,
 ``val/loss``, ``val/nme``, ``val/fr10``, ``val/auc10``, ``val/num_faces``; fractions), the same
-``predict_step`` output and ``export_model`` hook. ::
+``predict_step`` output and ``export_model`` hook. Each task takes its network (``model``, built
+or as a spec, see :mod:`wherewhat.models.spec`) and holds only the training options. The
+configs: ``configs/landmark_baselines/default.yaml`` (the heatmap baseline) and its delta
+``pfld.yaml``::
 
-    wherewhat fit --config configs/landmarks_pfld.yaml
-    wherewhat fit --config configs/landmarks_heatmap.yaml
-    wherewhat validate --config configs/landmarks_heatmap.yaml --ckpt_path RUN/checkpoints/last.ckpt
+    wherewhat fit --config configs/landmark_baselines/default.yaml
+    wherewhat fit --config configs/landmark_baselines/pfld.yaml
+    wherewhat validate --config configs/landmark_baselines/default.yaml \
+        --ckpt_path RUN/checkpoints/last.ckpt
     wherewhat export onnx RUN/checkpoints/last.ckpt --out heatmap.onnx
 
 - :class:`PFLDTask`: :class:`~wherewhat.models.landmark_baselines.PFLDRegressor`, L2 (PFLD's
@@ -25,12 +29,12 @@ neighbours) from the training split at ``setup`` (the data module's ``train_crop
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
 from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
 from torch import Tensor, nn
+from torch.optim import Optimizer
 
 from wherewhat.data.face_crops import (
     batch_images_and_points,
@@ -46,41 +50,47 @@ from wherewhat.models.landmark_baselines import (
     encode_grid_targets,
     pip_losses,
 )
+from wherewhat.models.spec import build_module, module_spec
 from wherewhat.training.schedules import step_decay
 
 __all__ = ["LandmarkBaselineTask", "PFLDTask", "PIPHeatmapTask"]
 
 _FAILURE_THRESHOLD = 0.10  # FR@10 and AUC@10
+# The networks these tasks train: crops -> landmarks, with a mean-shape prior.
+LandmarkBaseline = PFLDRegressor | PIPHeatmapNet
 
 
 class LandmarkBaselineTask(pl.LightningModule):
-    """Shared training / evaluation logic; subclasses build ``self.model`` and :meth:`losses`.
+    """Shared training / evaluation logic; subclasses pass their network and define
+    :meth:`losses`.
 
-    ``self.model`` maps crops ``(B, C, S, S)`` in [0, 1] to landmarks ``(B, K, 2)`` crop px and
-    has ``set_mean_shape(points)``. Optimiser: Adam (``lr``, ``weight_decay``), the learning
-    rate multiplied by ``lr_decay`` once after the fraction ``lr_decay_at`` of the planned steps
-    (``None``: constant).
+    ``model`` maps crops ``(B, C, S, S)`` in [0, 1] to landmarks ``(B, K, 2)`` crop px and has
+    ``set_mean_shape(points)``, ``image_channels`` and ``crop_size``. Optimiser: Adam (``lr``,
+    ``weight_decay``), the learning rate multiplied by ``lr_decay`` once after the fraction
+    ``lr_decay_at`` of the planned steps (``None``: constant). A subclass saves its
+    hyper-parameters (``save_hyperparameters(ignore=["model"])``, the model as its spec).
     """
 
-    model: nn.Module
+    model: LandmarkBaseline
 
     def __init__(
         self,
+        model: LandmarkBaseline,
         lr: float,
         weight_decay: float,
         lr_decay: float,
         lr_decay_at: float | None,
-        image_channels: int,
-        crop_size: int,
     ):
         super().__init__()
         if lr <= 0:
             raise ConfigError(f"model.lr must be > 0, got {lr}")
         if lr_decay_at is not None and not 0.0 < lr_decay_at <= 1.0:
             raise ConfigError(f"model.lr_decay_at must be in (0, 1] or null, got {lr_decay_at}")
+        self.model = model
         self.val_nme = LandmarkNME(threshold=_FAILURE_THRESHOLD)
         self.test_nme = LandmarkNME(threshold=_FAILURE_THRESHOLD)
-        self.example_input_array = torch.zeros(1, image_channels, crop_size, crop_size)
+        size = model.crop_size
+        self.example_input_array = torch.zeros(1, model.image_channels, size, size)
 
     # -- subclass API --------------------------------------------------------------------------
     def losses(self, images: Tensor, points: Tensor) -> dict[str, Tensor]:
@@ -161,7 +171,7 @@ class LandmarkBaselineTask(pl.LightningModule):
         images = batch["image"] if isinstance(batch, dict) else batch
         return prediction_record(self.model(images), batch)
 
-    def configure_optimizers(self) -> Any:
+    def configure_optimizers(self) -> Optimizer | dict[str, Any]:
         optimizer = torch.optim.Adam(
             self.model.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay
         )
@@ -177,31 +187,30 @@ class PFLDTask(LandmarkBaselineTask):
     """PFLD-style direct regression (:class:`PFLDRegressor`).
 
     Args:
-        num_landmarks, width_mult, image_channels, crop_size, mean, std: the model.
+        model: the network (or its spec, see :mod:`wherewhat.models.spec`); default
+            ``PFLDRegressor()``.
         loss: ``"l2"`` (PFLD: squared error per landmark, mean over landmarks and faces) or
             ``"l1"``, on normalised crop coordinates.
         lr, weight_decay, lr_decay, lr_decay_at: the optimiser (see the base class).
     """
 
+    model: PFLDRegressor
+
     def __init__(
         self,
-        num_landmarks: int = 68,
-        width_mult: float = 1.0,
-        image_channels: int = 3,
-        crop_size: int = 256,
-        mean: Sequence[float] | None = None,
-        std: Sequence[float] | None = None,
+        model: PFLDRegressor | None = None,
         loss: Literal["l2", "l1"] = "l2",
         lr: float = 1e-3,
         weight_decay: float = 1e-6,
         lr_decay: float = 0.1,
         lr_decay_at: float | None = 0.7,
     ):
-        super().__init__(lr, weight_decay, lr_decay, lr_decay_at, image_channels, crop_size)
+        network = build_module(model if model is not None else PFLDRegressor(), PFLDRegressor)
+        super().__init__(network, lr, weight_decay, lr_decay, lr_decay_at)
         if loss not in ("l2", "l1"):
             raise ConfigError(f"model.loss must be 'l2' or 'l1', got {loss!r}")
-        self.save_hyperparameters()
-        self.model = PFLDRegressor(num_landmarks, width_mult, image_channels, crop_size, mean, std)
+        self.save_hyperparameters(ignore=["model"])
+        self.hparams["model"] = module_spec(self.model)
 
     def losses(self, images: Tensor, points: Tensor) -> dict[str, Tensor]:
         predicted = self.model.forward_normalized(images)
@@ -218,25 +227,18 @@ class PIPHeatmapTask(LandmarkBaselineTask):
     """PIPNet-style grid heatmaps with offsets (:class:`PIPHeatmapNet`).
 
     Args:
-        num_landmarks, backbone, stride, num_neighbors, width_mult, upsample_channels,
-            image_channels, crop_size, mean, std: the model.
+        model: the network (or its spec, see :mod:`wherewhat.models.spec`); default
+            ``PIPHeatmapNet()`` (ResNet-18, stride 32, 10 neighbours).
         score_weight, offset_weight, neighbor_weight: loss weights (PIPNet: 10, 1, 1); the
             offset terms are x + y, each an L1 mean, as in PIPNet.
         lr, weight_decay, lr_decay, lr_decay_at: the optimiser (see the base class).
     """
 
+    model: PIPHeatmapNet
+
     def __init__(
         self,
-        num_landmarks: int = 68,
-        backbone: Literal["resnet18", "mobilenet_v2"] = "resnet18",
-        stride: int = 32,
-        num_neighbors: int = 10,
-        width_mult: float = 1.0,
-        upsample_channels: int = 256,
-        image_channels: int = 3,
-        crop_size: int = 256,
-        mean: Sequence[float] | None = None,
-        std: Sequence[float] | None = None,
+        model: PIPHeatmapNet | None = None,
         score_weight: float = 10.0,
         offset_weight: float = 1.0,
         neighbor_weight: float = 1.0,
@@ -245,12 +247,10 @@ class PIPHeatmapTask(LandmarkBaselineTask):
         lr_decay: float = 0.1,
         lr_decay_at: float | None = 0.7,
     ):
-        super().__init__(lr, weight_decay, lr_decay, lr_decay_at, image_channels, crop_size)
-        self.save_hyperparameters()
-        self.model = PIPHeatmapNet(
-            num_landmarks, backbone, stride, num_neighbors, width_mult, upsample_channels,
-            image_channels, crop_size, mean, std,
-        )  # fmt: skip
+        network = build_module(model if model is not None else PIPHeatmapNet(), PIPHeatmapNet)
+        super().__init__(network, lr, weight_decay, lr_decay, lr_decay_at)
+        self.save_hyperparameters(ignore=["model"])
+        self.hparams["model"] = module_spec(self.model)
 
     def losses(self, images: Tensor, points: Tensor) -> dict[str, Tensor]:
         model = self.model

@@ -15,14 +15,16 @@ Matplotlib on Agg canvases only (see :mod:`wherewhat.report.figures`).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
 
+import matplotlib
 import numpy as np
 import torch
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from sklearn.decomposition import PCA
 from torch import Tensor
 
+from wherewhat.methods.worldcomp2d.model import WorldComp2D
 from wherewhat.metrics.landmarks import auc, cumulative_error_curve
 from wherewhat.report.figures import (
     GT_COLOR,
@@ -31,7 +33,11 @@ from wherewhat.report.figures import (
     line_chart,
     new_figure,
     show_image,
+    tsne_embedding,
 )
+
+# Tensors or arrays: the figures take either (as_numpy converts).
+ArrayLike = Tensor | np.ndarray
 
 __all__ = [
     "FACE_PARTS_68",
@@ -67,10 +73,10 @@ def face_part_of(landmark: Tensor | np.ndarray, parts: Mapping[str, Sequence[int
 
 
 def prediction_panels(
-    crops: Any,
-    truth: Any,
-    predictions: Mapping[str, Any],
-    nmes: Mapping[str, Any] | None = None,
+    crops: ArrayLike,
+    truth: ArrayLike,
+    predictions: Mapping[str, ArrayLike],
+    nmes: Mapping[str, ArrayLike] | None = None,
     *,
     panel_in: float = 1.6,
     marker_size: float = 3.0,
@@ -107,7 +113,7 @@ def prediction_panels(
     return fig
 
 
-def ced_figure(nmes: Mapping[str, Any], threshold: float = 0.10) -> Figure:
+def ced_figure(nmes: Mapping[str, ArrayLike], threshold: float = 0.10) -> Figure:
     """Cumulative error distribution per model (NME in %, fraction of faces), AUC in legend."""
     series = {}
     for name, values in nmes.items():
@@ -126,7 +132,7 @@ def ced_figure(nmes: Mapping[str, Any], threshold: float = 0.10) -> Figure:
 
 @torch.no_grad()
 def latent_codes_by_nearest_landmark(
-    model: Any,
+    model: WorldComp2D,
     crops: Tensor,
     points: Tensor,
     views_per_face: int = 32,
@@ -157,8 +163,8 @@ def latent_codes_by_nearest_landmark(
 
 
 def latent_embedding_figure(
-    codes: Any,
-    nearest: Any,
+    codes: ArrayLike,
+    nearest: ArrayLike,
     parts: Mapping[str, Sequence[int]] = FACE_PARTS_68,
     *,
     tsne: bool = True,
@@ -167,9 +173,6 @@ def latent_embedding_figure(
 ) -> Figure:
     """2-D PCA (and t-SNE) of ``codes`` ``(M, D)``, coloured by the face part of ``nearest``
     ``(M,)`` (landmark indices; see :data:`FACE_PARTS_68`)."""
-    import matplotlib
-    from sklearn.decomposition import PCA
-
     x = as_numpy(codes).astype(np.float64)
     part = face_part_of(nearest, parts)
     if x.ndim != 2 or len(x) != len(part) or len(x) < 3:
@@ -178,8 +181,6 @@ def latent_embedding_figure(
         )
     panels = [("PCA", PCA(n_components=2, random_state=seed).fit_transform(x))]
     if tsne:
-        from wherewhat.report.figures import tsne_embedding
-
         panels.append(("t-SNE", tsne_embedding(x, seed=seed)))
     width = 3.2 * len(panels) + 1.4  # room for the legend
     fig = new_figure(*(size or (width, 3.4)))

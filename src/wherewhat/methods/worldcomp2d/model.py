@@ -45,6 +45,7 @@ from wherewhat.models.face_landmarks import (
     IMAGENET_STD,
     mean_shape_from_points,
 )
+from wherewhat.models.spec import configurable
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -57,7 +58,7 @@ __all__ = [
     "WorldComp2D",
     "mean_shape_from_points",
     "sample_landmark_subset",
-    # re-exported from worldcomp2d_parts
+    # re-exported from wherewhat.methods.worldcomp2d.parts
     "ContrastiveViews",
     "PWConLoss",
     "extract_views",
@@ -70,6 +71,7 @@ __all__ = [
     "sample_contrastive_views",
     "view_offsets",
 ]
+
 
 def _is_exporting() -> bool:
     return torch.jit.is_tracing() or torch.compiler.is_compiling()
@@ -328,6 +330,7 @@ class LandmarkRefiner(nn.Module):
         return landmarks + heatmap_peak_offsets(heatmaps, self.max_step)
 
 
+@configurable
 class WorldComp2D(nn.Module):
     """The inference path: face crop -> fixation views -> codes -> landmarks (-> refined).
 
@@ -345,6 +348,8 @@ class WorldComp2D(nn.Module):
             :class:`LandmarkRefiner`.
         mean, std: input normalisation (default ImageNet for RGB, the reference's for grey).
 
+    Records its constructor arguments (:func:`~wherewhat.models.spec.configurable`), so a task
+    takes it whole and a checkpoint rebuilds it from its spec.
     Shapes: crops ``(B, C, S, S)`` float in [0, 1] -> landmarks ``(B, K, 2)`` in crop pixels.
     """
 

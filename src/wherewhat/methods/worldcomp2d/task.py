@@ -17,24 +17,28 @@ refiner     heatmap MSE on native views around the coarse       refiner      enc
 trained by the checkpoint's stage and the stages before it, limited to the parts up to the
 current stage: stage ``localizer`` from an ``encoder`` checkpoint loads the encoder; stage
 ``refiner`` from a ``localizer`` checkpoint loads encoder + localizer (with its mean shape).
-The model options must equal the previous stage's. Frozen parts have ``requires_grad=False``
-and stay in eval mode (their BatchNorm statistics do not move; Lightning's warning "Found N
-module(s) in eval mode at the start of training" is about them). On a resume (``--ckpt_path`` /
-``--resume``) the resumed checkpoint overrides whatever ``init_from`` loaded.
+The model (the ``model`` argument, a :class:`WorldComp2D` or its spec) must equal the previous
+stage's: the checkpoint's model spec is compared before any weight is loaded. Frozen parts have
+``requires_grad=False`` and stay in eval mode (their BatchNorm statistics do not move;
+Lightning's warning "Found N module(s) in eval mode at the start of training" is about them).
+On a resume (``--ckpt_path`` / ``--resume``) the resumed checkpoint overrides whatever
+``init_from`` loaded.
 
 The localizer's mean-shape prior is computed from the *training split* at ``setup`` (the data
 module's ``train_crop_points()``), unless ``init_from`` brings a trained localizer.
 
-The command sequence (each stage reads the previous stage's last checkpoint)::
+The configs: ``configs/worldcomp2d/default.yaml`` (the model, the data, stage encoder) and the
+deltas ``localizer.yaml`` and ``refiner.yaml`` (``base: default.yaml``). The command sequence
+(each stage reads the previous stage's last checkpoint)::
 
-    wherewhat fit --config configs/worldcomp2d_stage1_encoder.yaml
-    wherewhat fit --config configs/worldcomp2d_stage2_localizer.yaml \\
-        --model.init_args.init_from runs/worldcomp2d_stage1_encoder/<time>/checkpoints/last.ckpt
-    wherewhat fit --config configs/worldcomp2d_stage3_refiner.yaml \\
-        --model.init_args.init_from runs/worldcomp2d_stage2_localizer/<time>/checkpoints/last.ckpt
-    wherewhat validate --config configs/worldcomp2d_stage3_refiner.yaml \\
-        --ckpt_path runs/worldcomp2d_stage3_refiner/<time>/checkpoints/last.ckpt
-    wherewhat export onnx runs/worldcomp2d_stage3_refiner/<time>/checkpoints/last.ckpt \\
+    wherewhat fit --config configs/worldcomp2d/default.yaml
+    wherewhat fit --config configs/worldcomp2d/localizer.yaml \\
+        --model.init_args.init_from runs/worldcomp2d/<time>/checkpoints/last.ckpt
+    wherewhat fit --config configs/worldcomp2d/refiner.yaml \\
+        --model.init_args.init_from runs/worldcomp2d_localizer/<time>/checkpoints/last.ckpt
+    wherewhat validate --config configs/worldcomp2d/refiner.yaml \\
+        --ckpt_path runs/worldcomp2d_refiner/<time>/checkpoints/last.ckpt
+    wherewhat export onnx runs/worldcomp2d_refiner/<time>/checkpoints/last.ckpt \\
         --out worldcomp2d.onnx
 
 Batches: dicts of :class:`~wherewhat.data.face_datamodule.FaceLandmarkDataModule` (``image``
@@ -49,7 +53,6 @@ inter-ocular NME over every face. Logged (fractions, 0.05 = 5 %): ``train/loss``
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -58,6 +61,7 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
+from torch.optim import Optimizer
 
 from wherewhat.data.face_crops import (
     batch_images_and_points,
@@ -66,6 +70,7 @@ from wherewhat.data.face_crops import (
 )
 from wherewhat.errors import ConfigError
 from wherewhat.geometry import pixel_to_normalized
+from wherewhat.methods.worldcomp2d.differences import setting_differences
 from wherewhat.methods.worldcomp2d.model import (
     PWConLoss,
     WorldComp2D,
@@ -73,6 +78,7 @@ from wherewhat.methods.worldcomp2d.model import (
     sample_contrastive_views,
 )
 from wherewhat.metrics.landmarks import LandmarkNME
+from wherewhat.models.spec import build_module, module_spec
 from wherewhat.training.schedules import step_decay
 
 __all__ = ["STAGES", "WorldComp2DTask", "parts_loaded_from"]
@@ -105,9 +111,11 @@ class WorldComp2DTask(pl.LightningModule):
     """Trains one stage of WorldComp2D (see the module docstring) and evaluates NME.
 
     Args:
+        model: the network, a :class:`WorldComp2D` or its spec (see
+            :mod:`wherewhat.models.spec`); default ``WorldComp2D()``. Identical across the three
+            stages (``init_from`` checks it).
         stage: ``"encoder"``, ``"localizer"`` or ``"refiner"``.
         init_from: checkpoint of a previous stage (see :func:`parts_loaded_from`), or ``None``.
-        num_landmarks ... std: :class:`WorldComp2D` options; identical across the three stages.
         lr: Adam learning rate; ``None``: the reference's (1e-2 encoder, 5e-4 otherwise).
         lr_decay, lr_decay_at: multiply the learning rate by ``lr_decay`` once, after the
             fraction ``lr_decay_at`` of the planned optimizer steps (the reference: x0.1 at
@@ -132,29 +140,13 @@ class WorldComp2DTask(pl.LightningModule):
             inference always use every landmark.
     """
 
+    model: WorldComp2D
+
     def __init__(
         self,
+        model: WorldComp2D | None = None,
         stage: Stage = "encoder",
         init_from: str | None = None,
-        num_landmarks: int = 68,
-        image_channels: int = 3,
-        crop_size: int = 256,
-        fixations_per_side: int = 3,
-        view_size: int = 27,
-        view_sides: Sequence[float] = (27, 109),
-        encoder_channels: Sequence[int] = (32, 32, 64, 64, 128, 256),
-        encoder_strides: Sequence[int] = (2, 1, 2, 1, 2, 2),
-        encoder_hidden: int = 512,
-        latent: int = 256,
-        localizer_hidden: Sequence[int] = (512, 512),
-        refiner: bool = True,
-        refiner_width: int = 24,
-        refiner_blocks: int = 4,
-        refiner_groups: int = 6,
-        refiner_max_step: float = 1.0,
-        refiner_sigma: float = 1.5,
-        mean: Sequence[float] | None = None,
-        std: Sequence[float] | None = None,
         lr: float | None = None,
         lr_decay: float = 0.1,
         lr_decay_at: float | None = 0.5,
@@ -167,10 +159,12 @@ class WorldComp2DTask(pl.LightningModule):
         refiner_landmarks_per_step: int | None = None,
     ):
         super().__init__()
+        self.model = build_module(model if model is not None else WorldComp2D(), WorldComp2D)
+        num_landmarks = self.model.num_landmarks
         if stage not in STAGES:
             raise ConfigError(f"model.stage must be one of {STAGES}, got {stage!r}")
-        if stage == "refiner" and not refiner:
-            raise ConfigError("stage 'refiner' needs model.refiner: true")
+        if stage == "refiner" and self.model.refiner is None:
+            raise ConfigError("stage 'refiner' needs a WorldComp2D built with refiner: true")
         if views_per_image < 1:
             raise ConfigError(f"model.views_per_image must be >= 1, got {views_per_image}")
         if lr_decay_at is not None and not 0.0 < lr_decay_at <= 1.0:
@@ -184,28 +178,8 @@ class WorldComp2DTask(pl.LightningModule):
                 f"model.refiner_landmarks_per_step must be in [1, {num_landmarks}] or null, got "
                 f"{refiner_landmarks_per_step}"
             )
-        self.save_hyperparameters()
-        self.model = WorldComp2D(
-            num_landmarks=num_landmarks,
-            image_channels=image_channels,
-            crop_size=crop_size,
-            fixations_per_side=fixations_per_side,
-            view_size=view_size,
-            view_sides=tuple(view_sides),
-            encoder_channels=tuple(encoder_channels),
-            encoder_strides=tuple(encoder_strides),
-            encoder_hidden=encoder_hidden,
-            latent=latent,
-            localizer_hidden=tuple(localizer_hidden),
-            refiner=refiner,
-            refiner_width=refiner_width,
-            refiner_blocks=refiner_blocks,
-            refiner_groups=refiner_groups,
-            refiner_max_step=refiner_max_step,
-            refiner_sigma=refiner_sigma,
-            mean=mean,
-            std=std,
-        )
+        self.save_hyperparameters(ignore=["model"])
+        self.hparams["model"] = module_spec(self.model)
         # The refiner is used only once it has been trained (stage refiner).
         self.model.use_refiner = stage == "refiner"
         self.stage = stage
@@ -218,7 +192,9 @@ class WorldComp2DTask(pl.LightningModule):
         self.test_nme_coarse = LandmarkNME(threshold=_FAILURE_THRESHOLD)
         self.loaded_parts: tuple[str, ...] = ()
         self._resumed = False
-        self.example_input_array = torch.zeros(1, image_channels, crop_size, crop_size)
+        self.example_input_array = torch.zeros(
+            1, self.model.image_channels, self.model.crop_size, self.model.crop_size
+        )
         self.train()  # puts the frozen parts in eval mode
 
     # -- parts ---------------------------------------------------------------------------------
@@ -256,13 +232,25 @@ class WorldComp2DTask(pl.LightningModule):
         if not path.is_file():
             raise ConfigError(f"{path}: model.init_from checkpoint not found")
         checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-        checkpoint_stage = checkpoint.get("hyper_parameters", {}).get("stage")
+        hyper_parameters = checkpoint.get("hyper_parameters", {})
+        checkpoint_stage = hyper_parameters.get("stage")
         if checkpoint_stage is None or "state_dict" not in checkpoint:
             raise ConfigError(
                 f"{path}: not a WorldComp2DTask checkpoint (expected hyper_parameters.stage and "
                 "a state_dict)"
             )
         names = parts_loaded_from(checkpoint_stage, self.stage)
+        # No model spec: a checkpoint from before tasks took their model; its weights are
+        # checked when loaded below.
+        saved_model = hyper_parameters.get("model")
+        differences = setting_differences(
+            saved_model, module_spec(self.model), labels=("checkpoint", "now")
+        )
+        if saved_model is not None and differences:
+            raise ConfigError(
+                f"{path}: stage {checkpoint_stage!r} was trained with another model; use the same "
+                f"model options as stage {checkpoint_stage!r}: {'; '.join(differences)}"
+            )
         state = checkpoint["state_dict"]
         for name in names:
             part = self.part(name)
@@ -319,7 +307,9 @@ class WorldComp2DTask(pl.LightningModule):
         return copy.deepcopy(self.model).eval()
 
     # -- losses --------------------------------------------------------------------------------
-    def _contrastive_loss(self, image: Tensor, points: Tensor, generator=None) -> Tensor:
+    def _contrastive_loss(
+        self, image: Tensor, points: Tensor, generator: torch.Generator | None = None
+    ) -> Tensor:
         """PWConLoss of ``views_per_image`` (anchor, random) pairs per image of ``image``."""
         repeats = self.hparams.views_per_image
         batch = image.shape[0]
@@ -454,7 +444,7 @@ class WorldComp2DTask(pl.LightningModule):
         return prediction_record(self.model(images), batch)
 
     # -- optimisation --------------------------------------------------------------------------
-    def configure_optimizers(self) -> Any:
+    def configure_optimizers(self) -> Optimizer | dict[str, Any]:
         lr = self.hparams.lr if self.hparams.lr is not None else _DEFAULT_LR[self.stage]
         optimizer = torch.optim.Adam(self.trained_part().parameters(), lr=lr)
         return step_decay(

@@ -9,35 +9,36 @@ ratios to each baseline, the issue's targets, and figures (predictions on valida
 cumulative error curves, a 2-D embedding of WorldComp2D's view codes). The pipeline is
 :func:`wherewhat.methods.worldcomp2d.experiment.run_landmark_bench`.
 
-    .venv/bin/python benchmarks/landmarks.py                      # full: 60 min per model
-    .venv/bin/python benchmarks/landmarks.py --budget-minutes 30  # another budget
-    .venv/bin/python benchmarks/landmarks.py --quick              # 4 steps per run, 40 faces
+    .venv/bin/python benchmarks/worldcomp2d.py                      # full: 60 min per model
+    .venv/bin/python benchmarks/worldcomp2d.py --budget-minutes 30  # another budget
+    .venv/bin/python benchmarks/worldcomp2d.py --quick              # 4 steps per run, 40 faces
 
-Trained models are kept in ``--trained-dir`` (default runs/landmark-bench, ``--quick``:
-runs/landmark-bench-quick): one checkpoint + JSON per training run (WorldComp2D: per stage),
+Trained models are kept in ``--trained-dir`` (default runs/worldcomp2d-bench, ``--quick``:
+runs/worldcomp2d-bench-quick): one checkpoint + JSON per training run (WorldComp2D: per stage),
 with the settings that decided the training and their fingerprint. A later invocation loads a
 saved model trained with the same settings instead of training it (the results say "reused",
 when it was trained, and its recorded minutes); one saved with other settings stops the run
 with the file and the differences (``--retrain`` replaces it). So ~3 h of training can span
 sessions, and the final invocation evaluates and times every model in one process:
 
-    .venv/bin/python benchmarks/landmarks.py --models worldcomp2d --train-only       # ~60 min
-    .venv/bin/python benchmarks/landmarks.py --models heatmap_baseline --train-only  # ~60 min
-    .venv/bin/python benchmarks/landmarks.py --models pfld_baseline --train-only     # ~60 min
-    .venv/bin/python benchmarks/landmarks.py      # reuses all three; evaluates, times, writes
+    .venv/bin/python benchmarks/worldcomp2d.py --models worldcomp2d --train-only       # ~60 min
+    .venv/bin/python benchmarks/worldcomp2d.py --models heatmap_baseline --train-only  # ~60 min
+    .venv/bin/python benchmarks/worldcomp2d.py --models pfld_baseline --train-only     # ~60 min
+    .venv/bin/python benchmarks/worldcomp2d.py      # reuses all three; evaluates, times, writes
 
 Every invocation must get the same training options (``--budget-minutes``, ``--max-steps``,
 ``--max-epochs``, ``--threads``, ``--faces-root``, configs), else the fingerprints differ. An
 interrupted WorldComp2D resumes at its first unsaved stage. The fingerprint does not cover the
 code: after changing a model or task, pass ``--retrain``.
 
-Model, data and optimiser settings come from configs/worldcomp2d_stage{1_encoder,
-2_localizer,3_refiner}.yaml, configs/landmarks_heatmap.yaml and configs/landmarks_pfld.yaml
-(their trainer sections are not used: the budget sets the epochs). Run it on a quiet machine:
-timings under contention are meaningless.
+Model, data and optimiser settings come from configs/worldcomp2d/{default,localizer,
+refiner}.yaml (the three stages) and configs/landmark_baselines/{default,pfld}.yaml (heatmap,
+PFLD), a delta merged over the file its ``base:`` names as ``wherewhat fit`` does (their trainer
+sections are not used: the budget sets the epochs). Run it on a quiet machine: timings under
+contention are meaningless.
 
-Writes benchmarks/results/landmarks.json and .md (``--quick``: landmarks_quick.*, so a quick
-check never overwrites the full results) and the figures as landmarks[_quick]-<name>.png.
+Writes benchmarks/results/worldcomp2d.json and .md (``--quick``: worldcomp2d_quick.*, so a quick
+check never overwrites the full results) and the figures as worldcomp2d[_quick]-<name>.png.
 """
 
 from __future__ import annotations
@@ -51,25 +52,41 @@ import yaml
 
 from wherewhat.bench.tables import write_figures, write_results
 from wherewhat.errors import ConfigError
-from wherewhat.methods.worldcomp2d.experiment import (
-    BASELINES,
-    LandmarkBenchSettings,
-    landmark_markdown,
-    run_landmark_bench,
-    training_markdown,
-)
+from wherewhat.methods.worldcomp2d.experiment import run_landmark_bench
+from wherewhat.methods.worldcomp2d.markdown import landmark_markdown, training_markdown
+from wherewhat.methods.worldcomp2d.settings import BASELINES, LandmarkBenchSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = ROOT / "benchmarks" / "results"
 CONFIGS = {
-    "encoder": ROOT / "configs" / "worldcomp2d_stage1_encoder.yaml",
-    "localizer": ROOT / "configs" / "worldcomp2d_stage2_localizer.yaml",
-    "refiner": ROOT / "configs" / "worldcomp2d_stage3_refiner.yaml",
-    "heatmap_baseline": ROOT / "configs" / "landmarks_heatmap.yaml",
-    "pfld_baseline": ROOT / "configs" / "landmarks_pfld.yaml",
+    "encoder": ROOT / "configs" / "worldcomp2d" / "default.yaml",
+    "localizer": ROOT / "configs" / "worldcomp2d" / "localizer.yaml",
+    "refiner": ROOT / "configs" / "worldcomp2d" / "refiner.yaml",
+    "heatmap_baseline": ROOT / "configs" / "landmark_baselines" / "default.yaml",
+    "pfld_baseline": ROOT / "configs" / "landmark_baselines" / "pfld.yaml",
 }
 # Set by the benchmark itself: the stage and the chaining of stages.
 _NOT_FROM_CONFIG = {"stage", "init_from"}
+
+
+def _merged(base: Any, delta: Any) -> Any:
+    """``delta`` over ``base`` the way jsonargparse applies a second config file: mappings
+    merge key by key, a changed ``class_path`` replaces the whole block, anything else (lists
+    included) is replaced."""
+    if not isinstance(base, dict) or not isinstance(delta, dict):
+        return delta
+    if "class_path" in delta and delta["class_path"] != base.get("class_path"):
+        return delta
+    return {**base, **{k: _merged(base.get(k), v) for k, v in delta.items()}}
+
+
+def load_config(path: Path) -> dict[str, Any]:
+    """The YAML at ``path`` with the files its ``base:`` names merged under it."""
+    config = yaml.safe_load(path.read_text()) or {}
+    base = config.pop("base", None)
+    if base is None:
+        return config
+    return _merged(load_config((path.parent / base).resolve()), config)
 
 
 def _init_args(section: Any) -> dict[str, Any]:
@@ -77,11 +94,12 @@ def _init_args(section: Any) -> dict[str, Any]:
 
 
 def runs_from_configs() -> tuple[dict[str, dict[str, dict[str, Any]]], str]:
-    """Model and data init arguments per training run, from the configs; and the faces root
-    (which all configs must share, as they must share the split)."""
+    """Task and data init arguments per training run, from the configs (the task's hold the
+    network's spec); and the faces root (which all configs must share, as they must share the
+    split)."""
     runs, roots, splits = {}, set(), set()
     for run, path in CONFIGS.items():
-        config = yaml.safe_load(path.read_text())
+        config = load_config(path)
         model = {k: v for k, v in _init_args(config.get("model")).items()
                  if k not in _NOT_FROM_CONFIG}  # fmt: skip
         data = _init_args(config.get("data"))
@@ -113,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
     parser.add_argument("--trained-dir", type=Path, default=None,
                         help="saved trained models, reused when their settings match (default "
-                        "runs/landmark-bench, --quick: runs/landmark-bench-quick)")  # fmt: skip
+                        "runs/worldcomp2d-bench, --quick: runs/worldcomp2d-bench-quick)")  # fmt: skip
     parser.add_argument("--retrain", action="store_true",
                         help="train the selected --models again, replacing their saved runs")  # fmt: skip
     parser.add_argument("--train-only", action="store_true",
@@ -140,8 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     for run, path in CONFIGS.items():
         print(f"settings of {run} from {path.relative_to(ROOT)}")
-    name = "landmarks_quick" if settings.quick else "landmarks"
-    default_dir = "landmark-bench-quick" if settings.quick else "landmark-bench"
+    name = "worldcomp2d_quick" if settings.quick else "worldcomp2d"
+    default_dir = "worldcomp2d-bench-quick" if settings.quick else "worldcomp2d-bench"
     trained_dir = args.trained_dir or ROOT / "runs" / default_dir
     try:
         result = run_landmark_bench(
@@ -155,18 +173,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     if args.train_only:
-        print(training_markdown(result["training"]))
-        print(f"saved in {trained_dir}; {result['seconds'] / 60:.1f} min")
+        print(training_markdown(result.training))
+        print(f"saved in {trained_dir}; {result.seconds / 60:.1f} min")
         return 0
 
-    figures = result.pop("figures")
-    if figures:
-        result["figure_files"] = write_figures(name, figures, args.results_dir)
-    command = "python benchmarks/landmarks.py " + " ".join(argv or sys.argv[1:])
+    data = result.to_dict()
+    if result.figures:
+        data["figure_files"] = write_figures(name, result.figures, args.results_dir)
+    command = "python benchmarks/worldcomp2d.py " + " ".join(argv or sys.argv[1:])
     markdown = landmark_markdown(result, command=command.strip())
-    json_path, md_path = write_results(name, result, markdown, args.results_dir)
+    json_path, md_path = write_results(name, data, markdown, args.results_dir)
     print(markdown)
-    print(f"wrote {json_path}, {md_path} and {len(figures)} figures")
+    print(f"wrote {json_path}, {md_path} and {len(result.figures)} figures")
     return 0
 
 
