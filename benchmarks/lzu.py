@@ -25,13 +25,9 @@ import sys
 from pathlib import Path
 
 from wherewhat.bench.tables import write_figures, write_results
-from wherewhat.methods.lzu.experiment import (
-    ARMS,
-    TASKS,
-    LZUBenchSettings,
-    lzu_markdown,
-    run_lzu_bench,
-)
+from wherewhat.methods.lzu.experiment import run_lzu_bench
+from wherewhat.methods.lzu.markdown import lzu_markdown
+from wherewhat.methods.lzu.settings import ARMS, TASKS, LZUBenchSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = ROOT / "benchmarks" / "results"
@@ -54,7 +50,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
     args = parser.parse_args(argv)
 
-    settings = LZUBenchSettings.preset("quick" if args.quick else "full")
     overrides = {
         "seeds": tuple(args.seeds) if args.seeds else None,
         "tasks": tuple(args.tasks) if args.tasks else None,
@@ -67,19 +62,18 @@ def main(argv: list[str] | None = None) -> int:
         "progress_bar": args.progress or None,
         "ablations": () if args.no_ablations else None,
     }
-    settings = LZUBenchSettings(
-        **{**settings.__dict__, **{k: v for k, v in overrides.items() if v is not None}}
+    settings = LZUBenchSettings.preset(
+        "quick" if args.quick else "full", **{k: v for k, v in overrides.items() if v is not None}
     )
     result = run_lzu_bench(settings=settings, log=lambda m: print(m, flush=True))
 
     name = "lzu_quick" if settings.quick else "lzu"
-    figures = result.pop("figures")
-    if figures:
-        result["figure_files"] = write_figures(name, figures, args.results_dir)
+    if result.figures:
+        result.figure_files = write_figures(name, result.figures, args.results_dir)
     markdown = lzu_markdown(result)
-    json_path, md_path = write_results(name, result, markdown, args.results_dir)
+    json_path, md_path = write_results(name, result.to_dict(), markdown, args.results_dir)
     print(markdown)
-    print(f"wrote {json_path}, {md_path} and {len(figures)} figures")
+    print(f"wrote {json_path}, {md_path} and {len(result.figures)} figures")
     return 0
 
 

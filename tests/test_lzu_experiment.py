@@ -8,29 +8,52 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import DataLoader
 
-import wherewhat.methods.lzu.detection_task as lzu_detection
+import wherewhat.methods.lzu.saliency_cache as lzu_saliency_cache
 from wherewhat.errors import ConfigError
-from wherewhat.geometry.saliency import (
-    FixedSaliency,
-    UniformSaliency,
-    boxes_saliency,
-    load_saliency,
-)
+from wherewhat.geometry.saliency import boxes_saliency, load_saliency
 from wherewhat.geometry.warp import saliency_to_grid, zoom
-from wherewhat.methods.lzu.detection_task import (
-    LZUDetectionTask,
-    LZUDetector,
-    load_or_compute_fixed_saliency,
-    plain_detector_outputs,
+from wherewhat.methods.lzu.detection_task import LZUDetectionTask, load_prior
+from wherewhat.methods.lzu.detector import LZUDetector, plain_detector_outputs, scene_ssd
+from wherewhat.methods.lzu.saliency_cache import load_or_compute_fixed_saliency
+from wherewhat.methods.lzu.segmentation_net import (
+    LZUSegmenter,
+    SegmentationNet,
+    logits_at_label_pixels,
 )
-from wherewhat.methods.lzu.segmentation_net import LZUSegmenter, logits_at_label_pixels
 from wherewhat.methods.lzu.segmentation_task import LZUSegmentationTask, boxes_from_label_map
 from wherewhat.models.ssd import SSDDetector
+from wherewhat.training.fit import fit
 
 ORIGINAL = (128, 256)
 INPUT = (64, 128)
-SMALL_TASK = {"original_size": ORIGINAL, "input_size": INPUT, "grid_shape": (9, 15)}
+GRID = (9, 15)
+
+
+def _detection_task(
+    saliency: str = "uniform", original=ORIGINAL, input_size=INPUT, **task_args
+) -> LZUDetectionTask:
+    """A small detection task: SSD of width 0.125 behind the zoom, the default anchors."""
+    detector = scene_ssd(original, input_size, width_mult=0.125)
+    network = LZUDetector(detector, original, saliency=saliency, grid_shape=GRID)
+    return LZUDetectionTask(network, **task_args)
+
+
+def _segmentation_task(saliency: str = "uniform", net=None, **task_args) -> LZUSegmentationTask:
+    network = LZUSegmenter(net if net is not None else SegmentationNet(), ORIGINAL, INPUT, saliency=saliency,
+                           grid_shape=GRID)  # fmt: skip
+    return LZUSegmentationTask(network, **task_args)
+
+
+def _segmenter(net: nn.Module, saliency: torch.Tensor | None = None, **options) -> LZUSegmenter:
+    """``net`` behind a uniform zoom, or a fixed one with the map ``saliency``."""
+    if saliency is None:
+        return LZUSegmenter(net, ORIGINAL, INPUT, saliency="uniform", grid_shape=GRID, **options)
+    segmenter = LZUSegmenter(net, ORIGINAL, INPUT, saliency="fixed",
+                             grid_shape=tuple(saliency.shape[-2:]), **options)  # fmt: skip
+    segmenter.saliency.saliency.copy_(saliency)
+    return segmenter
 
 
 # Tasks log through Lightning; without a trainer that only warns.
@@ -58,7 +81,7 @@ def _scene_batch(seed: int = 0, n: int = 4) -> dict:
     return {"image": images, "boxes": boxes, "labels": labels, "mask": masks}
 
 
-def _nonuniform_saliency(grid_shape=(9, 15)) -> torch.Tensor:
+def _nonuniform_saliency(grid_shape=GRID) -> torch.Tensor:
     boxes = torch.tensor([[100.0, 50.0, 120.0, 62.0], [30.0, 60.0, 50.0, 70.0]])
     return boxes_saliency([boxes], ORIGINAL, grid_shape, amplitude=4.0, bandwidth=8.0)
 
@@ -70,13 +93,10 @@ def _nonuniform_saliency(grid_shape=(9, 15)) -> torch.Tensor:
 def test_uniform_lzu_detector_equals_the_plain_detector(source):
     torch.manual_seed(0)
     detector = SSDDetector(INPUT, width_mult=0.125, first_stride=8).eval()
-    grid = (9, 15)
-    saliency = (
-        UniformSaliency(grid)
-        if source == "uniform"
-        else FixedSaliency(torch.full((1, 1, *grid), 1.0 / (grid[0] * grid[1])))
-    )
-    model = LZUDetector(detector, saliency, ORIGINAL).eval()
+    saliency = "uniform" if source == "uniform" else "fixed"  # a fixed map starts uniform
+    model = LZUDetector(detector, ORIGINAL, saliency=saliency, grid_shape=GRID).eval()
+    if source == "fixed_uniform_map":
+        assert torch.equal(model.saliency.saliency, torch.full((1, 1, *GRID), 1.0 / (9 * 15)))
     images = torch.rand(2, 1, *ORIGINAL)
     with torch.no_grad():
         lzu = model(images)
@@ -98,8 +118,11 @@ def test_uniform_lzu_detector_equals_the_plain_detector(source):
 @QUIET
 def test_a_few_training_steps_lower_the_loss(task_cls, saliency):
     torch.manual_seed(0)
-    extra = {"width_mult": 0.125} if task_cls is LZUDetectionTask else {"widths": (8,) * 5}
-    task = task_cls(saliency=saliency, warmup_steps=0, lr=3e-3, **SMALL_TASK, **extra)
+    if task_cls is LZUDetectionTask:
+        task = _detection_task(saliency, warmup_steps=0, lr=3e-3)
+    else:
+        net = SegmentationNet(widths=(8,) * 5)
+        task = _segmentation_task(saliency, net, warmup_steps=0, lr=3e-3)
     batch = _scene_batch()
     if saliency == "fixed":
         task.prepare_fixed_saliency(batch["boxes"])
@@ -123,9 +146,11 @@ def test_fixed_saliency_is_computed_once_saved_and_loaded(tmp_path, monkeypatch)
     path = tmp_path / "fixed.pt"
     boxes = _scene_batch()["boxes"]
     calls = []
-    original = lzu_detection.dataset_saliency
+    original = lzu_saliency_cache.dataset_saliency
     monkeypatch.setattr(
-        lzu_detection, "dataset_saliency", lambda *a, **k: calls.append(1) or original(*a, **k)
+        lzu_saliency_cache,
+        "dataset_saliency",
+        lambda *a, **k: calls.append(1) or original(*a, **k),
     )
     kwargs = {"amplitude": 1.0, "bandwidth": 32.0}  # the task defaults
     first = load_or_compute_fixed_saliency(path, boxes, ORIGINAL, (9, 15), **kwargs)
@@ -150,13 +175,12 @@ def test_fixed_saliency_is_computed_once_saved_and_loaded(tmp_path, monkeypatch)
         load_or_compute_fixed_saliency(tmp_path / "missing.pt", None, ORIGINAL, (9, 15), **kwargs)
 
     # a task picks the file up; its weights carry the map to a fresh task
-    task = LZUDetectionTask(saliency="fixed", fixed_saliency_path=str(path), width_mult=0.125,
-                            **SMALL_TASK)  # fmt: skip
+    task = _detection_task("fixed", fixed_saliency_path=str(path))
     with pytest.raises(ConfigError, match="never set"):
         task.predict_batch(_scene_batch(n=1))
     task.setup("test")  # file exists: loaded without any boxes
     assert torch.equal(task.model.saliency.saliency, first)
-    fresh = LZUDetectionTask(saliency="fixed", width_mult=0.125, **SMALL_TASK)
+    fresh = _detection_task("fixed")
     assert not bool(fresh.fixed_saliency_ready)
     fresh.load_state_dict(task.state_dict())
     assert bool(fresh.fixed_saliency_ready)
@@ -185,8 +209,7 @@ def _perfect_outputs(model: LZUDetector, boxes_original: torch.Tensor) -> dict:
 def test_size_buckets_use_original_pixels(monkeypatch):
     # sides 20 / 40 / 80 px on the scene are small / medium / large with sides (24, 64); in the
     # 4x smaller detector frame (5 / 10 / 20 px) they would all be "small"
-    task = LZUDetectionTask(original_size=(256, 512), input_size=(64, 128), width_mult=0.125,
-                            area_sides_px=(24.0, 64.0), grid_shape=(9, 15))  # fmt: skip
+    task = _detection_task(original=(256, 512), input_size=(64, 128), area_sides_px=(24.0, 64.0))
     gt = torch.tensor([[10.0, 10, 30, 30], [100, 100, 140, 140], [300, 100, 380, 180]])
     batch = {"image": torch.zeros(1, 1, 256, 512), "boxes": [gt], "labels": [torch.zeros(3).long()]}
     detected = gt[:1]  # only the small one is found
@@ -211,7 +234,7 @@ def test_unzoom_then_upsample_puts_a_one_hot_label_back_in_place():
     label[80:112, 16:48] = 7
     one_hot = F.one_hot(label, 11).permute(2, 0, 1).float()[None]  # (1, 11, H, W)
     # a "net" whose logits are its (zoomed) input at half resolution, like SegmentationNet
-    segmenter = LZUSegmenter(nn.AvgPool2d(2), FixedSaliency(saliency), INPUT, ORIGINAL)
+    segmenter = _segmenter(nn.AvgPool2d(2), saliency)
     predicted = segmenter(one_hot).argmax(dim=1)[0]
 
     def iou(a, b):
@@ -250,13 +273,12 @@ def test_boxes_from_label_map():
 @QUIET
 def test_adaptive_evaluation_uses_the_prior_and_says_when_it_is_missing():
     torch.manual_seed(0)
-    task = LZUDetectionTask(saliency="adaptive", width_mult=0.125, **SMALL_TASK)
+    task = _detection_task("adaptive")
     batch = _scene_batch(n=2)
     task.eval()
     with pytest.raises(ConfigError, match="prior"):
         task.predict_batch(batch)
-    prior = LZUDetectionTask(saliency="uniform", width_mult=0.125, prior_score_threshold=0.0,
-                             **SMALL_TASK)  # fmt: skip
+    prior = _detection_task("uniform", prior_score_threshold=0.0)
     with pytest.raises(ConfigError, match="LZUDetector"):
         task.attach_prior(nn.Identity())
     task.attach_prior(prior.model)
@@ -273,8 +295,8 @@ def test_segmentation_prior_boxes_come_from_its_predicted_components():
     label[80:112, 16:48] = 7
     one_hot = F.one_hot(label, 11).permute(2, 0, 1).float()[None]
     # a uniform "segmenter" whose logits are its input at half resolution: it predicts the truth
-    prior = LZUSegmenter(nn.AvgPool2d(2), UniformSaliency((9, 15)), INPUT, ORIGINAL)
-    task = LZUSegmentationTask(saliency="adaptive", in_channels=11, **SMALL_TASK)
+    prior = _segmenter(nn.AvgPool2d(2))
+    task = _segmentation_task("adaptive", SegmentationNet(in_channels=11))
     with pytest.raises(ConfigError, match="LZUSegmenter"):
         task.attach_prior(nn.Identity())
     task.attach_prior(prior)
@@ -288,9 +310,8 @@ def test_segmentation_prior_boxes_come_from_its_predicted_components():
 def test_unzoom_to_labels_keeps_the_uniform_pipeline_and_places_labels():
     logits_net = nn.Conv2d(1, 11, 3, stride=2, padding=1)
     images = torch.rand(2, 1, *ORIGINAL)
-    by_logits = LZUSegmenter(logits_net, UniformSaliency((9, 15)), INPUT, ORIGINAL)
-    by_labels = LZUSegmenter(logits_net, UniformSaliency((9, 15)), INPUT, ORIGINAL,
-                             unzoom_to="labels")  # fmt: skip
+    by_logits = _segmenter(logits_net)
+    by_labels = _segmenter(logits_net, unzoom_to="labels")
     with torch.no_grad():
         for stride in (1, 2):
             a, b = by_logits(images, label_stride=stride), by_labels(images, label_stride=stride)
@@ -298,9 +319,37 @@ def test_unzoom_to_labels_keeps_the_uniform_pipeline_and_places_labels():
     label = torch.zeros(*ORIGINAL, dtype=torch.long)
     label[48:64, 96:128] = 3
     one_hot = F.one_hot(label, 11).permute(2, 0, 1).float()[None]
-    warped = LZUSegmenter(nn.AvgPool2d(2), FixedSaliency(_nonuniform_saliency()), INPUT, ORIGINAL,
-                          unzoom_to="labels")  # fmt: skip
+    warped = _segmenter(nn.AvgPool2d(2), _nonuniform_saliency(), unzoom_to="labels")
     predicted = warped(one_hot).argmax(dim=1)[0]
     inter = ((predicted == 3) & (label == 3)).sum()
     union = ((predicted == 3) | (label == 3)).sum()
     assert float(inter) / float(union) > 0.8
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+@QUIET
+def test_checkpoints_rebuild_the_network_and_its_fixed_map(tmp_path):
+    """A task stores its network as a spec: loading a checkpoint needs nothing else."""
+    torch.manual_seed(0)
+    batch = _scene_batch(n=2)
+    for index, task in enumerate(
+        [_detection_task("uniform"),
+         _segmentation_task("fixed", SegmentationNet(widths=(8,) * 5), warmup_steps=0)]
+    ):  # fmt: skip
+        if task.saliency_kind == "fixed":
+            task.prepare_fixed_saliency(batch["boxes"])
+        loader = DataLoader([batch], batch_size=None)  # the one batch as it is
+        record = fit(task, train_loader=loader, max_steps=1, expected_warnings=(".*",))
+        path = tmp_path / f"task{index}.ckpt"
+        record.trainer.save_checkpoint(path)
+        loaded = type(task).load_from_checkpoint(path, map_location="cpu")
+        assert loaded.hparams["model"] == task.hparams["model"]
+        assert loaded.model.init_args.keys() == task.model.init_args.keys()
+        for key, value in task.state_dict().items():
+            assert torch.equal(loaded.state_dict()[key], value), key
+    assert bool(loaded.fixed_saliency_ready)
+    assert not torch.equal(loaded.model.saliency.saliency, torch.full((1, 1, *GRID), 1 / 135))
+    prior = load_prior(tmp_path / "task0.ckpt")  # a uniform detection checkpoint
+    assert isinstance(prior, LZUDetector) and not prior.training

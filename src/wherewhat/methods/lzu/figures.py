@@ -8,12 +8,13 @@ Everything is drawn in the pixel frame of :mod:`wherewhat.report.figures` (``ext
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 import matplotlib
 import numpy as np
 import torch
+from matplotlib.axes import Axes
 from matplotlib.collections import LineCollection
+from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 from wherewhat.geometry.coords import normalized_to_pixel
@@ -28,7 +29,9 @@ __all__ = [
 ]
 
 
-def grid_lines(coarse_grid: torch.Tensor, image_size: tuple[int, int], step: int = 1) -> list:
+def grid_lines(
+    coarse_grid: torch.Tensor, image_size: tuple[int, int], step: int = 1
+) -> list[np.ndarray]:
     """Polylines (original pixels) of every ``step``-th lattice row and column of a coarse grid
     ``(1, gh, gw, 2)`` or ``(gh, gw, 2)``: where the zoomed image's uniform lattice lands."""
     grid = coarse_grid[0] if coarse_grid.dim() == 4 else coarse_grid
@@ -38,7 +41,9 @@ def grid_lines(coarse_grid: torch.Tensor, image_size: tuple[int, int], step: int
     return rows + cols
 
 
-def _boxes(ax, boxes: Any, color: str, linewidth: float = 0.8, style: str = "-") -> None:
+def _boxes(
+    ax: Axes, boxes: torch.Tensor | np.ndarray, color: str, linewidth: float = 0.8, style: str = "-"
+) -> None:
     for x0, y0, x1, y1 in as_numpy(boxes).reshape(-1, 4).tolist():
         ax.add_patch(
             Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor=color,
@@ -55,7 +60,7 @@ def warp_overview_figure(
     *,
     title: str = "",
     panel_in: float = 4.0,
-) -> Any:
+) -> Figure:
     """Four panels: the scene with its boxes, the saliency over it, the grid lines of the warp
     on the scene, and the zoomed image the backbone sees.
 
@@ -108,7 +113,7 @@ def feature_comparison_figure(
     features: Mapping[str, torch.Tensor],
     *,
     panel_in: float = 3.2,
-) -> Any:
+) -> Figure:
     """The scene, then one panel per named feature map ``(C, h, w)`` (all in the original
     frame: uniform features and LZU's unzoomed ones), shown as channel energy over the scene."""
     height, width = image.shape[-2:]
@@ -130,6 +135,20 @@ def feature_comparison_figure(
     return fig
 
 
+def _panel_grid(n: int, image_size: tuple[int, int], panel_in: float) -> tuple[Figure, list[Axes]]:
+    """A figure of ``n`` scene-shaped panels in two columns; the axes in reading order (unused
+    cells switched off)."""
+    height, width = image_size
+    ncols = min(2, n)
+    nrows = -(-n // ncols)
+    fig = new_figure(ncols * panel_in, nrows * (panel_in * height / width + 0.3))
+    axes = list(np.atleast_1d(fig.subplots(nrows, ncols)).ravel())
+    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=0.95, wspace=0.03, hspace=0.12)
+    for ax in axes[n:]:
+        ax.set_axis_off()
+    return fig, axes
+
+
 def detections_figure(
     image: torch.Tensor,
     gt_boxes: torch.Tensor,
@@ -137,18 +156,10 @@ def detections_figure(
     *,
     score_threshold: float = 0.5,
     panel_in: float = 4.0,
-) -> Any:
+) -> Figure:
     """One panel per arm: ground truth (dashed white) and detections scoring at least
     ``score_threshold`` (red), on the original scene."""
-    height, width = image.shape[-2:]
-    n = len(detections)
-    ncols = min(2, n)
-    nrows = -(-n // ncols)
-    fig = new_figure(ncols * panel_in, nrows * (panel_in * height / width + 0.3))
-    axes = np.atleast_1d(fig.subplots(nrows, ncols)).ravel()
-    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=0.95, wspace=0.03, hspace=0.12)
-    for ax in axes[n:]:
-        ax.set_axis_off()
+    fig, axes = _panel_grid(len(detections), image.shape[-2:], panel_in)
     for ax, (arm, det) in zip(axes, detections.items(), strict=False):
         show_image(ax, image)
         _boxes(ax, gt_boxes, "white", 0.7, "--")
@@ -166,19 +177,16 @@ def segmentation_figure(
     predictions: Mapping[str, torch.Tensor],
     *,
     panel_in: float = 4.0,
-) -> Any:
+) -> Figure:
     """The scene, its label mask and each arm's predicted mask (class colours, background
     black)."""
     height, width = image.shape[-2:]
-    panels: Sequence[tuple[str, Any]] = [("scene", image), ("labels", mask), *predictions.items()]
-    n = len(panels)
-    ncols = min(2, n)
-    nrows = -(-n // ncols)
-    fig = new_figure(ncols * panel_in, nrows * (panel_in * height / width + 0.3))
-    axes = np.atleast_1d(fig.subplots(nrows, ncols)).ravel()
-    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=0.95, wspace=0.03, hspace=0.12)
-    for ax in axes[n:]:
-        ax.set_axis_off()
+    panels: Sequence[tuple[str, torch.Tensor]] = [
+        ("scene", image),
+        ("labels", mask),
+        *predictions.items(),
+    ]
+    fig, axes = _panel_grid(len(panels), (height, width), panel_in)
     colours = np.concatenate(
         [[[0.0, 0.0, 0.0]], np.asarray(matplotlib.colormaps["tab10"].colors)[:10]]
     )

@@ -8,7 +8,7 @@ logits ``(B, K, ceil(h / 2), ceil(w / 2))``; the images are normalised inside.
 :class:`LZUSegmenter` runs it the LZU way: the full-resolution image is zoomed to the net's input
 size by a saliency warp, the net's logits are *unzoomed* back to the original frame at their own
 resolution (a map that covers the image uniformly, as for a plainly downsampled input), then
-upsampled bilinearly to the label resolution. Labels are never warped. A 1 x 1 classifier
+upsampled bilinearly to the label resolution (the original size). Labels are never warped. A 1 x 1 classifier
 commutes with bilinear resampling (the weights of an interpolation sum to one), so unzooming the
 logits equals unzooming the features and classifying them in the unwarped frame.
 """
@@ -16,14 +16,15 @@ logits equals unzooming the features and classifying them in the unwarped frame.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from wherewhat.geometry.saliency import SaliencySource
-from wherewhat.geometry.warp import unzoom
-from wherewhat.methods.lzu.wrapper import LZU
+from wherewhat.geometry.warp import InverseMethod, unzoom
+from wherewhat.methods.lzu.zoomed import SaliencyKind, ZoomedNetwork, ZoomSettings
+from wherewhat.models.spec import configurable
 from wherewhat.models.vgg_lite import PIXEL_MEAN, PIXEL_STD
 
 __all__ = ["LZUSegmenter", "SegmentationNet", "logits_at_label_pixels"]
@@ -37,6 +38,7 @@ def _conv_bn_relu(cin: int, cout: int, stride: int = 1) -> list[nn.Module]:
     ]
 
 
+@configurable
 class SegmentationNet(nn.Module):
     """Images ``(B, C, h, w)`` raw in [0, 1] -> logits ``(B, num_classes, ceil(h/2), ceil(w/2))``.
 
@@ -107,44 +109,52 @@ def logits_at_label_pixels(logits: Tensor, label_size: tuple[int, int], stride: 
     return F.grid_sample(logits, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
-class LZUSegmenter(nn.Module):
+@configurable
+class LZUSegmenter(ZoomedNetwork):
     """Zoom -> :class:`SegmentationNet` -> unzoom the logits -> upsample to the labels.
 
     Args:
-        net: maps ``(B, C, h, w)`` images to ``(B, K, h', w')`` logits (``h, w = input_size``).
-        saliency: any :class:`~wherewhat.geometry.saliency.SaliencySource` (a uniform one gives
+        net: maps ``(B, C, h, w)`` images to ``(B, K, h', w')`` logits (``h, w = input_size``);
+            has ``num_classes`` when a task trains it.
+        original_size: ``(H, W)`` of the images and of their label masks.
+        input_size: ``(h, w)`` the net sees.
+        saliency, grid_shape, amplitude, bandwidth, jitter, separable, fwhm, inverse: the zoom,
+            see :class:`~wherewhat.methods.lzu.zoomed.ZoomSettings` (a uniform saliency gives
             plain bilinear downsampling).
-        input_size: ``(h, w)`` the net sees; ``label_size``: ``(H, W)`` of the masks (default:
-            the images' size).
-        separable, fwhm, inverse: warp options of :class:`~wherewhat.methods.lzu.wrapper.LZU`.
         unzoom_to: ``"logits"`` (default): unzoom the logits at their own resolution, then
             upsample bilinearly to the labels; ``"labels"``: unzoom straight to the label pixels
             (the exact inverse at every label pixel, so detail the zoom magnified survives).
             Both equal plain bilinear upsampling for a uniform saliency.
 
     ``forward(images (B, C, H, W), saliency_boxes=None, label_stride=1)`` returns logits at the
-    label pixels ``(B, K, ceil(H / s), ceil(W / s))``; ``saliency_boxes`` (adaptive sources):
-    one ``(n, 4)`` XYXY tensor per image in pixels of ``images``.
+    label pixels ``(B, K, ceil(H / s), ceil(W / s))``; ``saliency_boxes`` (adaptive saliency):
+    one ``(n, 4)`` XYXY tensor per image in original pixels.
     """
 
     def __init__(
         self,
         net: nn.Module,
-        saliency: SaliencySource,
-        input_size: tuple[int, int],
-        label_size: tuple[int, int] | None = None,
-        *,
+        original_size: tuple[int, int] = (512, 1024),
+        input_size: tuple[int, int] = (128, 256),
+        saliency: SaliencyKind = "uniform",
+        grid_shape: tuple[int, int] = (31, 51),
+        amplitude: float = 1.0,
+        bandwidth: float = 32.0,
+        jitter: float = 8.0,
         separable: bool = True,
         fwhm: float = 13.0,
-        inverse: str = "auto",
-        unzoom_to: str = "logits",
+        inverse: InverseMethod = "auto",
+        unzoom_to: Literal["logits", "labels"] = "logits",
     ):
         super().__init__()
         if unzoom_to not in ("logits", "labels"):
             raise ValueError(f"unzoom_to must be 'logits' or 'labels', got {unzoom_to!r}")
-        self.lzu = LZU(net, saliency, input_size, separable=separable, fwhm=fwhm, inverse=inverse)
-        self.input_size = tuple(int(s) for s in input_size)
-        self.label_size = None if label_size is None else tuple(int(s) for s in label_size)
+        zoom = ZoomSettings(
+            saliency, (int(grid_shape[0]), int(grid_shape[1])), amplitude, bandwidth, jitter,
+            separable, fwhm, inverse,
+        )  # fmt: skip
+        self.build_zoom(net, input_size, original_size, zoom)
+        self.input_size = (int(input_size[0]), int(input_size[1]))
         self.unzoom_to = unzoom_to
 
     @property
@@ -152,21 +162,24 @@ class LZUSegmenter(nn.Module):
         return self.lzu.backbone
 
     @property
-    def saliency(self) -> SaliencySource:
-        return self.lzu.saliency
+    def num_classes(self) -> int:
+        return int(self.net.num_classes)
 
-    def unzoomed_logits(self, images: Tensor, saliency_boxes=None) -> Tensor:
+    def unzoomed_logits(
+        self, images: Tensor, saliency_boxes: Sequence[Tensor] | None = None
+    ) -> Tensor:
         """Logits in the original frame at the net's output resolution ``(B, K, h', w')``."""
         return self.lzu(images, saliency_boxes)
 
-    def forward(self, images: Tensor, saliency_boxes=None, label_stride: int = 1) -> Tensor:
-        label_size = self.label_size or tuple(images.shape[-2:])
+    def forward(
+        self, images: Tensor, saliency_boxes: Sequence[Tensor] | None = None, label_stride: int = 1
+    ) -> Tensor:
         if self.unzoom_to == "logits":
             return logits_at_label_pixels(
-                self.unzoomed_logits(images, saliency_boxes), label_size, label_stride
+                self.unzoomed_logits(images, saliency_boxes), self.original_size, label_stride
             )
         zoomed, coarse = self.lzu.zoom_image(images, saliency_boxes)
         logits = self.net(zoomed)
         # The grid at every label pixel, then every s-th: exactly the strided pixels' centres.
-        grid = self.lzu.inverse_grid(coarse, label_size, logits.dtype)
+        grid = self.lzu.inverse_grid(coarse, self.original_size, logits.dtype)
         return unzoom(logits, grid[:, ::label_stride, ::label_stride])

@@ -5,7 +5,7 @@ The network (:class:`~wherewhat.methods.lzu.segmentation_net.LZUSegmenter`) zoom
 resolution and upsamples them bilinearly to the label resolution (the scenes' masks: 0
 background, 1 + digit class), so labels are never warped. Classes: background + 10 digits.
 
-Saliency sources as in :mod:`wherewhat.methods.lzu.detection_task` (same fixed map, same adaptive
+Saliency kinds as in :mod:`wherewhat.methods.lzu.detection_task` (same fixed map, same adaptive
 training on jittered ground-truth boxes); at evaluation the adaptive map comes from the boxes of
 the connected foreground components predicted by a frozen uniform segmenter (the *prior*).
 
@@ -18,18 +18,20 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy import ndimage
-from torch import Tensor, nn
+from torch import Tensor
 
 from wherewhat.errors import ConfigError
-from wherewhat.methods.lzu.detection_task import LZUTaskBase, SaliencyKind, make_saliency_source
-from wherewhat.methods.lzu.segmentation_net import LZUSegmenter, SegmentationNet
+from wherewhat.methods.lzu.segmentation_net import LZUSegmenter
+from wherewhat.methods.lzu.task_base import LZUTaskBase, SceneBatch
+from wherewhat.methods.lzu.zoomed import ZoomedNetwork
 from wherewhat.metrics.segmentation import SegmentationIoU
+from wherewhat.models.spec import build_module
 
 __all__ = [
     "LZUSegmentationTask",
@@ -66,49 +68,32 @@ def weighted_cross_entropy(logits: Tensor, labels: Tensor, foreground_weight: fl
 class LZUSegmentationTask(LZUTaskBase):
     """Train / evaluate :class:`~wherewhat.methods.lzu.segmentation_net.LZUSegmenter`.
 
-    Batches: ``image`` (B, C, H, W) at ``original_size``, ``mask`` (B, H, W) class ids,
-    ``boxes`` list of (n, 4) XYXY original px (adaptive training), from
+    Batches: ``image`` (B, C, H, W) at the network's ``original_size``, ``mask`` (B, H, W) class
+    ids, ``boxes`` list of (n, 4) XYXY original px (adaptive training), from
     :class:`~wherewhat.data.scatter.ScatterMNISTDataModule` with ``with_masks: true``.
 
     Args:
-        saliency, original_size, input_size, grid_shape, fwhm, separable, amplitude,
-            bandwidth, jitter, fixed_saliency_path: as for
+        model: the network (or its spec, see :mod:`wherewhat.models.spec`); it fixes the
+            saliency kind, the sizes, the zoom, the classes and where logits are unzoomed to.
+        fixed_saliency_path: as for
             :class:`~wherewhat.methods.lzu.detection_task.LZUDetectionTask`.
-        in_channels, num_classes, widths, decoder_width:
-            :class:`~wherewhat.methods.lzu.segmentation_net.SegmentationNet`.
-        unzoom_to: ``logits`` (unzoom at the logits' resolution, then upsample) or ``labels``
-            (unzoom straight to the label pixels), see
-            :class:`~wherewhat.methods.lzu.segmentation_net.LZUSegmenter`.
-        loss_stride: the training loss uses label pixels ``mask[::s, ::s]`` (logits sampled at
-            their centres); evaluation always uses every pixel.
-        foreground_weight: weight of digit pixels against background pixels (1) in the
-            cross-entropy: digits cover ~3 % of a scene, and mIoU weighs every class alike.
         prior_checkpoint: a uniform :class:`LZUSegmentationTask` checkpoint whose predicted
             foreground components give the adaptive saliency at evaluation (or
             :meth:`attach_prior`); prior_min_pixels: smallest component kept, in cells of the
             prior's unzoomed logits map.
+        loss_stride: the training loss uses label pixels ``mask[::s, ::s]`` (logits sampled at
+            their centres); evaluation always uses every pixel.
+        foreground_weight: weight of digit pixels against background pixels (1) in the
+            cross-entropy: digits cover ~3 % of a scene, and mIoU weighs every class alike.
         lr, weight_decay, warmup_steps, schedule: AdamW with warm-up and cosine decay.
     """
 
     def __init__(
         self,
-        saliency: SaliencyKind = "uniform",
-        original_size: tuple[int, int] = (512, 1024),
-        input_size: tuple[int, int] = (128, 256),
-        in_channels: int = 1,
-        num_classes: int = 11,
-        widths: tuple[int, ...] = (16, 16, 32, 64, 64),
-        decoder_width: int = 24,
-        grid_shape: tuple[int, int] = (31, 51),
-        fwhm: float = 13.0,
-        separable: bool = True,
-        amplitude: float = 1.0,
-        bandwidth: float = 32.0,
-        jitter: float = 8.0,
+        model: LZUSegmenter,
         fixed_saliency_path: str | None = None,
         prior_checkpoint: str | None = None,
         prior_min_pixels: int = 1,
-        unzoom_to: Literal["logits", "labels"] = "logits",
         loss_stride: int = 2,
         foreground_weight: float = 10.0,
         lr: float = 6e-3,
@@ -117,32 +102,22 @@ class LZUSegmentationTask(LZUTaskBase):
         schedule: Literal["cosine", "constant"] = "cosine",
     ):
         super().__init__()
-        self.save_hyperparameters()
-        self.init_saliency_state()
         if loss_stride < 1:
             raise ConfigError(f"loss_stride must be >= 1, got {loss_stride}")
         if foreground_weight <= 0:
             raise ConfigError(f"foreground_weight must be > 0, got {foreground_weight}")
-        original_size = (int(original_size[0]), int(original_size[1]))
-        net = SegmentationNet(in_channels, num_classes, tuple(widths), decoder_width)
-        source = make_saliency_source(
-            saliency, grid_shape, amplitude=amplitude, bandwidth=bandwidth, jitter=jitter
-        )
-        self.model = LZUSegmenter(
-            net, source, tuple(input_size), original_size, separable=separable, fwhm=fwhm,
-            unzoom_to=unzoom_to,
-        )  # fmt: skip
-        if prior_checkpoint is not None:
-            self.attach_prior(load_segmentation_prior(prior_checkpoint))
-        self.val_iou = SegmentationIoU(num_classes)
-        self.test_iou = SegmentationIoU(num_classes)
+        self.save_hyperparameters(ignore=["model"])
+        self.adopt(build_module(model, LZUSegmenter))
+
+    def new_metric(self) -> SegmentationIoU:
+        return SegmentationIoU(self.model.num_classes)
 
     # -- prior ---------------------------------------------------------------------------------
-    def check_prior(self, prior: nn.Module) -> None:
+    def check_prior(self, prior: ZoomedNetwork) -> None:
         if not isinstance(prior, LZUSegmenter):
             raise ConfigError(f"the prior must be an LZUSegmenter, got {type(prior).__name__}")
-        if prior.label_size != self.model.label_size:
-            raise ConfigError(f"prior labels {prior.label_size} != {self.model.label_size}")
+        if prior.original_size != self.model.original_size:
+            raise ConfigError(f"prior labels {prior.original_size} != {self.model.original_size}")
 
     @torch.no_grad()
     def prior_boxes(self, images: Tensor) -> list[Tensor]:
@@ -161,10 +136,10 @@ class LZUSegmentationTask(LZUTaskBase):
         ]
 
     # -- batches -------------------------------------------------------------------------------
-    def forward(self, images: Tensor, saliency_boxes=None) -> Tensor:
+    def forward(self, images: Tensor, saliency_boxes: list[Tensor] | None = None) -> Tensor:
         return self.model(images, saliency_boxes)
 
-    def masks_of(self, batch: dict, batch_idx: int) -> Tensor:
+    def masks_of(self, batch: SceneBatch, batch_idx: int) -> Tensor:
         """The batch's ``(B, H, W)`` long masks; a missing or misshapen one raises ValueError."""
         mask = batch.get("mask") if isinstance(batch, dict) else None
         images = batch.get("image") if isinstance(batch, dict) else None
@@ -178,14 +153,14 @@ class LZUSegmentationTask(LZUTaskBase):
                 f"malformed batch {batch_idx}: mask {tuple(mask.shape)} does not match images "
                 f"{tuple(images.shape)}"
             )
-        if int(mask.max()) >= self.hparams.num_classes or int(mask.min()) < 0:
+        if int(mask.max()) >= self.model.num_classes or int(mask.min()) < 0:
             raise ValueError(
                 f"malformed batch {batch_idx}: mask classes must be in "
-                f"[0, {self.hparams.num_classes}), got {int(mask.min())}..{int(mask.max())}"
+                f"[0, {self.model.num_classes}), got {int(mask.min())}..{int(mask.max())}"
             )
         return mask.long()
 
-    def training_step(self, batch: dict, batch_idx: int) -> Tensor:
+    def training_step(self, batch: SceneBatch, batch_idx: int) -> Tensor:
         self.check_ready()
         mask = self.masks_of(batch, batch_idx)
         stride = int(self.hparams.loss_stride)
@@ -197,49 +172,27 @@ class LZUSegmentationTask(LZUTaskBase):
         return loss
 
     @torch.no_grad()
-    def predict_batch(self, batch: dict) -> Tensor:
+    def predict_batch(self, batch: SceneBatch) -> Tensor:
         """Predicted class per label pixel ``(B, H, W)`` long, in the current mode."""
         self.check_ready()
         return self.model(batch["image"], self.saliency_boxes(batch, False)).argmax(dim=1)
 
-    def _evaluate(self, batch: dict, batch_idx: int, metric: SegmentationIoU) -> None:
+    def update_metric(self, batch: SceneBatch, batch_idx: int, metric: SegmentationIoU) -> None:
         mask = self.masks_of(batch, batch_idx)
         metric.update(self.predict_batch(batch), mask)
 
-    def _log_iou(self, stage: str, metric: SegmentationIoU) -> None:
+    def log_metric(self, stage: str, metric: SegmentationIoU) -> None:
         result = metric.compute()
         metric.reset()
         self.log(f"{stage}/miou", result["miou"], prog_bar=True)
         self.log(f"{stage}/pixel_accuracy", result["pixel_accuracy"])
 
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
-        self._evaluate(batch, batch_idx, self.val_iou)
-
-    def on_validation_epoch_end(self) -> None:
-        self._log_iou("val", self.val_iou)
-
-    def test_step(self, batch: dict, batch_idx: int) -> None:
-        self._evaluate(batch, batch_idx, self.test_iou)
-
-    def on_test_epoch_end(self) -> None:
-        self._log_iou("test", self.test_iou)
-
-    def predict_step(self, batch: dict, batch_idx: int) -> Tensor:
+    def predict_step(self, batch: SceneBatch, batch_idx: int) -> Tensor:
         return self.predict_batch(batch)
 
-    @torch.no_grad()
-    def evaluate(self, batches: Iterable[dict]) -> dict[str, Any]:
+    def evaluate(self, batches: Iterable[SceneBatch]) -> dict[str, float | list[float]]:
         """``miou``, ``pixel_accuracy`` and ``iou_per_class`` (list) over ``batches``."""
-        was_training = self.training
-        self.eval()
-        self.clear_grids()
-        metric = SegmentationIoU(self.hparams.num_classes)
-        try:
-            for index, batch in enumerate(batches):
-                self._evaluate(batch, index, metric)
-            result = metric.compute()
-        finally:
-            self.train(was_training)
+        result = self.compute_metric(batches)
         return {
             "miou": float(result["miou"]),
             "pixel_accuracy": float(result["pixel_accuracy"]),
@@ -249,10 +202,6 @@ class LZUSegmentationTask(LZUTaskBase):
 
 def load_segmentation_prior(checkpoint: str | Path) -> LZUSegmenter:
     """The network of a (non-adaptive) :class:`LZUSegmentationTask` checkpoint, frozen."""
-    path = Path(checkpoint)
-    if not path.is_file():
-        raise ConfigError(f"prior_checkpoint {path}: file not found")
-    task = LZUSegmentationTask.load_from_checkpoint(path, map_location="cpu")
-    if task.saliency_kind == "adaptive":
-        raise ConfigError(f"prior_checkpoint {path}: an adaptive model cannot be the prior")
-    return task.model.requires_grad_(False).eval()
+    network = LZUSegmentationTask.frozen_network(checkpoint)
+    assert isinstance(network, LZUSegmenter)  # the task builds nothing else
+    return network

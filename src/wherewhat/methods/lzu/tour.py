@@ -1,17 +1,18 @@
 """Tour section "lzu": the model-free part of the LZU benchmark
-(:mod:`wherewhat.methods.lzu.experiment`): warps, their exactness and speed, per-step latency."""
+(:mod:`wherewhat.methods.lzu.measurements`): warps, their exactness and speed, per-step
+latency."""
 
 from __future__ import annotations
 
-from wherewhat.methods.lzu.experiment import (
-    LZUBenchSettings,
+from wherewhat.methods.lzu.experiment import warp_figures
+from wherewhat.methods.lzu.measurements import (
     example_saliencies,
     latency_breakdown,
-    load_scenes,
-    make_task,
+    level_sizes,
     warp_checks,
-    warp_figures,
 )
+from wherewhat.methods.lzu.scenes import load_scenes
+from wherewhat.methods.lzu.settings import LZUBenchSettings
 from wherewhat.report.html import Section
 from wherewhat.report.tour import TourContext, register_section
 
@@ -32,17 +33,17 @@ def lzu_section(ctx: TourContext) -> Section:
     with ctx.step("scenes"):
         data = load_scenes(settings)
     with ctx.step("warps"):
-        saliency, hp = example_saliencies(settings, data)
-        probe = make_task("detection", "uniform", settings, tuple(data["config"].image_size))
-        sizes = sorted({(152, 240)} | {tuple(s) for s in probe.model.detector.grid_sizes
-                                       if min(s) > 1})  # fmt: skip
-        checks = warp_checks(saliency, hp.fwhm, sizes, (152, 240), repeats=5 if ctx.quick else 30)
+        saliency, zoom = example_saliencies(settings, data)
+        sizes = level_sizes(settings, data)
+        checks = warp_checks(
+            saliency, zoom.fwhm, sizes, settings.inverse_map_size, repeats=5 if ctx.quick else 30
+        )
     with ctx.step("latency"):
-        scene = data["detection"][1][settings.figure_scene]
+        scene = data.detection[1][settings.figure_scene]
         latency = latency_breakdown(settings, scene["image"][None], scene["boxes"], saliency[:1])
     with ctx.step("figures"):
-        figures = warp_figures(settings, data, saliency, hp)
-    h, w = data["config"].image_size
+        figures = warp_figures(settings, data, saliency, zoom)
+    h, w = data.original_size
     section.paragraph(
         f"LZU (Thavamani et al.): zoom a {h} x {w} scene to {settings.input_size[0]} x "
         f"{settings.input_size[1]} by a saliency-driven warp, run the backbone, unzoom its "
@@ -52,29 +53,30 @@ def lzu_section(ctx: TourContext) -> Section:
         "LZU-adaptive vs 2x input, detection and segmentation) is `benchmarks/lzu.py`."
     )
     section.table(
-        [{"warp": name, "round trip max err (px)": checks["roundtrip_max_err_px"][name],
-          "coverage": checks["coverage"][name]} for name in ("separable", "nonseparable")],
+        [{"warp": name, "round trip max err (px)": checks.roundtrip_max_err_px[name],
+          "coverage": checks.coverage[name]} for name in ("separable", "nonseparable")],
         caption=f"Exact inverse on maps {', '.join(f'{a}x{b}' for a, b in sizes)} (float32)",
     )  # fmt: skip
+    speed_h, speed_w = settings.inverse_map_size
     section.facts(
-        {"1-D inverse (ms)": checks["inverse_ms"]["separable_1d"],
-         "tile solver (ms)": checks["inverse_ms"]["tiles"],
-         "speed-up": checks["inverse_speedup_1d_vs_tile"],
-         "overhead (zoom + unzoom) / uniform model": latency["overhead_fraction"]},
-        caption="Inverse speed at 152 x 240 and LZU overhead",
+        {"1-D inverse (ms)": checks.inverse_ms["separable_1d"],
+         "tile solver (ms)": checks.inverse_ms["tiles"],
+         "speed-up": checks.inverse_speedup_1d_vs_tile,
+         "overhead (zoom + unzoom) / uniform model": latency.overhead_fraction},
+        caption=f"Inverse speed at {speed_h} x {speed_w} and LZU overhead",
     )  # fmt: skip
     section.table(
-        [{"step": k, "ms": v} for k, v in latency["latency_ms"].items()],
-        caption=f"Per-step latency, batch 1, {latency['latency_threads']} threads",
+        [{"step": k, "ms": v} for k, v in latency.latency_ms.items()],
+        caption=f"Per-step latency, batch 1, {latency.latency_threads} threads",
     )
     for name, png in figures.items():
         section.figure(png, FIGURE_CAPTIONS.get(name, name), name=f"lzu-{name}")
     section.record(
-        roundtrip_max_err_px_separable=checks["roundtrip_max_err_px"]["separable"],
-        roundtrip_max_err_px_nonseparable=checks["roundtrip_max_err_px"]["nonseparable"],
-        coverage_separable=checks["coverage"]["separable"],
-        coverage_nonseparable=checks["coverage"]["nonseparable"],
-        inverse_speedup_1d_vs_tile=checks["inverse_speedup_1d_vs_tile"],
-        overhead_fraction=latency["overhead_fraction"],
+        roundtrip_max_err_px_separable=checks.roundtrip_max_err_px["separable"],
+        roundtrip_max_err_px_nonseparable=checks.roundtrip_max_err_px["nonseparable"],
+        coverage_separable=checks.coverage["separable"],
+        coverage_nonseparable=checks.coverage["nonseparable"],
+        inverse_speedup_1d_vs_tile=checks.inverse_speedup_1d_vs_tile,
+        overhead_fraction=latency.overhead_fraction,
     )
     return section

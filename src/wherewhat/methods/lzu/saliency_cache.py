@@ -1,0 +1,97 @@
+"""The fixed saliency of LZU: one KDE over every training box, computed once and kept in a file.
+
+The file stores the map with the settings it was computed with and a digest of the boxes, so
+another grid, KDE or training set is refused with the file's name instead of silently reused.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import lightning.pytorch as pl
+import torch
+from torch import Tensor
+
+from wherewhat.data.scatter import ScatterMNIST
+from wherewhat.errors import ConfigError
+from wherewhat.geometry.saliency import dataset_saliency, load_saliency, save_saliency
+from wherewhat.io import array_digest
+
+__all__ = ["fixed_saliency_settings", "load_or_compute_fixed_saliency", "train_boxes_of"]
+
+
+def fixed_saliency_settings(
+    image_size: tuple[int, int], grid_shape: tuple[int, int], amplitude: float, bandwidth: float
+) -> dict[str, list[int] | float]:
+    """The knobs a fixed saliency depends on (besides the boxes), stored with it."""
+    return {
+        "image_size": [int(s) for s in image_size],
+        "grid_shape": [int(g) for g in grid_shape],
+        "amplitude": float(amplitude),
+        "bandwidth": float(bandwidth),
+    }
+
+
+def _boxes_digest(boxes: Sequence[Tensor]) -> str:
+    return array_digest(boxes, digest_size=12, separator=b"|")
+
+
+def load_or_compute_fixed_saliency(
+    path: str | Path | None,
+    boxes: Iterable[Tensor] | None,
+    image_size: tuple[int, int],
+    grid_shape: tuple[int, int],
+    *,
+    amplitude: float,
+    bandwidth: float,
+) -> Tensor:
+    """The dataset-KDE saliency ``(1, 1, gh, gw)`` over training ``boxes`` (original px).
+
+    With a ``path``: read it when the file exists (its settings and a digest of the boxes must
+    match, else ``ConfigError`` naming the file), otherwise compute and write it atomically.
+    ``boxes`` (one ``(n_i, 4)`` tensor per training image) may be None only when the file exists.
+    """
+    settings = fixed_saliency_settings(image_size, grid_shape, amplitude, bandwidth)
+    box_list = None if boxes is None else [torch.as_tensor(b).reshape(-1, 4) for b in boxes]
+    if path is not None and Path(path).is_file():
+        saliency, meta = load_saliency(path)
+        stored = {k: meta.get(k) for k in settings}
+        if stored != settings:
+            raise ConfigError(
+                f"{path}: fixed saliency was computed with {stored}, not {settings}; "
+                "delete it or give another path"
+            )
+        if box_list is not None and meta.get("boxes_digest") != _boxes_digest(box_list):
+            raise ConfigError(
+                f"{path}: fixed saliency was computed from other training boxes "
+                f"({meta.get('n_boxes')} boxes); delete it or give another path"
+            )
+        return saliency
+    if box_list is None:
+        raise ConfigError(
+            f"fixed saliency: no file at {path} and no training boxes to compute it from"
+        )
+    saliency = dataset_saliency(
+        box_list, tuple(image_size), tuple(grid_shape), amplitude=amplitude, bandwidth=bandwidth
+    )
+    if path is not None:
+        save_saliency(
+            path,
+            saliency,
+            **settings,
+            n_boxes=sum(len(b) for b in box_list),
+            boxes_digest=_boxes_digest(box_list),
+        )
+    return saliency
+
+
+def train_boxes_of(datamodule: pl.LightningDataModule | None) -> list[Tensor] | None:
+    """Per-image training boxes of a :class:`~wherewhat.data.scatter.ScatterMNISTDataModule`
+    (after ``setup("fit")``), or None when the data module has no scattered-MNIST training
+    set."""
+    train_set = getattr(datamodule, "train_set", None)
+    if not isinstance(train_set, ScatterMNIST):
+        return None
+    scenes = train_set.scenes
+    return [torch.from_numpy(scenes.boxes[int(i)].copy()) for i in train_set.indices]
