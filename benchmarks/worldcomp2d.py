@@ -48,13 +48,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from wherewhat.bench.tables import write_figures, write_results
 from wherewhat.errors import ConfigError
 from wherewhat.methods.worldcomp2d.experiment import run_landmark_bench
 from wherewhat.methods.worldcomp2d.markdown import landmark_markdown, training_markdown
 from wherewhat.methods.worldcomp2d.settings import BASELINES, LandmarkBenchSettings
+from wherewhat.training.harness import load_layered_config
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = ROOT / "benchmarks" / "results"
@@ -69,26 +68,6 @@ CONFIGS = {
 _NOT_FROM_CONFIG = {"stage", "init_from"}
 
 
-def _merged(base: Any, delta: Any) -> Any:
-    """``delta`` over ``base`` the way jsonargparse applies a second config file: mappings
-    merge key by key, a changed ``class_path`` replaces the whole block, anything else (lists
-    included) is replaced."""
-    if not isinstance(base, dict) or not isinstance(delta, dict):
-        return delta
-    if "class_path" in delta and delta["class_path"] != base.get("class_path"):
-        return delta
-    return {**base, **{k: _merged(base.get(k), v) for k, v in delta.items()}}
-
-
-def load_config(path: Path) -> dict[str, Any]:
-    """The YAML at ``path`` with the files its ``base:`` names merged under it."""
-    config = yaml.safe_load(path.read_text()) or {}
-    base = config.pop("base", None)
-    if base is None:
-        return config
-    return _merged(load_config((path.parent / base).resolve()), config)
-
-
 def _init_args(section: Any) -> dict[str, Any]:
     return dict((section or {}).get("init_args") or {})
 
@@ -99,7 +78,7 @@ def runs_from_configs() -> tuple[dict[str, dict[str, dict[str, Any]]], str]:
     split)."""
     runs, roots, splits = {}, set(), set()
     for run, path in CONFIGS.items():
-        config = load_config(path)
+        config = load_layered_config(path)
         model = {k: v for k, v in _init_args(config.get("model")).items()
                  if k not in _NOT_FROM_CONFIG}  # fmt: skip
         data = _init_args(config.get("data"))

@@ -9,7 +9,11 @@ import yaml
 
 from wherewhat.errors import ConfigError
 from wherewhat.tasks.digits import DigitClassifierTask
-from wherewhat.training.harness import expand_config_bases, run_lightning_cli
+from wherewhat.training.harness import (
+    expand_config_bases,
+    load_layered_config,
+    run_lightning_cli,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((REPO / "configs").rglob("*.yaml"))
@@ -89,3 +93,26 @@ def test_a_delta_overrides_its_base_and_the_run_is_named_after_both(tmp_path):
         cli.run_dir / "checkpoints" / "last.ckpt", map_location="cpu"
     )
     assert loaded.model.init_args == cli.model.model.init_args
+
+
+def test_load_layered_config_merges_like_the_cli(tmp_path):
+    (tmp_path / "default.yaml").write_text(
+        "model:\n  class_path: a.Task\n  init_args:\n    lr: 0.1\n    sizes: [1, 2]\n"
+        "    model: {class_path: a.Net, init_args: {width: 8, depth: 2}}\n"
+        "trainer: {max_epochs: 3}\n"
+    )
+    (tmp_path / "wide.yaml").write_text(
+        "base: default.yaml\nmodel:\n  init_args:\n    sizes: [5]\n"
+        "    model: {init_args: {width: 16}}\n"
+    )
+    (tmp_path / "other.yaml").write_text(
+        "base: default.yaml\nmodel:\n  init_args:\n    model: {class_path: a.Other, init_args: {k: 1}}\n"
+    )
+    wide = load_layered_config(tmp_path / "wide.yaml")
+    assert wide == {
+        "model": {"class_path": "a.Task", "init_args": {
+            "lr": 0.1, "sizes": [5], "model": {"class_path": "a.Net", "init_args": {"width": 16, "depth": 2}}}},
+        "trainer": {"max_epochs": 3},
+    }  # fmt: skip
+    other = load_layered_config(tmp_path / "other.yaml")["model"]["init_args"]["model"]
+    assert other == {"class_path": "a.Other", "init_args": {"k": 1}}  # a new class: replaced whole

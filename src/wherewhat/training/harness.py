@@ -68,6 +68,7 @@ __all__ = [
     "WherewhatCLI",
     "expand_config_bases",
     "expand_resume_args",
+    "load_layered_config",
     "run_lightning_cli",
 ]
 
@@ -179,6 +180,31 @@ def _config_base(path: Path) -> Path | None:
     if not target.is_file():
         raise ConfigError(f"{path}: '{BASE_KEY}: {base}' names {target}, which does not exist")
     return target
+
+
+def _merge_config(base: Any, delta: Any) -> Any:
+    # As jsonargparse applies a later config file: mappings merge key by key, a block whose
+    # class_path changes is replaced whole, anything else (lists included) is replaced.
+    if not isinstance(base, dict) or not isinstance(delta, dict):
+        return delta
+    if "class_path" in delta and delta["class_path"] != base.get("class_path"):
+        return delta
+    return {**base, **{key: _merge_config(base.get(key), value) for key, value in delta.items()}}
+
+
+def load_layered_config(path: str | Path) -> dict[str, Any]:
+    """The YAML at ``path`` as a plain mapping, with the files its ``base:`` chain names merged
+    under it (for scripts that read a config's settings without running the CLI)."""
+    path = Path(path)
+    try:
+        document = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as error:
+        raise ConfigError(f"{path}: cannot read the config ({error})") from None
+    if not isinstance(document, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level of the config")
+    document.pop(BASE_KEY, None)
+    base = _config_base(path)
+    return document if base is None else _merge_config(load_layered_config(base), document)
 
 
 def expand_config_bases(args: Sequence[str]) -> list[str]:
