@@ -6,7 +6,7 @@ regression on train-scene z_what, objects labelled at IoU >= 0.5, unmatched obje
 training minutes, inference scenes/s at batch 1 and 32 (SSDIR forward, torch, 2 threads),
 parameters and MACs. Then the de-duplication ablation (nms / soft / none) on the first seed.
 The pipeline is :func:`wherewhat.methods.ssdir.experiment.run_ssdir_bench` (the tour runs its
-quick version).
+quick version); it returns typed records, written here with ``to_json()``.
 
     .venv/bin/python benchmarks/ssdir.py                  # full: 2 variants x 3 seeds + ablation
     .venv/bin/python benchmarks/ssdir.py --seeds 0        # one seed
@@ -14,10 +14,9 @@ quick version).
     .venv/bin/python benchmarks/ssdir.py --seeds 1 2 --dedup-ablation \
         --merge-with benchmarks/results/ssdir.json        # add seeds to an earlier run
 
-Full settings take the model, data and epoch settings from configs/ssd_scatter_mnist.yaml,
-configs/ssd_scatter_mnist_per_class.yaml (must agree except num_classes) and
-configs/ssdir_scatter_mnist.yaml when they exist (``--no-configs`` to use the built-in
-defaults). Run it on a quiet machine: timings under contention are meaningless.
+Full settings take the model, data and epoch settings from configs/ssd/default.yaml,
+configs/ssd/per_class.yaml (must agree except num_classes) and configs/ssdir/default.yaml when
+they exist (``--no-configs`` to use the built-in defaults). Run it on a quiet machine: timings under contention are meaningless.
 
 ``--merge-with`` pools the new arms with those of an earlier results file of the same settings
 (seeds and ablation modes aside) and rewrites the tables; the earlier run's figures are kept.
@@ -32,31 +31,31 @@ import argparse
 import dataclasses
 import json
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from wherewhat.bench.tables import write_figures, write_results
-from wherewhat.methods.ssdir.experiment import (
-    DEDUP_MODES,
-    VARIANTS,
-    SSDIRBenchSettings,
+from wherewhat.methods.ssdir.experiment import run_ssdir_bench
+from wherewhat.methods.ssdir.report import ssdir_markdown
+from wherewhat.methods.ssdir.results import (
+    SSDIRBenchResult,
     merge_results,
-    run_ssdir_bench,
     settings_blocking_merge,
-    ssdir_markdown,
 )
+from wherewhat.methods.ssdir.settings import DEDUP_MODES, VARIANTS, SSDIRBenchSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = ROOT / "benchmarks" / "results"
 CONFIGS = {
-    "detector": ROOT / "configs" / "ssd_scatter_mnist.yaml",
-    "detector_per_class": ROOT / "configs" / "ssd_scatter_mnist_per_class.yaml",
-    "ssdir": ROOT / "configs" / "ssdir_scatter_mnist.yaml",
+    "detector": ROOT / "configs" / "ssd" / "default.yaml",
+    "detector_per_class": ROOT / "configs" / "ssd" / "per_class.yaml",
+    "ssdir": ROOT / "configs" / "ssdir" / "default.yaml",
 }
 # Handled by the benchmark itself (the variant, the frozen detector and its checkpoint).
-_NOT_FROM_CONFIG = {"num_classes", "detector_checkpoint", "detector_args", "detector"}
+_NOT_FROM_CONFIG = {"num_classes", "detector", "detector_checkpoint", "detector_args"}
 _DATA_FROM_SETTINGS = {"n_train", "n_test", "batch_size", "val_fraction", "num_workers"}
 
 
@@ -64,24 +63,47 @@ def _init_args(section: Any) -> dict[str, Any]:
     return dict((section or {}).get("init_args") or {})
 
 
+def _merged(base: Mapping[str, Any], delta: Mapping[str, Any]) -> dict[str, Any]:
+    """``delta`` over ``base``: mappings merge key by key, anything else (lists too) is
+    replaced, as jsonargparse applies a second ``--config``."""
+    out = dict(base)
+    for key, value in delta.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = _merged(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def load_layered(path: Path) -> dict[str, Any]:
+    """A config with its ``base:`` files (relative to its folder) applied first."""
+    document = yaml.safe_load(path.read_text()) or {}
+    base = document.pop("base", None)
+    return _merged(load_layered(path.parent / base), document) if base else document
+
+
+def _task_arguments(config: Mapping[str, Any]) -> dict[str, Any]:
+    """A config's network and task arguments in one flat mapping (the network's first), less
+    what the benchmark sets itself."""
+    task = _init_args(config.get("model"))
+    network = _init_args(task.pop("model", None))
+    return {k: v for k, v in {**network, **task}.items() if k not in _NOT_FROM_CONFIG}
+
+
 def settings_from_configs(settings: SSDIRBenchSettings) -> tuple[SSDIRBenchSettings, list[str]]:
     """Fill detector / SSDIR / data arguments and epochs from the YAML configs (when present);
     returns the new settings and a line per config used."""
     used, changes = [], {}
-    loaded = {k: yaml.safe_load(p.read_text()) for k, p in CONFIGS.items() if p.is_file()}
+    loaded = {k: load_layered(p) for k, p in CONFIGS.items() if p.is_file()}
     if "detector" in loaded:
         det = loaded["detector"]
-        args = {k: v for k, v in _init_args(det.get("model")).items() if k not in _NOT_FROM_CONFIG}
+        args = _task_arguments(det)
         other = loaded.get("detector_per_class")
-        if other is not None:
-            per_class = {
-                k: v for k, v in _init_args(other.get("model")).items() if k not in _NOT_FROM_CONFIG
-            }
-            if per_class != args:
-                raise SystemExit(
-                    "configs disagree: the two detector configs must differ only in num_classes "
-                    f"({CONFIGS['detector'].name} vs {CONFIGS['detector_per_class'].name})"
-                )
+        if other is not None and _task_arguments(other) != args:
+            raise SystemExit(
+                "configs disagree: the two detector configs must differ only in num_classes "
+                f"({CONFIGS['detector'].name} vs {CONFIGS['detector_per_class'].name})"
+            )
         data = _init_args(det.get("data"))
         changes.update(
             detector_args=args,
@@ -95,7 +117,7 @@ def settings_from_configs(settings: SSDIRBenchSettings) -> tuple[SSDIRBenchSetti
         used.append(f"detector: {CONFIGS['detector'].relative_to(ROOT)}")
     if "ssdir" in loaded:
         cfg = loaded["ssdir"]
-        args = {k: v for k, v in _init_args(cfg.get("model")).items() if k not in _NOT_FROM_CONFIG}
+        args = _task_arguments(cfg)
         args.pop("dedup", None)  # the arms use nms; the ablation sets each mode
         trainer = cfg.get("trainer") or {}
         patience = None
@@ -108,7 +130,7 @@ def settings_from_configs(settings: SSDIRBenchSettings) -> tuple[SSDIRBenchSetti
             early_stopping_patience=patience,
         )
         used.append(f"SSDIR: {CONFIGS['ssdir'].relative_to(ROOT)}")
-    return SSDIRBenchSettings(**{**settings.__dict__, **changes}), used
+    return dataclasses.replace(settings, **changes), used
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -134,8 +156,8 @@ def main(argv: list[str] | None = None) -> int:
     previous = None
     if args.merge_with is not None:
         try:
-            previous = json.loads(args.merge_with.read_text())
-        except (OSError, json.JSONDecodeError) as err:
+            previous = SSDIRBenchResult.from_json(json.loads(args.merge_with.read_text()))
+        except (OSError, ValueError) as err:  # JSONDecodeError is a ValueError
             raise SystemExit(
                 f"--merge-with {args.merge_with}: not a readable results JSON ({err})"
             ) from err
@@ -158,11 +180,11 @@ def main(argv: list[str] | None = None) -> int:
         "probe_train_scenes": args.probe_train_scenes,
         "progress_bar": args.progress or None,
     }
-    settings = SSDIRBenchSettings(
-        **{**settings.__dict__, **{k: v for k, v in overrides.items() if v is not None}}
+    settings = dataclasses.replace(
+        settings, **{k: v for k, v in overrides.items() if v is not None}
     )
     if previous is not None:  # fail now, not after hours of training
-        differing = settings_blocking_merge(previous["settings"], dataclasses.asdict(settings))
+        differing = settings_blocking_merge(previous.settings, settings)
         if differing:
             raise SystemExit(
                 f"--merge-with {args.merge_with}: that run used other settings for {differing}"
@@ -170,15 +192,15 @@ def main(argv: list[str] | None = None) -> int:
     result = run_ssdir_bench(settings=settings, log=lambda m: print(m, flush=True))
 
     name = "ssdir_quick" if settings.quick else "ssdir"
-    figures = result.pop("figures")
+    figures = result.figures
     if previous is not None:
         result = merge_results(previous, result)  # figures: the earlier run's first seed
-        result["figure_files"] = previous.get("figure_files", [])
+        result.figure_files = previous.figure_files or []
         figures = {}
     if figures:
-        result["figure_files"] = write_figures(name, figures, args.results_dir)
+        result.figure_files = write_figures(name, figures, args.results_dir)
     markdown = ssdir_markdown(result)
-    json_path, md_path = write_results(name, result, markdown, args.results_dir)
+    json_path, md_path = write_results(name, result.to_json(), markdown, args.results_dir)
     print(markdown)
     print(f"wrote {json_path}, {md_path} and {len(figures)} figures")
     return 0

@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import DataLoader
 from torchmetrics.detection import MeanAveragePrecision
 from torchvision.ops import box_iou
 
@@ -22,6 +23,7 @@ from wherewhat.models.ssd import (
 )
 from wherewhat.models.vgg_lite import pyramid_grid_sizes
 from wherewhat.tasks.ssd import SSDTask
+from wherewhat.training.fit import fit
 
 TINY = dict(image_size=(64, 64), width_mult=0.125)
 
@@ -258,7 +260,7 @@ def test_detect_returns_valid_anchor_index() -> None:
 @pytest.mark.parametrize("num_classes", [1, 10])
 def test_both_variants_train_and_loss_decreases(num_classes: int) -> None:
     torch.manual_seed(0)
-    task = SSDTask(image_size=(64, 64), width_mult=0.125, num_classes=num_classes)
+    task = SSDTask(SSDDetector(num_classes=num_classes, **TINY))
     batch = tiny_batch(8)
     optimizer = torch.optim.Adam(task.parameters(), lr=3e-3)
     losses = []
@@ -274,7 +276,7 @@ def test_both_variants_train_and_loss_decreases(num_classes: int) -> None:
 
 def test_tiny_overfit_detects_the_boxes() -> None:
     torch.manual_seed(0)
-    task = SSDTask(image_size=(64, 64), width_mult=0.125)
+    task = SSDTask(SSDDetector(**TINY))
     model = task.model
     batch = tiny_batch(4, seed=5)
     images, targets = task.targets_of(batch, 0)
@@ -301,7 +303,7 @@ def test_tiny_overfit_detects_the_boxes() -> None:
 
 @pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")
 def test_malformed_target_raises_with_batch_index() -> None:
-    task = SSDTask(image_size=(64, 64), width_mult=0.125)
+    task = SSDTask(SSDDetector(**TINY))
     batch = tiny_batch(2)
     batch["boxes"][1] = batch["boxes"][1][:, [2, 1, 0, 3]]  # x1 > x2
     with pytest.raises(ValueError, match=r"malformed batch 7: .*image 1.*x2 > x1"):
@@ -310,7 +312,7 @@ def test_malformed_target_raises_with_batch_index() -> None:
     batch["labels"][0] = batch["labels"][0][:-1]
     with pytest.raises(ValueError, match=r"malformed batch 3: .*image 0"):
         task.validation_step(batch, 3)
-    per_class = SSDTask(image_size=(64, 64), width_mult=0.125, num_classes=10)
+    per_class = SSDTask(SSDDetector(num_classes=10, **TINY))
     batch = tiny_batch(2)
     batch["labels"][1] = batch["labels"][1] + 10  # not a digit
     with pytest.raises(ValueError, match=r"malformed batch 0: labels of image 1"):
@@ -318,7 +320,7 @@ def test_malformed_target_raises_with_batch_index() -> None:
 
 
 def test_onnx_export_parity(tmp_path) -> None:
-    task = SSDTask(image_size=(64, 64), width_mult=0.125, num_classes=10).eval()
+    task = SSDTask(SSDDetector(num_classes=10, **TINY)).eval()
     network = task.export_model()
     images = tiny_batch(2)["image"]
     result = export_onnx(network, images, tmp_path / "ssd.onnx", atol=1e-4)
@@ -329,3 +331,26 @@ def test_onnx_export_parity(tmp_path) -> None:
     assert out["boxes"].shape == (2, task.model.num_anchors, 4)
     assert out["scores"].shape == (2, task.model.num_anchors, 10)
     assert task.example_input_array.shape == (1, 1, 64, 64)
+
+
+# -- the task takes its model ------------------------------------------------------------------
+def test_default_detector_is_the_quarter_width_class_agnostic_one() -> None:
+    detector = SSDTask().model
+    assert detector.init_args == SSDDetector(width_mult=0.25).init_args
+    assert detector.image_size == (128, 128) and detector.num_classes == 1
+
+
+@pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")
+def test_checkpoint_rebuilds_the_detector_from_its_spec(tmp_path) -> None:
+    torch.manual_seed(0)
+    task = SSDTask(SSDDetector(num_classes=10, anchors_per_cell=3, **TINY), lr=1e-3)
+    assert task.hparams["model"]["class_path"] == "wherewhat.models.ssd.SSDDetector"
+    assert task.hparams["model"]["init_args"]["anchors_per_cell"] == 3
+    loader = DataLoader([tiny_batch(2)], batch_size=None)
+    record = fit(task, train_loader=loader, max_steps=1, expected_warnings=["You defined a `val"])
+    record.trainer.save_checkpoint(tmp_path / "ssd.ckpt")
+    loaded = SSDTask.load_from_checkpoint(tmp_path / "ssd.ckpt")
+    assert loaded.hparams.lr == 1e-3 and loaded.model.anchors_per_cell == 3
+    assert loaded.model.num_classes == 10 and loaded.model.image_size == (64, 64)
+    for key, value in task.state_dict().items():
+        torch.testing.assert_close(loaded.state_dict()[key], value)

@@ -8,13 +8,16 @@ features stay the detector's own.
 
 from __future__ import annotations
 
+import inspect
 import math
 from pathlib import Path
 
+import lightning.pytorch as pl
 import pytest
 import torch
 import yaml
 from torch.distributions import Normal, kl_divergence
+from torch.utils.data import DataLoader, TensorDataset
 from torchvision.ops import box_iou
 
 from wherewhat.data.scatter import ScatterConfig, ScatterMNIST, collate_scenes, load_or_generate
@@ -29,11 +32,15 @@ from wherewhat.methods.ssdir.parts import (
     select_objects,
 )
 from wherewhat.methods.ssdir.task import SSDIRTask
+from wherewhat.models.spec import module_spec
 from wherewhat.models.ssd import SSDDetector
+from wherewhat.tasks.ssd import SSDTask
+from wherewhat.training.harness import WherewhatCLI, expand_config_bases
 
 SIZE = (64, 64)
 SMALL = {"z_what_size": 16, "what_hidden": 1, "glimpse_size": 16, "decoder_width": 64}
-CONFIG = Path(__file__).resolve().parents[1] / "configs" / "ssdir_scatter_mnist.yaml"
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIG = CONFIGS / "ssdir" / "default.yaml"
 
 
 def tiny_detector(seed: int = 0) -> SSDDetector:
@@ -246,7 +253,7 @@ def test_detector_stays_frozen_and_outside_the_optimizer():
     batch = scenes(2)
     detector = tiny_detector()
     set_oracle(detector, batch["boxes"])
-    task = SSDIRTask(detector=detector, **SMALL)
+    task = SSDIRTask(SSDIR(detector, **SMALL))
     before = {k: v.clone() for k, v in detector.state_dict().items()}
     trained_before = [p.clone() for p in task.model.trainable_parameters()]
     optimizer = task.configure_optimizers()
@@ -267,7 +274,7 @@ def test_detector_stays_frozen_and_outside_the_optimizer():
 
 
 def test_a_bad_batch_raises_with_its_index():
-    task = SSDIRTask(detector=tiny_detector(), **SMALL)
+    task = SSDIRTask(SSDIR(tiny_detector(), **SMALL))
     good = torch.rand(2, 1, *SIZE)
     nan = good.clone()
     nan[1, 0, 3, 3] = float("nan")
@@ -301,14 +308,14 @@ def test_load_detector_from_state_dict_and_lightning_style_checkpoint(tmp_path):
     with pytest.raises(ValueError, match="not found"):
         load_detector(tmp_path / "missing.ckpt")
     with pytest.raises(ValueError, match="detector_checkpoint"):
-        SSDIRTask()
+        SSDIR()
 
 
 def test_encode_returns_one_record_per_object():
     batch = scenes(2)
     detector = tiny_detector()
     set_oracle(detector, batch["boxes"])
-    task = SSDIRTask(detector=detector, **SMALL)
+    task = SSDIRTask(SSDIR(detector, **SMALL))
     records = task.predict_step(batch, 0)
     for record, truth in zip(records, batch["boxes"], strict=True):
         n = len(truth)
@@ -320,11 +327,8 @@ def test_encode_returns_one_record_per_object():
 
 
 def test_task_fits_through_lightning_and_config_names_real_arguments(tmp_path):
-    import lightning.pytorch as pl
-    from torch.utils.data import DataLoader, TensorDataset
-
     torch.manual_seed(0)
-    task = SSDIRTask(detector=tiny_detector(), present_threshold=0.45, **SMALL)
+    task = SSDIRTask(SSDIR(tiny_detector(), present_threshold=0.45, **SMALL))
     images = torch.rand(4, 1, *SIZE)
     loader = DataLoader(TensorDataset(images), batch_size=2)
     trainer = pl.Trainer(
@@ -344,10 +348,17 @@ def test_task_fits_through_lightning_and_config_names_real_arguments(tmp_path):
 
     config = yaml.safe_load(CONFIG.read_text())
     assert config["model"]["class_path"] == "wherewhat.methods.ssdir.task.SSDIRTask"
-    import inspect
-
     accepted = set(inspect.signature(SSDIRTask.__init__).parameters)
     assert set(config["model"]["init_args"]) <= accepted
+    network = config["model"]["init_args"]["model"]
+    assert network["class_path"] == "wherewhat.methods.ssdir.model.SSDIR"
+    assert set(network["init_args"]) <= set(inspect.signature(SSDIR).parameters)
+    # the checkpoint rebuilds SSDIR and its detector from the stored spec
+    trainer.save_checkpoint(tmp_path / "ssdir.ckpt")
+    loaded = SSDIRTask.load_from_checkpoint(tmp_path / "ssdir.ckpt")
+    assert loaded.model.present_threshold == 0.45
+    for key, value in task.state_dict().items():
+        torch.testing.assert_close(loaded.state_dict()[key], value)
 
 
 @pytest.mark.parametrize("likelihood", ["bernoulli", "gaussian"])
@@ -376,23 +387,72 @@ def test_images_without_objects_show_only_the_background_and_keep_a_finite_loss(
     assert terms["log_lik_objects"].item() == pytest.approx(expected, rel=1e-5)
 
 
-def test_paper_300px_config_builds_ssdir_on_the_paper_detector():
-    """configs/ssdir_paper_300px.yaml on configs/ssd_paper_300px.yaml's detector: 64-px glimpses
+def resolved_config(path: Path, capsys: pytest.CaptureFixture) -> dict:
+    """``path`` as the command line resolves it (its ``base`` applied first)."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        WherewhatCLI(args=expand_config_bases(["fit", "--config", str(path), "--print_config"]))
+    return yaml.safe_load(capsys.readouterr().out)
+
+
+def test_paper_300px_config_builds_ssdir_on_the_paper_detector(capsys):
+    """configs/ssdir/paper_300px.yaml on configs/ssd/paper_300px.yaml's detector: 64-px glimpses
     from a 1024-channel decoder, 300 x 300 x 3 reconstructions (the paper's setting)."""
-    configs = CONFIG.parent
-    det_args = yaml.safe_load((configs / "ssd_paper_300px.yaml").read_text())["model"]["init_args"]
-    det_args = {k: v for k, v in det_args.items() if k in {"image_size", "in_channels",
-                                                          "num_classes", "width_mult",
-                                                          "first_stride", "anchors_per_cell",
-                                                          "min_anchor_size", "max_anchor_size"}}  # fmt: skip
+    det_config = resolved_config(CONFIGS / "ssd" / "paper_300px.yaml", capsys)
+    det_args = det_config["model"]["init_args"]["model"]["init_args"]
     detector = SSDDetector(**{**det_args, "image_size": tuple(det_args["image_size"])})
     assert detector.grid_sizes == [(18, 18), (9, 9), (5, 5), (3, 3), (1, 1)]
-    config = yaml.safe_load((configs / "ssdir_paper_300px.yaml").read_text())
-    args = {k: v for k, v in config["model"]["init_args"].items() if "detector" not in k}
-    task = SSDIRTask(detector=detector, **args)
+    config = resolved_config(CONFIGS / "ssdir" / "paper_300px.yaml", capsys)
+    network = config["model"]["init_args"]["model"]["init_args"]
+    args = {k: v for k, v in network.items() if "detector" not in k}
+    task = SSDIRTask(SSDIR(detector, **args), lr=config["model"]["init_args"]["lr"])
     assert task.model.what_decoder.glimpse_size == 64
     assert config["data"]["init_args"]["image_size"] == [300, 300]
     with torch.no_grad():
         out = task.model.eval()(torch.rand(1, 3, 300, 300))
     assert out["reconstruction"].shape == (1, 3, 300, 300)
     assert out["glimpses"].shape[1:] == (3, 64, 64)
+
+
+def _detector_checkpoint(path: Path) -> SSDTask:
+    """An SSD task checkpoint as Lightning writes it (hyper-parameters hold the model spec)."""
+    task = SSDTask(tiny_detector(seed=4), lr=1e-3)
+    torch.save({"state_dict": task.state_dict(), "hyper_parameters": dict(task.hparams)}, path)
+    return task
+
+
+def test_ssdir_reads_its_detector_from_a_task_checkpoint_and_stores_the_detector_itself(
+    tmp_path,
+):
+    trained = _detector_checkpoint(tmp_path / "ssd.ckpt")
+    model = SSDIR(detector_checkpoint=str(tmp_path / "ssd.ckpt"), min_box_size=2.5, **SMALL)
+    for key, value in trained.model.state_dict().items():
+        torch.testing.assert_close(model.detector.state_dict()[key], value)
+    assert model.init_args["detector_checkpoint"] == str(tmp_path / "ssd.ckpt")  # as built
+    task = SSDIRTask(model)
+    spec = task.hparams["model"]["init_args"]
+    assert spec["min_box_size"] == 2.5 and spec["detector_checkpoint"] is None
+    assert spec["detector"]["class_path"] == "wherewhat.models.ssd.SSDDetector"
+    # rebuilt from the spec alone: the detector checkpoint is no longer read
+    (tmp_path / "ssd.ckpt").unlink()
+    rebuilt = SSDIRTask(task.hparams["model"])
+    assert rebuilt.model.min_box_size == 2.5
+    assert module_spec(rebuilt.model.detector) == module_spec(trained.model)
+    with pytest.raises(ValueError, match="detector_args only apply"):
+        SSDIR(tiny_detector(), detector_args={"width_mult": 0.5})
+    with pytest.raises(ValueError, match="one frozen detector"):
+        SSDIR(tiny_detector(), detector_checkpoint=str(tmp_path / "other.ckpt"))
+
+
+def test_config_names_the_detector_checkpoint(tmp_path):
+    _detector_checkpoint(tmp_path / "ssd.ckpt")
+    args = [
+        "--config", str(CONFIG), "--run.root", str(tmp_path / "runs"),
+        "--model.init_args.model.init_args.detector_checkpoint", str(tmp_path / "ssd.ckpt"),
+        "--model.init_args.model.init_args.min_box_size", "3.0",
+        "--model.init_args.model.init_args.glimpse_size", "16",
+        "--model.init_args.model.init_args.decoder_width", "32",
+    ]  # fmt: skip
+    cli = WherewhatCLI(args=expand_config_bases(args), run=False)
+    assert isinstance(cli.model, SSDIRTask) and cli.model.hparams.lr == 0.001
+    assert cli.model.model.min_box_size == 3.0 and cli.model.model.input_size == SIZE

@@ -8,8 +8,10 @@ AP 1 and a separable z_what gives probe accuracy 1; shifting one class's boxes b
 
 from __future__ import annotations
 
+import json
 import math
 
+import lightning.pytorch as pl
 import numpy as np
 import pytest
 import torch
@@ -18,15 +20,34 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from wherewhat.io import png_bytes
-from wherewhat.methods.ssdir.evaluation import coverage_counts, encode_scenes, evaluate_ssdir
+from wherewhat.methods.ssdir.evaluation import (
+    SceneObjects,
+    coverage_counts,
+    encode_scenes,
+    evaluate_ssdir,
+)
+from wherewhat.methods.ssdir.experiment import run_ssdir_bench
 from wherewhat.methods.ssdir.figures import (
     glimpse_panels,
     reconstruction_panels,
     ssdir_figures,
     zwhat_tsne,
 )
+from wherewhat.methods.ssdir.model import SSDIR
 from wherewhat.methods.ssdir.records import SSDIRRecordsWriter, read_records, write_records
+from wherewhat.methods.ssdir.report import ssdir_markdown
+from wherewhat.methods.ssdir.results import (
+    SSDIRArm,
+    SSDIRBenchResult,
+    assemble_result,
+    merge_results,
+    summarize,
+)
+from wherewhat.methods.ssdir.settings import SSDIRBenchSettings
+from wherewhat.models.ssd import SSDDetector
 from wherewhat.report.html import png_size
+from wherewhat.report.tour import SECTIONS
+from wherewhat.tour import PAGE_MODULES, load_pages
 
 SIDE = 64
 NUM_CLASSES = 10
@@ -177,8 +198,6 @@ def test_duplicates_are_counted_and_lower_scored_copies_do_not_hurt_ap50(splits)
 
 
 def test_coverage_counts_on_a_hand_case():
-    from wherewhat.methods.ssdir.evaluation import SceneObjects
-
     gt = torch.tensor([[0.0, 0, 10, 10], [20, 20, 30, 30], [40, 40, 50, 50]])
     boxes = torch.tensor([[0.0, 0, 10, 10], [0, 0, 10, 9], [21, 20, 31, 30], [60, 60, 70, 70]])
     objects = SceneObjects(boxes=[boxes], scores=[torch.tensor([0.9, 0.8, 0.7, 0.6])],
@@ -249,8 +268,6 @@ def test_records_reject_bad_input(tmp_path):
 
 
 def test_records_writer_callback_writes_scene_indices(tmp_path):
-    import lightning.pytorch as pl
-
     class Predictor(pl.LightningModule):
         def predict_step(self, batch, batch_idx):
             return [{"boxes": torch.full((1, 4), float(i)), "scores": torch.ones(1),
@@ -290,9 +307,6 @@ def test_figures_are_pngs_of_the_documented_size(splits):
 
 
 def test_ssdir_figures_on_a_tiny_real_ssdir():
-    from wherewhat.methods.ssdir.model import SSDIR
-    from wherewhat.models.ssd import SSDDetector
-
     torch.manual_seed(0)
     detector = SSDDetector(image_size=(SIDE, SIDE), width_mult=0.125)
     model = SSDIR(detector, z_what_size=8, what_hidden=1, glimpse_size=8, decoder_width=16,
@@ -313,9 +327,6 @@ def test_ssdir_figures_on_a_tiny_real_ssdir():
 
 
 def test_section_is_registered():
-    from wherewhat.report.tour import SECTIONS
-    from wherewhat.tour import PAGE_MODULES, load_pages
-
     load_pages()
     assert "wherewhat.methods.ssdir.tour" in PAGE_MODULES
     assert "ssdir" in SECTIONS
@@ -323,26 +334,38 @@ def test_section_is_registered():
     assert entry.order == 30 and entry.fn.__module__ == "wherewhat.methods.ssdir.tour"
 
 
-def test_bench_summary_and_markdown_on_made_up_arms():
-    from wherewhat.methods.ssdir.experiment import SSDIRBenchSettings, _summaries, ssdir_markdown
+# Every number an arm row of a results file holds besides evaluate_ssdir's metrics.
+ARM_ROW = {
+    "threads": 2, "speed_batch_size": 32, "scenes_per_s_batch1": 50.0,
+    "scenes_per_s_batch32": 150.0, "latency_ms_batch1": 20.0, "latency_ms_batch32": 200.0,
+    "params": 1000, "params_trainable": 500, "params_detector": 500, "macs_per_scene": 2e6,
+    "macs_detector_per_scene": 1e6, "rendered_per_scene": 3.0, "detector_minutes": 5.0,
+    "ssdir_minutes": 5.0, "train_minutes": 10.0, "train_cpu_minutes": 20.0,
+    "eval_seconds": 1.0, "detector_steps": 10, "detector_best_val_map50": None,
+    "ssdir_steps": 10, "ssdir_best_val_loss": None,
+}  # fmt: skip
 
+
+def made_up_arm(**row) -> SSDIRArm:
+    """An arm with the given numbers (``variant``, ``seed``, ``dedup``, metrics, ...)."""
+    return SSDIRArm.from_json({**ARM_ROW, **row})
+
+
+def test_bench_summary_and_markdown_on_made_up_arms():
     def arm(variant, seed, acc):
-        return {"variant": variant, "seed": seed, "dedup": "nms", "ap50": 0.9, "ap": 0.6,
-                "probe_accuracy": acc, "recon_mse": 0.01, "train_minutes": 10.0,
-                "params": 1000, "params_trainable": 500, "params_detector": 500,
-                "macs_per_scene": 2e6, "macs_detector_per_scene": 1e6}  # fmt: skip
+        return made_up_arm(
+            **{"variant": variant, "seed": seed, "dedup": "nms", "ap50": 0.9, "ap": 0.6,
+               "probe_accuracy": acc, "recon_mse": 0.01, "train_minutes": 10.0,
+               "params": 1000, "params_trainable": 500, "params_detector": 500,
+               "macs_per_scene": 2e6, "macs_detector_per_scene": 1e6}
+        )  # fmt: skip
 
     arms = [arm("class_agnostic", 0, 0.90), arm("class_agnostic", 1, 0.94)]
-    summary = _summaries(arms, ["class_agnostic"])["class_agnostic"]
+    summary = summarize(arms, ["class_agnostic"])["class_agnostic"].to_json()
     assert summary["probe_accuracy"] == pytest.approx(0.92)
     assert summary["probe_accuracy_std"] == pytest.approx(np.std([0.90, 0.94], ddof=1))
-    settings = SSDIRBenchSettings.preset("quick")
-    result = {
-        "quick": True, "seeds": [0, 1], "settings": settings.__dict__, "arms": arms,
-        "summary": {"class_agnostic": summary}, "dedup_ablation": [], "seconds": 60.0,
-        "targets": {"probe_accuracy_class_agnostic": {"op": ">=", "value": 0.95}},
-        "probe_accuracy_class_agnostic": 0.92,
-    }  # fmt: skip
+    settings = SSDIRBenchSettings.preset("quick", seeds=(0, 1))
+    result = assemble_result(arms, [], settings, seconds=60.0, threads=2)
     text = ssdir_markdown(result)
     assert (
         "0.92 ± 0.028" in text
@@ -355,33 +378,26 @@ def test_bench_summary_and_markdown_on_made_up_arms():
 
 
 def test_results_of_two_runs_merge_into_the_pooled_seeds():
-    import dataclasses
-    import json
-
-    from wherewhat.methods.ssdir.experiment import (
-        SSDIRBenchSettings,
-        assemble_result,
-        merge_results,
-    )
-
     def arm(seed, acc, dedup="nms"):
-        return {"variant": "class_agnostic", "seed": seed, "dedup": dedup, "ap50": 0.9,
-                "ap": 0.6, "probe_accuracy": acc, "recon_mse": 0.01, "train_minutes": 10.0 + seed,
-                "params": 1000, "params_trainable": 500, "params_detector": 500,
-                "macs_per_scene": 2e6, "macs_detector_per_scene": 1e6, "test_duplicates": 0,
-                "test_unmatched_fraction": 0.0, "rendered_per_scene": 3.0,
-                "ssdir_minutes": 5.0}  # fmt: skip
+        return made_up_arm(
+            **{"variant": "class_agnostic", "seed": seed, "dedup": dedup, "ap50": 0.9,
+               "ap": 0.6, "probe_accuracy": acc, "recon_mse": 0.01, "train_minutes": 10.0 + seed,
+               "params": 1000, "params_trainable": 500, "params_detector": 500,
+               "macs_per_scene": 2e6, "macs_detector_per_scene": 1e6, "test_duplicates": 0,
+               "test_unmatched_fraction": 0.0, "rendered_per_scene": 3.0,
+               "ssdir_minutes": 5.0}
+        )  # fmt: skip
 
     def run(seeds, ablation, arms, ablation_arms=()):
         settings = SSDIRBenchSettings.preset(
             "quick", seeds=seeds, dedup_ablation=ablation
         )  # JSON round trip: what the results file holds
-        stored = assemble_result(arms, ablation_arms, dataclasses.asdict(settings), 60.0, 2)
-        return json.loads(json.dumps(stored))
+        stored = assemble_result(arms, ablation_arms, settings, 60.0, 2)
+        return SSDIRBenchResult.from_json(json.loads(json.dumps(stored.to_json())))
 
     first = run((0,), ("nms", "none"), [arm(0, 0.90)], [arm(0, 0.90), arm(0, 0.91, "none")])
     later = run((1, 2), (), [arm(1, 0.94), arm(2, 0.92)])
-    merged = merge_results(first, later)
+    merged = merge_results(first, later).to_json()
     assert merged["seeds"] == [0, 1, 2] and merged["settings"]["seeds"] == [0, 1, 2]
     assert merged["probe_accuracy_class_agnostic"] == pytest.approx(0.92)
     assert merged["probe_accuracy_class_agnostic_std"] == pytest.approx(0.02)
@@ -391,21 +407,20 @@ def test_results_of_two_runs_merge_into_the_pooled_seeds():
     with pytest.raises(ValueError, match=r"\(variant, seed\)"):
         merge_results(first, run((0,), (), [arm(0, 0.5)]))
     other = run((1,), (), [arm(1, 0.94)])
-    other["settings"]["ssdir_max_steps"] += 1
+    other.settings.ssdir_max_steps += 1
     with pytest.raises(ValueError, match="ssdir_max_steps"):
         merge_results(first, other)
 
 
 @pytest.mark.slow
 def test_run_ssdir_bench_end_to_end_on_a_tiny_setting():
-    from wherewhat.methods.ssdir.experiment import SSDIRBenchSettings, run_ssdir_bench
-
     settings = SSDIRBenchSettings.preset(
         "quick", n_train=32, n_test=8, batch_size=8, detector_max_steps=3, ssdir_max_steps=3,
         validate=True, val_fraction=0.25,
         dedup_ablation=("nms", "none"), tsne_points=50, figure_scenes=2,
     )  # fmt: skip
-    result = run_ssdir_bench(settings=settings, log=lambda message: None)
+    run = run_ssdir_bench(settings=settings, log=lambda message: None)
+    result = {**run.to_json(), "figures": run.figures}
     assert result["seeds"] == [0] and result["probe_accuracy_per_class"] is None
     assert [a["dedup"] for a in result["dedup_ablation"]] == ["nms", "none"]
     assert {"class_agnostic-reconstructions"} <= set(result["figures"])

@@ -14,22 +14,34 @@ from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.utilities.types import OptimizerLRScheduler
 from torch import Tensor, nn
 from torchmetrics.detection import MeanAveragePrecision
 
+from wherewhat.models.spec import build_module, module_spec
 from wherewhat.models.ssd import SSDDetector, SSDInference, validate_targets
 from wherewhat.training.schedules import warmup_cosine
 
-__all__ = ["SSDTask"]
+__all__ = ["DEFAULT_WIDTH_MULT", "SSDTask", "default_detector"]
+
+# The task's detector is a quarter-width VGG11-lite: SSDIR's scattered-MNIST budget on a CPU
+# (SSDDetector's own default, 1.0, is the paper's full width).
+DEFAULT_WIDTH_MULT = 0.25
+
+
+def default_detector(**arguments: Any) -> SSDDetector:
+    """``SSDDetector(width_mult=DEFAULT_WIDTH_MULT, **arguments)``: the detector the task
+    trains when given none (``arguments`` may override the width too)."""
+    return SSDDetector(**{"width_mult": DEFAULT_WIDTH_MULT, **arguments})
 
 
 class SSDTask(pl.LightningModule):
     """SSD detector training: class-agnostic (``num_classes=1``) or one class per digit (10).
 
     Args:
-        image_size, in_channels, num_classes, width_mult, first_stride, anchors_per_cell,
-            min_anchor_size, max_anchor_size, iou_threshold, negative_ratio: passed to
-            :class:`SSDDetector`.
+        model: the detector (or its spec, see :mod:`wherewhat.models.spec`); default
+            :func:`default_detector` (128-px grey scenes, class-agnostic, width 0.25). Image
+            size, channels and classes are the detector's.
         lr, weight_decay: AdamW.
         warmup_steps: linear learning-rate warm-up from 1 % (BN + Adam on a fresh SSD head
             otherwise jumps around in the first steps).
@@ -42,16 +54,7 @@ class SSDTask(pl.LightningModule):
 
     def __init__(
         self,
-        image_size: tuple[int, int] = (128, 128),
-        in_channels: int = 1,
-        num_classes: int = 1,
-        width_mult: float = 0.25,
-        first_stride: int | None = None,
-        anchors_per_cell: int = 2,
-        min_anchor_size: float | None = None,
-        max_anchor_size: float | None = None,
-        iou_threshold: float = 0.5,
-        negative_ratio: float = 3.0,
+        model: SSDDetector | None = None,
         lr: float = 2e-3,
         weight_decay: float = 1e-4,
         warmup_steps: int = 100,
@@ -62,22 +65,12 @@ class SSDTask(pl.LightningModule):
         max_detections: int = 100,
     ):
         super().__init__()
-        self.save_hyperparameters()
-        self.model = SSDDetector(
-            image_size=tuple(image_size),
-            in_channels=in_channels,
-            num_classes=num_classes,
-            width_mult=width_mult,
-            first_stride=first_stride,
-            anchors_per_cell=anchors_per_cell,
-            min_anchor_size=min_anchor_size,
-            max_anchor_size=max_anchor_size,
-            iou_threshold=iou_threshold,
-            negative_ratio=negative_ratio,
-        )
+        self.model = build_module(model if model is not None else default_detector(), SSDDetector)
+        self.save_hyperparameters(ignore=["model"])
+        self.hparams["model"] = module_spec(self.model)
         self.val_map = MeanAveragePrecision(iou_type="bbox", backend="pycocotools")
         self.test_map = MeanAveragePrecision(iou_type="bbox", backend="pycocotools")
-        self.example_input_array = torch.zeros(1, in_channels, *image_size)
+        self.example_input_array = torch.zeros(1, self.model.in_channels, *self.model.image_size)
 
     def forward(self, images: Tensor) -> dict[str, Any]:
         return self.model(images)
@@ -135,7 +128,9 @@ class SSDTask(pl.LightningModule):
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
         return self._loss(batch, batch_idx, "train")[1]["loss"]
 
-    def _evaluate(self, batch: dict, batch_idx: int, stage: str, metric: Any) -> None:
+    def _evaluate(
+        self, batch: dict, batch_idx: int, stage: str, metric: MeanAveragePrecision
+    ) -> None:
         outputs, extra = self._loss(batch, batch_idx, stage)
         detections = self.model.detect(
             outputs,
@@ -146,7 +141,7 @@ class SSDTask(pl.LightningModule):
         preds = [{k: d[k] for k in ("boxes", "scores", "labels")} for d in detections]
         metric.update(preds, extra["targets"])
 
-    def _log_map(self, stage: str, metric: Any) -> None:
+    def _log_map(self, stage: str, metric: MeanAveragePrecision) -> None:
         result = metric.compute()
         self.log(f"{stage}/map_50", result["map_50"].float(), prog_bar=True, sync_dist=False)
         self.log(f"{stage}/map", result["map"].float(), prog_bar=True, sync_dist=False)
@@ -173,7 +168,7 @@ class SSDTask(pl.LightningModule):
             max_detections=self.hparams.max_detections,
         )
 
-    def configure_optimizers(self) -> Any:
+    def configure_optimizers(self) -> OptimizerLRScheduler:
         optimizer = torch.optim.AdamW(
             self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay
         )

@@ -38,6 +38,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from torchvision.ops import box_iou
 
+from wherewhat.data.scatter import collate_scenes
 from wherewhat.metrics.detection import DetectionAP
 from wherewhat.metrics.probe import ObjectMatches, latent_probe, match_objects_in_scenes
 from wherewhat.metrics.reconstruction import ReconstructionMSE
@@ -120,8 +121,6 @@ class SceneObjects:
 def _scene_loader(scenes: Dataset | DataLoader | Iterable, batch_size: int) -> Iterable:
     if isinstance(scenes, DataLoader) or not isinstance(scenes, Dataset):
         return scenes
-    from wherewhat.data.scatter import collate_scenes  # data -> metrics stays one-way at import
-
     return DataLoader(scenes, batch_size=batch_size, shuffle=False, collate_fn=collate_scenes)
 
 
@@ -263,7 +262,9 @@ class SSDIREvaluation:
     all_test_objects: SceneObjects
 
 
-def _split_counts(prefix: str, objects: SceneObjects, matches: ObjectMatches, min_iou: float):
+def _split_counts(
+    prefix: str, objects: SceneObjects, matches: ObjectMatches, min_iou: float
+) -> dict[str, int | float]:
     counts = coverage_counts(objects, min_iou)
     summary = matches.summary()
     return {

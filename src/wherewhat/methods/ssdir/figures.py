@@ -10,14 +10,20 @@ with ``extent=(0, W, H, 0)``).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, TypeAlias
 
 import numpy as np
 import torch
+from matplotlib import colormaps
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Rectangle
+from matplotlib.typing import ColorType
+from torch import Tensor
 
+from wherewhat.geometry import extract
+from wherewhat.metrics.probe import match_objects_in_scenes
 from wherewhat.report.figures import (
     GT_COLOR,
     PRED_COLOR,
@@ -36,11 +42,18 @@ __all__ = [
     "ssdir_figures",
 ]
 
+if TYPE_CHECKING:
+    from wherewhat.methods.ssdir.model import SSDIR
+
 TITLE_IN = 0.22  # vertical room for a row of titles, inches
 UNMATCHED_COLOR = "#9a9a9a"
+# A tensor or an array (figures draw both).
+Array: TypeAlias = Tensor | np.ndarray
 
 
-def _boxes(ax: Any, boxes: Any, color: Any, linewidth: float, linestyle: str = "-") -> None:
+def _boxes(
+    ax: Axes, boxes: Array, color: ColorType, linewidth: float, linestyle: str = "-"
+) -> None:
     for x0, y0, x1, y1 in as_numpy(boxes).reshape(-1, 4).tolist():
         ax.add_patch(
             Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor=color,
@@ -49,12 +62,12 @@ def _boxes(ax: Any, boxes: Any, color: Any, linewidth: float, linestyle: str = "
 
 
 def reconstruction_panels(
-    images: Any,
-    reconstructions: Any,
-    boxes: Sequence[Any],
+    images: Array | Sequence[Array],
+    reconstructions: Array | Sequence[Array],
+    boxes: Sequence[Array],
     *,
-    scores: Sequence[Any] | None = None,
-    gt_boxes: Sequence[Any] | None = None,
+    scores: Sequence[Array] | None = None,
+    gt_boxes: Sequence[Array] | None = None,
     panel_in: float = 1.8,
 ) -> Figure:
     """One row per scene: the input, SSDIR's reconstruction, and the input with the inferred
@@ -108,8 +121,8 @@ def reconstruction_panels(
 
 
 def glimpse_panels(
-    crops: Any,
-    glimpses: Any,
+    crops: Array,
+    glimpses: Array,
     *,
     labels: Sequence[int] | None = None,
     scores: Sequence[float] | None = None,
@@ -158,8 +171,8 @@ def glimpse_panels(
 
 
 def zwhat_tsne(
-    z_what: Any,
-    labels: Any,
+    z_what: Array,
+    labels: Array | Sequence[int],
     *,
     seed: int = 0,
     perplexity: float = 30.0,
@@ -184,11 +197,9 @@ def zwhat_tsne(
     if points.shape != (len(y), 2):
         raise ValueError(f"zwhat_tsne: embedding {points.shape} does not match {len(y)} labels")
 
-    import matplotlib
-
     fig = new_figure(*size)
     ax = fig.add_subplot()
-    cmap = matplotlib.colormaps["tab10"]
+    cmap = colormaps["tab10"]
     handles = []
     unmatched = y < 0
     if unmatched.any():
@@ -208,19 +219,19 @@ def zwhat_tsne(
     return fig
 
 
-def _legend_dot(color: Any, label: str) -> Line2D:
+def _legend_dot(color: ColorType, label: str) -> Line2D:
     return Line2D([], [], marker="o", linestyle="", markersize=4, color=color, label=label)
 
 
 @torch.no_grad()
 def ssdir_figures(
-    model: Any,
-    images: Any,
-    gt_boxes: Sequence[Any] | None = None,
-    gt_labels: Sequence[Any] | None = None,
+    model: SSDIR,
+    images: Tensor,
+    gt_boxes: Sequence[Tensor] | None = None,
+    gt_labels: Sequence[Tensor] | None = None,
     *,
-    z_what: Any = None,
-    labels: Any = None,
+    z_what: Array | None = None,
+    labels: Array | None = None,
     glimpse_count: int = 24,
     seed: int = 0,
     tsne_points: int = 2000,
@@ -230,8 +241,6 @@ def ssdir_figures(
     first ``glimpse_count`` rendered objects: input crop above decoded glimpse, titled with the
     digit matched at IoU >= 0.5 when ``gt_boxes`` and ``gt_labels`` are given); with
     ``z_what (M, D)`` and matched ``labels (M,)`` also ``"tsne"``."""
-    from wherewhat.geometry import extract
-
     was_training = model.training
     model.train(False)
     try:
@@ -254,8 +263,6 @@ def ssdir_figures(
         )
         matched = None
         if gt_boxes is not None and gt_labels is not None:
-            from wherewhat.metrics.probe import match_objects_in_scenes
-
             matched = match_objects_in_scenes(boxes, gt_boxes, gt_labels, 0.5).labels[:count]
         figures["glimpses"] = glimpse_panels(
             crops.clamp(0, 1), out["glimpses"][:count], labels=matched,

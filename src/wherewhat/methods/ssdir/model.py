@@ -22,7 +22,9 @@ beta * exp(depth); per-object term averaged with weights beta). ``"none"`` sampl
 training and renders every sampled anchor, like the reference code.
 
 The detector (backbone, box and class heads) is frozen: no gradients, always in eval mode (its
-batch-norm statistics never change), and excluded from ``trainable_parameters()``.
+batch-norm statistics never change), and excluded from ``trainable_parameters()``. It is given
+built (``detector``) or as the path of its checkpoint (``detector_checkpoint``, read by
+:func:`load_detector`), which is how a YAML config names it (``configs/ssdir/default.yaml``).
 """
 
 from __future__ import annotations
@@ -54,6 +56,8 @@ from wherewhat.methods.ssdir.parts import (
     present_probability,
     select_objects,
 )
+from wherewhat.models.spec import configurable
+from wherewhat.models.ssd import SSDDetector
 
 __all__ = ["SSDIR", "Likelihood", "check_images", "load_detector"]
 
@@ -79,11 +83,17 @@ def check_images(images: Tensor, channels: int, size: tuple[int, int]) -> None:
         raise ValueError(f"expected pixel values in [0, 1], got [{low:.4g}, {high:.4g}]")
 
 
+@configurable
 class SSDIR(nn.Module):
     """SSDIR on a frozen detector that follows the ``SSDDetector`` contract.
 
     Args:
         detector: trained ``SSDDetector`` (frozen here).
+        detector_checkpoint: instead of ``detector``, the path of its checkpoint (a checkpoint of
+            the SSD detector task or a ``state_dict`` file, read by :func:`load_detector`).
+            Exactly one of the two is required.
+        detector_args: with ``detector_checkpoint``, ``SSDDetector`` constructor arguments that
+            override / complete those stored in the checkpoint.
         z_what_size: D.
         what_hidden: 3x3 conv blocks per what-encoder head.
         z_what_sigma, z_depth_sigma: fixed posterior standard deviations (hyperparameters).
@@ -110,8 +120,10 @@ class SSDIR(nn.Module):
 
     def __init__(
         self,
-        detector: nn.Module,
+        detector: nn.Module | None = None,
         *,
+        detector_checkpoint: str | Path | None = None,
+        detector_args: dict[str, Any] | None = None,
         z_what_size: int = 64,
         what_hidden: int = 3,
         z_what_sigma: float = 0.1,
@@ -137,6 +149,16 @@ class SSDIR(nn.Module):
         in_channels: int | None = None,
     ):
         super().__init__()
+        if (detector is None) == (detector_checkpoint is None):
+            raise ConfigError(
+                "SSDIR needs one frozen detector: set detector_checkpoint to the trained "
+                "detector's checkpoint (in a config: model.init_args.model.init_args."
+                "detector_checkpoint) or pass the detector itself"
+            )
+        if detector is None:
+            detector = load_detector(detector_checkpoint, detector_args)
+        elif detector_args:
+            raise ConfigError("SSDIR: detector_args only apply to a detector_checkpoint")
         if dedup not in ("nms", "soft", "none"):
             raise ConfigError(f"dedup={dedup!r}: expected 'nms', 'soft' or 'none'")
         if present_from not in ("not_background", "max_object"):
@@ -446,15 +468,22 @@ def _strip_prefix(state: Mapping[str, Tensor], expected: set[str]) -> dict[str, 
     raise KeyError(f"no prefix holds all detector weights (e.g. missing {missing})")
 
 
-def load_detector(path: str | Path, detector_args: Mapping[str, Any] | None = None) -> nn.Module:
+def _checkpoint_detector_arguments(hyper_parameters: Mapping[str, Any]) -> dict[str, Any]:
+    """``SSDDetector`` arguments in a task's hyper-parameters: the ``model`` spec of a task that
+    takes its model (``SSDTask``), else (older checkpoints) the flat arguments, one level deep."""
+    spec = hyper_parameters.get("model")
+    if isinstance(spec, Mapping) and "class_path" in spec:
+        return _init_arguments(SSDDetector, spec.get("init_args") or {})
+    return _init_arguments(SSDDetector, hyper_parameters)
+
+
+def load_detector(path: str | Path, detector_args: Mapping[str, Any] | None = None) -> SSDDetector:
     """An ``SSDDetector`` with the weights of a checkpoint, frozen-ready (eval mode).
 
     Accepts a Lightning checkpoint of any task that holds the detector as a submodule (its
     constructor arguments are read from the checkpoint's hyper-parameters, overridden by
     ``detector_args``) or a plain ``state_dict`` file (then ``detector_args`` must describe it).
     """
-    from wherewhat.models.ssd import SSDDetector  # here: ssdir's plain parts need no detector
-
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"detector checkpoint {path}: file not found (train the detector first)")
@@ -464,7 +493,7 @@ def load_detector(path: str | Path, detector_args: Mapping[str, Any] | None = No
         raise ConfigError(f"detector checkpoint {path}: cannot be read safely: {err}") from err
     if isinstance(checkpoint, Mapping) and "state_dict" in checkpoint:
         state = checkpoint["state_dict"]
-        args = _init_arguments(SSDDetector, checkpoint.get("hyper_parameters") or {})
+        args = _checkpoint_detector_arguments(checkpoint.get("hyper_parameters") or {})
     elif isinstance(checkpoint, Mapping):
         state, args = checkpoint, {}
     else:

@@ -3,7 +3,7 @@
 ``wherewhat predict`` with :class:`SSDIRRecordsWriter` as a callback writes them next to the
 run's ``predictions.pt``::
 
-    wherewhat predict --config configs/ssdir_scatter_mnist.yaml --ckpt_path .../last.ckpt \\
+    wherewhat predict --config configs/ssdir/default.yaml --ckpt_path .../last.ckpt \\
         --trainer.callbacks+=wherewhat.methods.ssdir.records.SSDIRRecordsWriter \\
         --trainer.callbacks.path=ssdir_records.json
 
@@ -29,6 +29,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 from torch import Tensor
@@ -203,7 +204,7 @@ class SSDIRRecordsWriter(BasePredictionWriter):
         self.path = path
         self.written: Path | None = None
 
-    def _target(self, trainer: Any) -> Path:
+    def _target(self, trainer: pl.Trainer) -> Path:
         path = Path(self.path)
         if not path.is_absolute():
             path = Path(trainer.default_root_dir) / path
@@ -212,7 +213,11 @@ class SSDIRRecordsWriter(BasePredictionWriter):
         return path
 
     def write_on_epoch_end(
-        self, trainer: Any, pl_module: Any, predictions: Sequence[Any], batch_indices: Sequence
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        predictions: Sequence[Any],
+        batch_indices: Sequence,
     ) -> None:
         # One dataloader: a list of per-batch outputs; several: a list of such lists.
         batches = predictions

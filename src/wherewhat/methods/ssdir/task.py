@@ -6,24 +6,27 @@ boxes and labels are never used for training. Logged per stage (``train`` / ``va
 ``loss``, ``elbo``, ``log_lik_image``, ``log_lik_objects``, ``kl_what``, ``kl_depth``,
 ``objects_per_image``, and ``recon_mse`` (torchmetrics, posterior means, on val / test).
 
-The detector is loaded frozen from ``detector_checkpoint`` (a checkpoint of the SSD detector
-task, or a ``state_dict`` file plus ``detector_args``); it is saved inside this task's own
-checkpoints, so ``wherewhat test --ckpt_path`` restores the exact detector that was used.
+The frozen detector comes with the model: in a config,
+``model.init_args.model.init_args.detector_checkpoint`` is the path of a checkpoint of the SSD
+detector task (or a ``state_dict`` file plus ``detector_args``), read by
+:func:`~wherewhat.methods.ssdir.model.load_detector`. It is saved inside this task's own
+checkpoints, so ``wherewhat test --ckpt_path`` restores the exact detector that was used; and the
+stored model spec describes the detector itself rather than that path, so
+``SSDIRTask.load_from_checkpoint`` needs no detector checkpoint file.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, TypeAlias
 
 import lightning.pytorch as pl
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from torchmetrics import MeanSquaredError
 
-from wherewhat.errors import ConfigError
-from wherewhat.methods.ssdir.model import SSDIR, Likelihood, check_images, load_detector
-from wherewhat.methods.ssdir.parts import DedupMode, PresentFrom
+from wherewhat.methods.ssdir.model import SSDIR, check_images
+from wherewhat.models.spec import build_module, module_spec
 
 __all__ = ["SSDIRTask"]
 
@@ -38,7 +41,11 @@ _LOGGED = (
 )
 
 
-def _images_of(batch: Any) -> Tensor:
+# A scattered-MNIST batch dict, an (images, ...) tuple / list, or bare images.
+Batch: TypeAlias = Mapping[str, Any] | Sequence[Tensor] | Tensor
+
+
+def _images_of(batch: Batch) -> Tensor:
     if isinstance(batch, Mapping):
         return batch["image"]
     if isinstance(batch, list | tuple):
@@ -50,81 +57,29 @@ class SSDIRTask(pl.LightningModule):
     """SSDIR with Adam (paper: lr 5e-4, batch 32) on the what / depth encoders and decoder.
 
     Args:
-        detector_checkpoint: path of the trained detector (required unless ``detector`` is
-            given).
-        detector_args: ``SSDDetector`` constructor arguments that override / complete those
-            stored in the checkpoint.
-        detector: an ``SSDDetector`` instance instead of a checkpoint (library use and tests).
+        model: the :class:`~wherewhat.methods.ssdir.model.SSDIR` network (or its spec, see
+            :mod:`wherewhat.models.spec`), its frozen detector included.
         lr: Adam learning rate.
-        Everything else: see :class:`~wherewhat.methods.ssdir.model.SSDIR`.
     """
 
-    def __init__(
-        self,
-        detector_checkpoint: str | None = None,
-        detector_args: dict[str, Any] | None = None,
-        z_what_size: int = 64,
-        what_hidden: int = 3,
-        z_what_sigma: float = 0.1,
-        z_depth_sigma: float = 0.1,
-        glimpse_size: int = 32,
-        decoder_width: int = 256,
-        background: bool = False,
-        normalize_output: bool = True,
-        dedup: DedupMode = "nms",
-        present_from: PresentFrom = "not_background",
-        present_threshold: float = 0.5,
-        soft_min_present: float = 0.1,
-        nms_iou: float = 0.45,
-        max_objects: int = 100,
-        likelihood: Likelihood = "bernoulli",
-        likelihood_sigma: float = 0.1,
-        alpha_obj: float = 10.0,
-        alpha_rec: float = 10.0,
-        alpha_what: float = 1.0,
-        alpha_depth: float = 1.0,
-        lr: float = 5e-4,
-        detector: nn.Module | None = None,
-    ):
+    def __init__(self, model: SSDIR, lr: float = 5e-4):
         super().__init__()
-        self.save_hyperparameters(ignore=["detector"])
-        if detector is None:
-            if detector_checkpoint is None:
-                raise ConfigError(
-                    "SSDIRTask: set model.init_args.detector_checkpoint to a trained detector "
-                    "checkpoint (SSDIR needs a frozen detector)"
-                )
-            detector = load_detector(detector_checkpoint, detector_args)
-        self.model = SSDIR(
-            detector,
-            z_what_size=z_what_size,
-            what_hidden=what_hidden,
-            z_what_sigma=z_what_sigma,
-            z_depth_sigma=z_depth_sigma,
-            glimpse_size=glimpse_size,
-            decoder_width=decoder_width,
-            background=background,
-            normalize_output=normalize_output,
-            dedup=dedup,
-            present_from=present_from,
-            present_threshold=present_threshold,
-            soft_min_present=soft_min_present,
-            nms_iou=nms_iou,
-            max_objects=max_objects,
-            likelihood=likelihood,
-            likelihood_sigma=likelihood_sigma,
-            alpha_obj=alpha_obj,
-            alpha_rec=alpha_rec,
-            alpha_what=alpha_what,
-            alpha_depth=alpha_depth,
+        self.model = build_module(model, SSDIR)
+        self.save_hyperparameters(ignore=["model"])
+        spec = module_spec(self.model)
+        # The checkpoint holds the detector's weights, so it rebuilds the detector from its own
+        # arguments instead of re-reading the detector checkpoint (which may have moved since).
+        spec["init_args"].update(
+            detector=module_spec(self.model.detector), detector_checkpoint=None, detector_args=None
         )
+        self.hparams["model"] = spec
         self.val_mse = MeanSquaredError()
         self.test_mse = MeanSquaredError()
 
     def forward(self, images: Tensor) -> dict[str, Any]:
         return self.model(images)
 
-    def _checked_images(self, batch: Any, batch_idx: int, stage: str) -> Tensor:
+    def _checked_images(self, batch: Batch, batch_idx: int, stage: str) -> Tensor:
         """The batch's images, or a ``ValueError`` that names the stage and batch index."""
         try:
             images = _images_of(batch)
@@ -133,7 +88,7 @@ class SSDIRTask(pl.LightningModule):
             raise ValueError(f"SSDIR {stage} batch {batch_idx}: {err}") from err
         return images
 
-    def _step(self, batch: Any, batch_idx: int, stage: str) -> Tensor:
+    def _step(self, batch: Batch, batch_idx: int, stage: str) -> Tensor:
         images = self._checked_images(batch, batch_idx, stage)
         outputs = self.model(images)
         terms = self.model.loss(images, outputs)
@@ -156,13 +111,13 @@ class SSDIRTask(pl.LightningModule):
             self.log(f"{stage}/recon_mse", metric, prog_bar=True, on_epoch=True)
         return terms["loss"]
 
-    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
         return self._step(batch, batch_idx, "train")
 
-    def validation_step(self, batch: Any, batch_idx: int) -> None:
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
         self._step(batch, batch_idx, "val")
 
-    def test_step(self, batch: Any, batch_idx: int) -> None:
+    def test_step(self, batch: Batch, batch_idx: int) -> None:
         self._step(batch, batch_idx, "test")
 
     def encode(self, images: Tensor) -> list[dict[str, Tensor]]:
@@ -170,7 +125,7 @@ class SSDIRTask(pl.LightningModule):
         threshold + NMS, posterior means. See :meth:`SSDIR.encode`."""
         return self.model.encode(images)
 
-    def predict_step(self, batch: Any, batch_idx: int) -> list[dict[str, Tensor]]:
+    def predict_step(self, batch: Batch, batch_idx: int) -> list[dict[str, Tensor]]:
         images = self._checked_images(batch, batch_idx, "predict")
         return self.encode(images)
 

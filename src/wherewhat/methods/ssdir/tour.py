@@ -1,9 +1,11 @@
-"""Tour section "ssdir": a short SSDIR run (:mod:`wherewhat.methods.ssdir.experiment`) with its tables
-and figures."""
+"""Tour section "ssdir": a short SSDIR run (:mod:`wherewhat.methods.ssdir.experiment`) with its
+tables and figures."""
 
 from __future__ import annotations
 
-from wherewhat.methods.ssdir.experiment import SSDIRBenchSettings, run_ssdir_bench, summary_rows
+from wherewhat.methods.ssdir.experiment import run_ssdir_bench
+from wherewhat.methods.ssdir.report import summary_rows
+from wherewhat.methods.ssdir.settings import SSDIRBenchSettings
 from wherewhat.report.html import Section
 from wherewhat.report.tour import TourContext, register_section
 
@@ -15,6 +17,11 @@ FIGURE_CAPTIONS = {
     "tsne": "2-D t-SNE of test objects' z_what, coloured by the digit each object matched "
     "(grey: unmatched). Separated colours mean z_what holds the digit's identity.",
 }
+# Per-arm object counts shown under the results.
+OBJECT_COLUMNS = (
+    "variant", "test_objects", "test_matched", "test_unmatched", "test_gt", "test_gt_missed",
+    "test_duplicates", "detector_label_accuracy", "rendered_per_scene",
+)  # fmt: skip
 
 
 @register_section("ssdir", order=30, title="SSDIR")
@@ -23,45 +30,34 @@ def ssdir_section(ctx: TourContext) -> Section:
     settings = SSDIRBenchSettings.preset("quick" if ctx.quick else "medium")
     with ctx.step("train + evaluate"):
         result = run_ssdir_bench(settings=settings, log=ctx.log)
-    s = result["settings"]
+    s = result.settings
     section.paragraph(
         "SSDIR (Zielinski & Kajdanowicz): an object-centric VAE on a frozen SSD detector. "
-        f"{'Quick' if s['quick'] else 'Medium'} run: {s['n_train']} train / {s['n_test']} test "
-        f"scenes, detector {s['detector_max_steps']} steps, SSDIR {s['ssdir_max_steps']} steps "
-        f"(batch {s['batch_size']}), detector variant(s) {', '.join(s['variants'])}, seed "
-        f"{s['seeds'][0]}. This shows the pipeline end to end; the numbers are far from "
+        f"{'Quick' if s.quick else 'Medium'} run: {s.n_train} train / {s.n_test} test "
+        f"scenes, detector {s.detector_max_steps} steps, SSDIR {s.ssdir_max_steps} steps "
+        f"(batch {s.batch_size}), detector variant(s) {', '.join(s.variants)}, seed "
+        f"{s.seeds[0]}. This shows the pipeline end to end; the numbers are far from "
         "converged: the README's table comes from `benchmarks/ssdir.py` (full run)."
     )
     section.table(summary_rows(result), caption="Results (test scenes)")
+    rows = [arm.to_json() for arm in result.arms]
     section.table(
-        [
-            {
-                k: a.get(k)
-                for k in (
-                    "variant",
-                    "test_objects",
-                    "test_matched",
-                    "test_unmatched",
-                    "test_gt",
-                    "test_gt_missed",
-                    "test_duplicates",
-                    "detector_label_accuracy",
-                    "rendered_per_scene",
-                )
-            }
-            for a in result["arms"]
-        ],  # fmt: skip
-        caption=f"Objects above presence {result['arms'][0]['present_threshold']} on the test "
-        f"scenes, matched to a digit at IoU >= {s['min_iou']}",
+        [{k: row.get(k) for k in OBJECT_COLUMNS} for row in rows],
+        caption=f"Objects above presence {result.arms[0].metrics['present_threshold']} on the "
+        f"test scenes, matched to a digit at IoU >= {s.min_iou}",
     )
-    for name, png in result["figures"].items():
+    for name, png in result.figures.items():
         kind = name.rsplit("-", 1)[-1]
         variant = name.rsplit("-", 1)[0].replace("_", "-")
         section.figure(png, f"{variant} detector. {FIGURE_CAPTIONS.get(kind, '')}", name=name)
+    headline = result.headline
     section.record(
-        **{k: result[k] for k in ("ap50_class_agnostic", "probe_accuracy_class_agnostic",
-                                  "probe_accuracy_per_class", "recon_mse",
-                                  "scenes_per_s_batch32", "train_minutes_one_seed")},
-        bench_seconds=result["seconds"],
-    )  # fmt: skip
+        ap50_class_agnostic=headline.ap50_class_agnostic,
+        probe_accuracy_class_agnostic=headline.probe_accuracy_class_agnostic,
+        probe_accuracy_per_class=headline.probe_accuracy_per_class,
+        recon_mse=headline.recon_mse,
+        scenes_per_s_batch32=headline.scenes_per_s_batch32,
+        train_minutes_one_seed=headline.train_minutes_one_seed,
+        bench_seconds=result.seconds,
+    )
     return section
