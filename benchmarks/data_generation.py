@@ -64,9 +64,13 @@ def _timed_cpu(call: Any) -> tuple[Any, float, float]:
 def bench_config(name: str, config: ScatterConfig, cache_root: Path) -> dict[str, Any]:
     """Time generation, a cache miss and a cache hit of the train split of ``config``."""
     scenes, seconds, cpu_seconds = _timed_cpu(lambda: generate_scatter(config, "train"))
-    (_, generated), miss = _timed(lambda: load_or_generate_reporting(config, "train", cache_root, None))
+    (_, generated), miss = _timed(
+        lambda: load_or_generate_reporting(config, "train", cache_root, None)
+    )
     assert generated, "the cache must start empty"
-    (cached, generated), hit = _timed(lambda: load_or_generate_reporting(config, "train", cache_root, None))
+    (cached, generated), hit = _timed(
+        lambda: load_or_generate_reporting(config, "train", cache_root, None)
+    )
     assert not generated and np.array_equal(cached.grey, scenes.grey)
     disk = sum(p.stat().st_size for p in cache_root.rglob("*") if p.is_file())
     count = len(scenes)

@@ -35,8 +35,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from wherewhat.bench.tables import write_figures, write_results
 from wherewhat.methods.ssdir.experiment import run_ssdir_bench
 from wherewhat.methods.ssdir.report import ssdir_markdown
@@ -46,6 +44,7 @@ from wherewhat.methods.ssdir.results import (
     settings_blocking_merge,
 )
 from wherewhat.methods.ssdir.settings import DEDUP_MODES, VARIANTS, SSDIRBenchSettings
+from wherewhat.training.harness import load_layered_config
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = ROOT / "benchmarks" / "results"
@@ -63,25 +62,6 @@ def _init_args(section: Any) -> dict[str, Any]:
     return dict((section or {}).get("init_args") or {})
 
 
-def _merged(base: Mapping[str, Any], delta: Mapping[str, Any]) -> dict[str, Any]:
-    """``delta`` over ``base``: mappings merge key by key, anything else (lists too) is
-    replaced, as jsonargparse applies a second ``--config``."""
-    out = dict(base)
-    for key, value in delta.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
-            out[key] = _merged(out[key], value)
-        else:
-            out[key] = value
-    return out
-
-
-def load_layered(path: Path) -> dict[str, Any]:
-    """A config with its ``base:`` files (relative to its folder) applied first."""
-    document = yaml.safe_load(path.read_text()) or {}
-    base = document.pop("base", None)
-    return _merged(load_layered(path.parent / base), document) if base else document
-
-
 def _task_arguments(config: Mapping[str, Any]) -> dict[str, Any]:
     """A config's network and task arguments in one flat mapping (the network's first), less
     what the benchmark sets itself."""
@@ -94,7 +74,7 @@ def settings_from_configs(settings: SSDIRBenchSettings) -> tuple[SSDIRBenchSetti
     """Fill detector / SSDIR / data arguments and epochs from the YAML configs (when present);
     returns the new settings and a line per config used."""
     used, changes = [], {}
-    loaded = {k: load_layered(p) for k, p in CONFIGS.items() if p.is_file()}
+    loaded = {k: load_layered_config(p) for k, p in CONFIGS.items() if p.is_file()}
     if "detector" in loaded:
         det = loaded["detector"]
         args = _task_arguments(det)

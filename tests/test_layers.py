@@ -47,7 +47,9 @@ def _violations() -> list[str]:
                 if own_method is None:
                     problems.append(f"{path.relative_to(PACKAGE)}:{line} (core) imports {target}")
                 elif target_method != own_method:
-                    problems.append(f"{path.relative_to(PACKAGE)}:{line} imports another method: {target}")
+                    problems.append(
+                        f"{path.relative_to(PACKAGE)}:{line} imports another method: {target}"
+                    )
     return problems
 
 
@@ -58,7 +60,9 @@ def test_core_never_imports_a_method_and_methods_not_each_other():
 def test_the_check_sees_a_core_module_importing_a_method(tmp_path, monkeypatch):
     fake = tmp_path / "wherewhat"
     (fake / "metrics").mkdir(parents=True)
-    (fake / "metrics" / "bad.py").write_text("def f():\n    from wherewhat.methods.lzu import task\n")
+    (fake / "metrics" / "bad.py").write_text(
+        "def f():\n    from wherewhat.methods.lzu import task\n"
+    )
     (fake / "methods" / "a").mkdir(parents=True)
     (fake / "methods" / "a" / "x.py").write_text("import wherewhat.methods.b.y\n")
     monkeypatch.setattr(sys.modules[__name__], "PACKAGE", fake)

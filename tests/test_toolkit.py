@@ -65,7 +65,9 @@ def test_array_digest_reads_tensors_as_float32_and_separates_arrays():
 def test_mean_std_known_values_and_edge_cases():
     mean, std = mean_std([1.0, 2.0, 4.0])
     assert mean == pytest.approx(7 / 3)
-    assert std == pytest.approx(math.sqrt(((1 - 7 / 3) ** 2 + (2 - 7 / 3) ** 2 + (4 - 7 / 3) ** 2) / 2))
+    assert std == pytest.approx(
+        math.sqrt(((1 - 7 / 3) ** 2 + (2 - 7 / 3) ** 2 + (4 - 7 / 3) ** 2) / 2)
+    )
     assert mean_std([0.5]) == (0.5, 0.0)
     assert mean_std([3.0, None, math.nan, math.inf, 5.0]) == (4.0, pytest.approx(math.sqrt(2)))
     nothing = mean_std([None, math.nan])

@@ -39,7 +39,6 @@ __all__ = [
 ]
 
 
-
 def format_value(value: Any) -> str:
     """Readable text for a table cell or fact: ints with thousands separators, floats to about
     four significant digits, bools as yes/no, None and NaN as an em dash."""

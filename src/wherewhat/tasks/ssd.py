@@ -20,7 +20,7 @@ from torchmetrics.detection import MeanAveragePrecision
 
 from wherewhat.models.spec import build_module, module_spec
 from wherewhat.models.ssd import SSDDetector, SSDInference, validate_targets
-from wherewhat.training.schedules import warmup_cosine
+from wherewhat.training.schedules import adamw_warmup_cosine
 
 __all__ = ["DEFAULT_WIDTH_MULT", "SSDTask", "default_detector"]
 
@@ -169,12 +169,4 @@ class SSDTask(pl.LightningModule):
         )
 
     def configure_optimizers(self) -> OptimizerLRScheduler:
-        optimizer = torch.optim.AdamW(
-            self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay
-        )
-        return warmup_cosine(
-            optimizer,
-            self.hparams.warmup_steps,
-            self.trainer.estimated_stepping_batches,
-            cosine=self.hparams.schedule == "cosine",
-        )
+        return adamw_warmup_cosine(self)

@@ -135,7 +135,9 @@ def fit(
             workers = _children_cpu_seconds() - children
         best = None
         if best_checkpoint is not None and best_checkpoint.best_model_path:
-            state = torch.load(best_checkpoint.best_model_path, map_location="cpu", weights_only=False)
+            state = torch.load(
+                best_checkpoint.best_model_path, map_location="cpu", weights_only=False
+            )
             task.load_state_dict(state["state_dict"])
             score = best_checkpoint.best_model_score
             best = None if score is None else float(score)

@@ -16,12 +16,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch.optim import Optimizer
 
-__all__ = ["WarmupCosine", "step_decay", "warmup_cosine"]
+if TYPE_CHECKING:
+    from lightning.pytorch import LightningModule
+
+__all__ = ["WarmupCosine", "adamw_warmup_cosine", "step_decay", "warmup_cosine"]
 
 
 @dataclass(frozen=True)
@@ -73,6 +76,16 @@ def warmup_cosine(
     total = max(1, int(total_steps)) if math.isfinite(total_steps) else 0
     factor = WarmupCosine(warmup, total, cosine, start_factor, skip_start)
     return _per_step(optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor))
+
+
+def adamw_warmup_cosine(task: LightningModule) -> Optimizer | dict[str, Any]:
+    """AdamW over ``task``'s parameters under :func:`warmup_cosine`, from its hyper-parameters
+    ``lr``, ``weight_decay``, ``warmup_steps`` and ``schedule`` (``"cosine"`` or
+    ``"constant"``): the detector tasks' ``configure_optimizers``."""
+    hp = task.hparams
+    optimizer = torch.optim.AdamW(task.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
+    total = task.trainer.estimated_stepping_batches
+    return warmup_cosine(optimizer, hp.warmup_steps, total, cosine=hp.schedule == "cosine")
 
 
 def step_decay(

@@ -28,7 +28,7 @@ from wherewhat.geometry.saliency import AdaptiveSaliency
 from wherewhat.methods.lzu.saliency_cache import load_or_compute_fixed_saliency, train_boxes_of
 from wherewhat.methods.lzu.zoomed import SALIENCIES, SaliencyKind, ZoomedNetwork
 from wherewhat.models.spec import module_spec
-from wherewhat.training.schedules import warmup_cosine
+from wherewhat.training.schedules import adamw_warmup_cosine
 
 __all__ = ["LZUTaskBase", "SceneBatch"]
 
@@ -229,12 +229,4 @@ class LZUTaskBase(pl.LightningModule):
             self.train(was_training)
 
     def configure_optimizers(self) -> OptimizerLRScheduler:
-        optimizer = torch.optim.AdamW(
-            self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay
-        )
-        return warmup_cosine(
-            optimizer,
-            self.hparams.warmup_steps,
-            self.trainer.estimated_stepping_batches,
-            cosine=self.hparams.schedule == "cosine",
-        )
+        return adamw_warmup_cosine(self)
