@@ -31,8 +31,8 @@ from pathlib import Path
 
 from wherewhat.bench.tables import write_figures, write_results
 from wherewhat.methods.spatial_prediction.experiment import run_bench
+from wherewhat.methods.spatial_prediction.markdown import bench_markdown
 from wherewhat.methods.spatial_prediction.settings import BenchSettings
-from wherewhat.methods.spatial_prediction.tables import bench_markdown
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = ROOT / "benchmarks" / "results"

@@ -37,8 +37,8 @@ from typing import Any
 
 from wherewhat.bench.tables import write_figures, write_results
 from wherewhat.methods.ssdir.experiment import run_ssdir_bench
-from wherewhat.methods.ssdir.report import ssdir_markdown
-from wherewhat.methods.ssdir.results import (
+from wherewhat.methods.ssdir.markdown import ssdir_markdown
+from wherewhat.methods.ssdir.records import (
     SSDIRBenchResult,
     merge_results,
     settings_blocking_merge,

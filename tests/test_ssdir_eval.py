@@ -33,10 +33,10 @@ from wherewhat.methods.ssdir.figures import (
     ssdir_figures,
     zwhat_tsne,
 )
+from wherewhat.methods.ssdir.markdown import ssdir_markdown
 from wherewhat.methods.ssdir.model import SSDIR
-from wherewhat.methods.ssdir.records import SSDIRRecordsWriter, read_records, write_records
-from wherewhat.methods.ssdir.report import ssdir_markdown
-from wherewhat.methods.ssdir.results import (
+from wherewhat.methods.ssdir.object_records import SSDIRRecordsWriter, read_records, write_records
+from wherewhat.methods.ssdir.records import (
     SSDIRArm,
     SSDIRBenchResult,
     assemble_result,

@@ -1,7 +1,7 @@
 """Typed results of the Spatial Prediction benchmark, from one arm up to the whole run.
 
 The pipeline (:mod:`~wherewhat.methods.spatial_prediction.experiment`) fills them; the tables
-(:mod:`~wherewhat.methods.spatial_prediction.tables`), figures and the tour page read them.
+(:mod:`~wherewhat.methods.spatial_prediction.markdown`), figures and the tour page read them.
 ``to_dict()`` gives each one's form in the results file (``benchmarks/results/
 spatial_prediction.json``), whose keys these records keep. Means over seeds follow
 :func:`wherewhat.metrics.summary.mean_std`: NaN where no seed produced a value.

@@ -9,9 +9,9 @@ from pathlib import Path
 from wherewhat.bench.runtime import torch_num_threads
 from wherewhat.methods.spatial_prediction.experiment import run_arm, run_bench
 from wherewhat.methods.spatial_prediction.figures import relative_position_png
+from wherewhat.methods.spatial_prediction.markdown import summary_rows
 from wherewhat.methods.spatial_prediction.records import summarise_arms
 from wherewhat.methods.spatial_prediction.settings import BenchSettings
-from wherewhat.methods.spatial_prediction.tables import summary_rows
 from wherewhat.report.figures import line_chart
 from wherewhat.report.html import Section
 from wherewhat.report.tour import TourContext, register_section

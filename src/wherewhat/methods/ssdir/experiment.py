@@ -9,7 +9,7 @@ torch, 2 threads, batch 1 and 32), parameters and MACs. Plus the de-duplication 
 (SSDIR trained with ``nms`` / ``soft`` / ``none`` on the first seed's class-agnostic detector).
 
 :func:`run_ssdir_bench` runs it and returns a typed
-:class:`~wherewhat.methods.ssdir.results.SSDIRBenchResult`: ``quick=True`` is the tour's
+:class:`~wherewhat.methods.ssdir.records.SSDIRBenchResult`: ``quick=True`` is the tour's
 few-minute version (tiny scene counts, a few hundred steps, one seed, the class-agnostic
 variant, no ablation); the default full settings follow ``configs/ssd/default.yaml`` (and
 ``per_class.yaml``) and ``configs/ssdir/default.yaml`` (keep
@@ -39,7 +39,7 @@ from wherewhat.io import png_bytes
 from wherewhat.methods.ssdir.evaluation import SSDIREvaluation, evaluate_ssdir
 from wherewhat.methods.ssdir.figures import ssdir_figures
 from wherewhat.methods.ssdir.model import SSDIR
-from wherewhat.methods.ssdir.results import (
+from wherewhat.methods.ssdir.records import (
     SpeedAndSize,
     SSDIRArm,
     SSDIRBenchResult,
@@ -271,7 +271,7 @@ def run_ssdir_bench(
 
     The result's ``figures`` hold ``{"<variant>-<name>": PNG bytes}`` for the first seed of
     every variant; ``to_json()`` gives the results file (see
-    :class:`~wherewhat.methods.ssdir.results.SSDIRBenchResult`).
+    :class:`~wherewhat.methods.ssdir.records.SSDIRBenchResult`).
     """
     s = settings or SSDIRBenchSettings.preset("quick" if quick else "full")
     s.check()

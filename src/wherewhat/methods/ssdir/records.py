@@ -1,247 +1,388 @@
-"""SSDIR's per-object records on disk: box, score, z_what, depth per inferred object, per scene.
+"""Typed results of the SSDIR benchmark: one record per trained arm, per-variant summaries over
+seeds, the de-duplication ablation, and the whole run, each with ``to_json()`` giving exactly
+the keys of the results file (``benchmarks/results/ssdir.json``).
 
-``wherewhat predict`` with :class:`SSDIRRecordsWriter` as a callback writes them next to the
-run's ``predictions.pt``::
-
-    wherewhat predict --config configs/ssdir/default.yaml --ckpt_path .../last.ckpt \\
-        --trainer.callbacks+=wherewhat.methods.ssdir.records.SSDIRRecordsWriter \\
-        --trainer.callbacks.path=ssdir_records.json
-
-As a library: :func:`write_records` / :func:`read_records` on the output of
-``SSDIR.encode`` (one dict of tensors per scene).
-
-Two formats, chosen by the file suffix:
-
-- ``.json``: ``{"format": "wherewhat.ssdir.records/1", "box_format": ..., "scenes": [{"scene":
-  i, "objects": [{"box": [x1, y1, x2, y2], "score": s, "label": k, "z_what": [...], "depth": d,
-  "anchor_index": a}, ...]}, ...]}``; float32 values are written exactly (a float32 is a double
-  exactly, and JSON keeps doubles to the last bit), so reading gives the same tensors back.
-- ``.pt``: ``{"format": ..., "box_format": ..., "scenes": [{"scene": i, "boxes": (n, 4), ...}]}``
-  with the tensors as they are (``torch.load(..., weights_only=True)`` reads it).
-
-Files are written atomically (temporary file + rename): a reader never sees half a file.
+The pipeline (:mod:`wherewhat.methods.ssdir.experiment`) builds them, the markdown
+(:mod:`wherewhat.methods.ssdir.markdown`) and the tour page read them, ``benchmarks/ssdir.py``
+writes ``to_json()`` and reads an earlier file back with :meth:`SSDIRBenchResult.from_json` to
+pool seeds (:func:`merge_results`).
 """
 
 from __future__ import annotations
 
-import json
+import dataclasses
+import math
 from collections.abc import Mapping, Sequence
-from pathlib import Path
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, TypeAlias
 
-import lightning.pytorch as pl
-import torch
-from lightning.pytorch.callbacks import BasePredictionWriter
-from torch import Tensor
-
-from wherewhat.io import atomic_torch_save, write_atomic
+from wherewhat.bench.machine import machine_info
+from wherewhat.methods.ssdir.settings import SSDIRBenchSettings
+from wherewhat.metrics.summary import mean_std
 
 __all__ = [
-    "RECORDS_FORMAT",
-    "BOX_FORMAT",
-    "SSDIRRecordsWriter",
-    "records_to_json",
-    "records_from_json",
-    "write_records",
-    "read_records",
+    "SUMMARY_KEYS",
+    "TARGETS",
+    "AblationRow",
+    "Headline",
+    "SSDIRArm",
+    "SSDIRBenchResult",
+    "SpeedAndSize",
+    "VariantSummary",
+    "assemble_result",
+    "merge_results",
+    "settings_blocking_merge",
+    "summarize",
 ]
 
-RECORDS_FORMAT = "wherewhat.ssdir.records/1"
-BOX_FORMAT = "xyxy pixels; origin at the top-left corner of the top-left pixel"
-# Record key -> (JSON name of one object's value, dtype when read back).
-_FIELDS: dict[str, tuple[str, torch.dtype]] = {
-    "boxes": ("box", torch.float32),
-    "scores": ("score", torch.float32),
-    "labels": ("label", torch.int64),
-    "z_what": ("z_what", torch.float32),
-    "depth": ("depth", torch.float32),
-    "anchor_index": ("anchor_index", torch.int64),
+# One number of evaluate_ssdir's flat metrics (probe_skipped is the one string).
+MetricValue: TypeAlias = float | int | bool | str | None
+
+# Per-arm numbers averaged over seeds in the summary.
+SUMMARY_KEYS = (
+    "ap50", "ap", "recon_mse", "probe_accuracy", "probe_precision", "probe_recall", "probe_f1",
+    "test_unmatched_fraction", "test_gt_missed", "test_duplicates", "detector_minutes",
+    "ssdir_minutes", "train_minutes", "scenes_per_s_batch1", "scenes_per_s_batch32",
+    "detector_label_accuracy",
+)  # fmt: skip
+# Sizes copied from a variant's first arm into its summary (equal over seeds).
+_SIZE_KEYS = (
+    "params", "params_trainable", "params_detector", "macs_per_scene", "macs_detector_per_scene",
+)  # fmt: skip
+# The issue's targets (default 128-px scenes), shown next to the results.
+TARGETS = {
+    "ap50_class_agnostic": (">=", 0.95),
+    "probe_accuracy_per_class": (">=", 0.979),
+    "probe_accuracy_class_agnostic": (">=", 0.95),
+    "recon_mse": ("<=", 0.0121),
+    "scenes_per_s_batch32": (">=", 100.0),
+    "train_minutes_one_seed": ("<=", 45.0),
 }
-REQUIRED = ("boxes", "scores", "z_what", "depth")
+# Settings that may differ between runs whose arms are merged (they do not change an arm).
+_MERGEABLE_SETTINGS = {"seeds", "dedup_ablation", "progress_bar"}
 
 
-def _checked(records: Sequence[Mapping[str, Tensor]], scene_ids: Sequence[int] | None):
-    """Records with every tensor on the CPU and consistent lengths, plus the scene ids."""
-    if scene_ids is None:
-        scene_ids = range(len(records))
-    scene_ids = [int(i) for i in scene_ids]
-    if len(scene_ids) != len(records):
-        raise ValueError(f"{len(records)} records but {len(scene_ids)} scene ids")
-    checked = []
-    for position, record in enumerate(records):
-        where = f"record {position} (scene {scene_ids[position]})"
-        missing = [k for k in REQUIRED if k not in record]
+@dataclass(frozen=True)
+class SpeedAndSize:
+    """Inference speed (eval forward, torch, ``threads`` threads) and size of a trained SSDIR.
+
+    ``speed_batch_size`` is the batch of the throughput measurement (32, or fewer test
+    scenes); MACs per scene depend on the objects rendered, so they are counted on real scenes.
+    """
+
+    threads: int
+    speed_batch_size: int
+    scenes_per_s_batch1: float
+    scenes_per_s_batch32: float
+    latency_ms_batch1: float
+    latency_ms_batch32: float
+    params: int
+    params_trainable: int
+    params_detector: int
+    macs_per_scene: float
+    macs_detector_per_scene: float
+    rendered_per_scene: float
+
+
+_SPEED_KEYS = tuple(f.name for f in dataclasses.fields(SpeedAndSize))
+_IDENTITY_KEYS = ("variant", "seed", "dedup")
+
+
+@dataclass
+class SSDIRArm:
+    """One arm: a detector variant and seed, SSDIR trained on it with one ``dedup`` mode.
+
+    ``metrics``: :func:`~wherewhat.methods.ssdir.evaluation.evaluate_ssdir`'s flat numbers
+    (their names vary: size buckets, ``detector_label_accuracy`` for a per-class detector,
+    ``probe_skipped``). Minutes are wall time of training, validation included;
+    ``train_cpu_minutes`` is the CPU time of both trainings; ``*_best_*`` are the monitored
+    values of the kept checkpoints (None without validation).
+    """
+
+    variant: str
+    seed: int
+    dedup: str
+    metrics: dict[str, MetricValue]
+    speed: SpeedAndSize
+    detector_minutes: float
+    ssdir_minutes: float
+    train_minutes: float
+    train_cpu_minutes: float
+    eval_seconds: float
+    detector_steps: int
+    detector_best_val_map50: float | None
+    ssdir_steps: int
+    ssdir_best_val_loss: float | None
+
+    def to_json(self) -> dict[str, MetricValue]:
+        """The arm as one flat row of the results file (identity, metrics, speed, training)."""
+        return {
+            "variant": self.variant,
+            "seed": self.seed,
+            "dedup": self.dedup,
+            **self.metrics,
+            **dataclasses.asdict(self.speed),
+            **{key: getattr(self, key) for key in _TRAINING_KEYS},
+        }
+
+    @classmethod
+    def from_json(cls, row: Mapping[str, Any]) -> SSDIRArm:
+        """An arm from a results file's row (:meth:`to_json`); every key not of the identity,
+        speed or training is a metric."""
+        missing = [k for k in (*_IDENTITY_KEYS, *_SPEED_KEYS, *_TRAINING_KEYS) if k not in row]
         if missing:
-            raise ValueError(f"{where}: missing {missing}; expected SSDIR.encode's keys")
-        n = len(record["boxes"])
-        out = {}
-        for key, value in record.items():
-            if key not in _FIELDS:
-                continue
-            value = torch.as_tensor(value).detach().cpu()
-            if len(value) != n:
-                raise ValueError(f"{where}: {n} boxes but {len(value)} entries in '{key}'")
-            out[key] = value
-        if out["boxes"].ndim != 2 or out["boxes"].shape[1] != 4:
-            raise ValueError(f"{where}: boxes must be (n, 4), got {tuple(out['boxes'].shape)}")
-        checked.append(out)
-    return checked, scene_ids
-
-
-def records_to_json(
-    records: Sequence[Mapping[str, Tensor]], scene_ids: Sequence[int] | None = None
-) -> dict[str, Any]:
-    """The JSON document (a dict) of per-scene records; ``scene_ids`` default 0, 1, ..."""
-    checked, scene_ids = _checked(records, scene_ids)
-    keys = [k for k in _FIELDS if checked and all(k in r for r in checked)] or list(REQUIRED)
-    z_what_size = next((r["z_what"].shape[-1] for r in checked if r["z_what"].ndim == 2), None)
-    scenes = []
-    for scene, record in zip(scene_ids, checked, strict=True):
-        for key in keys:
-            value = record[key]
-            if value.is_floating_point() and not torch.isfinite(value).all():
-                raise ValueError(f"scene {scene}: non-finite values in '{key}'")
-        columns = {_FIELDS[k][0]: record[k].tolist() for k in keys}
-        count = len(record["boxes"])
-        objects = [{name: values[i] for name, values in columns.items()} for i in range(count)]
-        scenes.append({"scene": scene, "objects": objects})
-    return {
-        "format": RECORDS_FORMAT,
-        "box_format": BOX_FORMAT,
-        "fields": [_FIELDS[k][0] for k in keys],
-        "z_what_size": z_what_size,
-        "scenes": scenes,
-    }
-
-
-def records_from_json(document: Mapping[str, Any], source: str = "document") -> list[dict]:
-    """Per-scene records (``scene`` int plus tensors) from :func:`records_to_json`'s dict."""
-    if document.get("format") != RECORDS_FORMAT:
-        raise ValueError(
-            f"{source}: expected format {RECORDS_FORMAT!r}, got {document.get('format')!r}"
+            raise ValueError(f"SSDIR arm: the results row lacks {missing}")
+        own = {*_IDENTITY_KEYS, *_SPEED_KEYS, *_TRAINING_KEYS}
+        return cls(
+            variant=str(row["variant"]),
+            seed=int(row["seed"]),
+            dedup=str(row["dedup"]),
+            metrics={k: v for k, v in row.items() if k not in own},
+            speed=SpeedAndSize(**{k: row[k] for k in _SPEED_KEYS}),
+            **{k: row[k] for k in _TRAINING_KEYS},
         )
-    names = set(document.get("fields", []))
-    keys = [k for k, (name, _) in _FIELDS.items() if name in names]
-    # Empty scenes keep the documented shapes: boxes (0, 4), z_what (0, D).
-    trailing = {"boxes": (4,), "z_what": (int(document.get("z_what_size") or 0),)}
-    out = []
-    for index, scene in enumerate(document.get("scenes", [])):
-        objects = scene.get("objects", [])
-        record: dict[str, Any] = {"scene": int(scene["scene"])}
-        for key in keys:
-            name, dtype = _FIELDS[key]
-            try:
-                values = [obj[name] for obj in objects]
-            except KeyError:
-                raise ValueError(
-                    f"{source}: scene entry {index} has objects without '{name}'"
-                ) from None
-            tensor = torch.tensor(values, dtype=dtype)
-            if not objects:
-                tensor = tensor.reshape(0, *trailing.get(key, ()))
-            record[key] = tensor
-        out.append(record)
+
+
+# SSDIRArm's training fields, stored after the metrics and speed in a results file.
+_TRAINING_KEYS = tuple(
+    f.name
+    for f in dataclasses.fields(SSDIRArm)
+    if f.name not in (*_IDENTITY_KEYS, "metrics", "speed")
+)
+
+
+@dataclass(frozen=True)
+class AblationRow:
+    """One row of the de-duplication ablation: an arm's headline numbers."""
+
+    dedup: str
+    ap50: float
+    ap: float
+    recon_mse: float
+    probe_accuracy: float
+    test_unmatched_fraction: float
+    test_duplicates: int
+    rendered_per_scene: float
+    ssdir_minutes: float
+
+    @classmethod
+    def of(cls, arm: SSDIRArm) -> AblationRow:
+        row = arm.to_json()
+        return cls(**{f.name: row[f.name] for f in dataclasses.fields(cls)})
+
+    def to_json(self) -> dict[str, MetricValue]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class VariantSummary:
+    """A detector variant's ``nms`` arms over seeds: ``stats[key] = (mean, sample std)`` for
+    each of :data:`SUMMARY_KEYS` the arms have, and the model size (equal over seeds)."""
+
+    variant: str
+    seeds: list[int]
+    stats: dict[str, tuple[float, float]]
+    params: int
+    params_trainable: int
+    params_detector: int
+    macs_per_scene: float
+    macs_detector_per_scene: float
+
+    def mean(self, key: str) -> float:
+        """Mean over seeds; NaN when the arms lack ``key`` or have no finite value."""
+        return self.stats.get(key, (math.nan, math.nan))[0]
+
+    def std(self, key: str) -> float:
+        return self.stats.get(key, (math.nan, math.nan))[1]
+
+    def to_json(self) -> dict[str, Any]:
+        """``variant``, ``seeds``, then ``<key>`` and ``<key>_std`` per statistic, then sizes."""
+        row: dict[str, Any] = {"variant": self.variant, "seeds": list(self.seeds)}
+        for key, (mean, std) in self.stats.items():
+            row[key], row[f"{key}_std"] = mean, std
+        row.update({key: getattr(self, key) for key in _SIZE_KEYS})
+        return row
+
+
+def summarize(arms: Sequence[SSDIRArm], variants: Sequence[str]) -> dict[str, VariantSummary]:
+    """Per variant, the mean and std over seeds of its ``nms`` arms (the ablation's other modes
+    are left out). Every variant needs at least one such arm."""
+    out = {}
+    for variant in variants:
+        mine = [a for a in arms if a.variant == variant and a.dedup == "nms"]
+        rows = [a.to_json() for a in mine]
+        stats = {
+            key: mean_std([row.get(key) for row in rows])
+            for key in SUMMARY_KEYS
+            if any(key in row for row in rows)
+        }
+        first = mine[0].speed
+        out[variant] = VariantSummary(
+            variant=variant,
+            seeds=[a.seed for a in mine],
+            stats=stats,
+            **{key: getattr(first, key) for key in _SIZE_KEYS},
+        )
     return out
 
 
-def write_records(
-    records: Sequence[Mapping[str, Tensor]],
-    path: str | Path,
-    scene_ids: Sequence[int] | None = None,
-) -> Path:
-    """Write per-scene records to ``path`` (``.json`` or ``.pt``, atomically); returns the path."""
-    path = Path(path)
-    if path.suffix == ".json":
-        text = json.dumps(records_to_json(records, scene_ids), separators=(",", ":"))
-        return write_atomic(path, text + "\n")
-    if path.suffix == ".pt":
-        checked, ids = _checked(records, scene_ids)
-        scenes = [{"scene": i, **r} for i, r in zip(ids, checked, strict=True)]
-        atomic_torch_save(
-            {"format": RECORDS_FORMAT, "box_format": BOX_FORMAT, "scenes": scenes}, path
-        )
-        return path
-    raise ValueError(f"{path}: records are written as .json or .pt, got suffix {path.suffix!r}")
+@dataclass(frozen=True)
+class Headline:
+    """The issue's numbers: probe accuracy per detector variant (mean and std over seeds), the
+    class-agnostic arm's AP50, reconstruction MSE and scenes/s at batch 32, and the training
+    minutes of one seed (detector + SSDIR, mean over all arms). None: that variant was not run
+    (or gave no finite value)."""
+
+    probe_accuracy_per_class: float | None
+    probe_accuracy_per_class_std: float | None
+    probe_accuracy_class_agnostic: float | None
+    probe_accuracy_class_agnostic_std: float | None
+    ap50_class_agnostic: float | None
+    recon_mse: float | None
+    scenes_per_s_batch32: float | None
+    train_minutes_one_seed: float
 
 
-def read_records(path: str | Path) -> list[dict[str, Any]]:
-    """Per-scene records (``scene`` int plus ``boxes``, ``scores``, ``z_what``, ``depth`` and,
-    when written, ``labels`` / ``anchor_index`` tensors) from a ``.json`` or ``.pt`` file."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: records file not found")
-    if path.suffix == ".json":
-        try:
-            document = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path}: not valid JSON ({err})") from err
-        return records_from_json(document, str(path))
-    if path.suffix == ".pt":
-        document = torch.load(path, map_location="cpu", weights_only=True)
-        if not isinstance(document, Mapping) or document.get("format") != RECORDS_FORMAT:
-            raise ValueError(f"{path}: expected an SSDIR records file ({RECORDS_FORMAT})")
-        return [dict(scene) for scene in document["scenes"]]
-    raise ValueError(f"{path}: records are read from .json or .pt, got suffix {path.suffix!r}")
+def _finite(summary: VariantSummary | None, key: str, std: bool = False) -> float | None:
+    """A summary's mean (or std) of ``key``; None when the variant was not run or the value is
+    not finite."""
+    if summary is None:
+        return None
+    value = summary.std(key) if std else summary.mean(key)
+    return value if math.isfinite(value) else None
 
 
-class SSDIRRecordsWriter(BasePredictionWriter):
-    """Lightning callback: after ``predict``, write every scene's SSDIR records to ``path``.
+@dataclass
+class SSDIRBenchResult:
+    """One benchmark run (or several pooled by :func:`merge_results`).
 
-    Args:
-        path: ``.json`` or ``.pt``; a relative path is taken inside the trainer's
-            ``default_root_dir`` (the run directory under ``wherewhat predict``). With several
-            processes each writes its own scenes to ``<stem>.rank<r><suffix>``.
-
-    Scene ids are the dataset indices of the predicted scenes (Lightning's ``batch_indices``),
-    so a record points back to its scene. ``predict_step`` must return one record dict per
-    image (``SSDIRTask`` does).
+    ``figures``: ``{"<variant>-<name>": PNG bytes}`` for the first seed of every variant (not
+    part of the results file); ``figure_files``: the PNG files written for them, once written.
     """
 
-    def __init__(self, path: str = "ssdir_records.json"):
-        super().__init__(write_interval="epoch")
-        if Path(path).suffix not in (".json", ".pt"):
-            raise ValueError(f"SSDIRRecordsWriter: path must end in .json or .pt, got {path!r}")
-        self.path = path
-        self.written: Path | None = None
+    settings: SSDIRBenchSettings
+    arms: list[SSDIRArm]
+    dedup_ablation: list[AblationRow]
+    machine: dict[str, Any]
+    torch_threads_training: int
+    seconds: float
+    figures: dict[str, bytes] = field(default_factory=dict)
+    figure_files: list[str] | None = None
 
-    def _target(self, trainer: pl.Trainer) -> Path:
-        path = Path(self.path)
-        if not path.is_absolute():
-            path = Path(trainer.default_root_dir) / path
-        if trainer.world_size > 1:
-            path = path.with_name(f"{path.stem}.rank{trainer.global_rank}{path.suffix}")
-        return path
+    @property
+    def seeds(self) -> list[int]:
+        return sorted({arm.seed for arm in self.arms})
 
-    def write_on_epoch_end(
-        self,
-        trainer: pl.Trainer,
-        pl_module: pl.LightningModule,
-        predictions: Sequence[Any],
-        batch_indices: Sequence,
-    ) -> None:
-        # One dataloader: a list of per-batch outputs; several: a list of such lists.
-        batches = predictions
-        indices = batch_indices
-        if (
-            predictions
-            and isinstance(predictions[0], list)
-            and predictions[0]
-            and isinstance(predictions[0][0], list)
-        ):
-            batches = [b for loader in predictions for b in loader]
-            indices = [i for loader in batch_indices for i in loader]
-        records, scene_ids = [], []
-        counter = 0
-        for batch_number, batch in enumerate(batches):
-            if not isinstance(batch, list | tuple):
-                raise ValueError(
-                    f"predict batch {batch_number}: expected a list of per-image record dicts, "
-                    f"got {type(batch).__name__}"
-                )
-            ids = list(indices[batch_number]) if indices and len(indices) > batch_number else []
-            if len(ids) != len(batch):  # no sampler indices: count scenes in order
-                ids = list(range(counter, counter + len(batch)))
-            records.extend(batch)
-            scene_ids.extend(int(i) for i in ids)
-            counter += len(batch)
-        self.written = write_records(records, self._target(trainer), scene_ids)
+    @property
+    def summary(self) -> dict[str, VariantSummary]:
+        return summarize(self.arms, self.settings.variants)
+
+    @property
+    def headline(self) -> Headline:
+        summary = self.summary
+        agnostic, per_class = summary.get("class_agnostic"), summary.get("per_class")
+        return Headline(
+            probe_accuracy_per_class=_finite(per_class, "probe_accuracy"),
+            probe_accuracy_per_class_std=_finite(per_class, "probe_accuracy", std=True),
+            probe_accuracy_class_agnostic=_finite(agnostic, "probe_accuracy"),
+            probe_accuracy_class_agnostic_std=_finite(agnostic, "probe_accuracy", std=True),
+            ap50_class_agnostic=_finite(agnostic, "ap50"),
+            recon_mse=_finite(agnostic, "recon_mse"),
+            scenes_per_s_batch32=_finite(agnostic, "scenes_per_s_batch32"),
+            train_minutes_one_seed=mean_std([a.train_minutes for a in self.arms])[0],
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """The results file: the headline's keys, ``seeds``, ``quick``, ``summary`` (per
+        variant), ``arms``, ``dedup_ablation``, ``targets``, ``settings``, ``machine``,
+        ``torch_threads_training``, ``seconds`` and, once written, ``figure_files``."""
+        document = {
+            **dataclasses.asdict(self.headline),
+            "seeds": self.seeds,
+            "quick": bool(self.settings.quick),
+            "summary": {name: s.to_json() for name, s in self.summary.items()},
+            "arms": [arm.to_json() for arm in self.arms],
+            "dedup_ablation": [row.to_json() for row in self.dedup_ablation],
+            "targets": {k: {"op": op, "value": v} for k, (op, v) in TARGETS.items()},
+            "settings": self.settings.to_json(),
+            "machine": self.machine,
+            "torch_threads_training": self.torch_threads_training,
+            "seconds": self.seconds,
+        }
+        if self.figure_files is not None:
+            document["figure_files"] = list(self.figure_files)
+        return document
+
+    @classmethod
+    def from_json(cls, document: Mapping[str, Any]) -> SSDIRBenchResult:
+        """A run from its results file (:meth:`to_json`); summaries and the headline are
+        recomputed from the arms."""
+        try:
+            return cls(
+                settings=SSDIRBenchSettings.from_json(document["settings"]),
+                arms=[SSDIRArm.from_json(row) for row in document["arms"]],
+                dedup_ablation=[AblationRow(**row) for row in document["dedup_ablation"]],
+                machine=dict(document.get("machine") or {}),
+                torch_threads_training=int(document["torch_threads_training"]),
+                seconds=float(document["seconds"]),
+                figure_files=document.get("figure_files"),
+            )
+        except (KeyError, TypeError) as err:
+            raise ValueError(f"not an SSDIR results document: {err!r}") from err
+
+
+def assemble_result(
+    arms: Sequence[SSDIRArm],
+    ablation: Sequence[SSDIRArm],
+    settings: SSDIRBenchSettings,
+    seconds: float,
+    threads: int,
+) -> SSDIRBenchResult:
+    """The result of a run from its arms, the ablation's arms and its settings, on this
+    machine."""
+    return SSDIRBenchResult(
+        settings=settings,
+        arms=list(arms),
+        dedup_ablation=[AblationRow.of(arm) for arm in ablation],
+        machine=machine_info(),
+        torch_threads_training=threads,
+        seconds=seconds,
+    )
+
+
+def settings_blocking_merge(a: SSDIRBenchSettings, b: SSDIRBenchSettings) -> list[str]:
+    """Names of the settings that differ between two runs and so forbid merging them: all but
+    the seeds and the ablation modes."""
+
+    def comparable(settings: SSDIRBenchSettings) -> dict[str, Any]:
+        return {k: v for k, v in settings.to_json().items() if k not in _MERGEABLE_SETTINGS}
+
+    first, second = comparable(a), comparable(b)
+    return sorted(k for k in first.keys() | second.keys() if first.get(k) != second.get(k))
+
+
+def merge_results(previous: SSDIRBenchResult, new: SSDIRBenchResult) -> SSDIRBenchResult:
+    """One result from two runs of the same settings on different seeds (e.g. seed 0 first,
+    then seeds 1 2): arms pooled, summaries recomputed, the ablation kept from whichever run
+    has one, ``seconds`` summed. Raises ``ValueError`` if a setting other than the seeds /
+    ablation modes differs, or if both runs have an arm of the same variant and seed."""
+    differing = settings_blocking_merge(previous.settings, new.settings)
+    if differing:
+        raise ValueError(f"cannot merge SSDIR results run with different settings: {differing}")
+    seen = {(a.variant, a.seed) for a in previous.arms}
+    clash = sorted({(a.variant, a.seed) for a in new.arms} & seen)
+    if clash:
+        raise ValueError(f"both runs have arms of (variant, seed) {clash}")
+    arms = sorted([*previous.arms, *new.arms], key=lambda a: (a.variant, a.seed))
+    if previous.dedup_ablation and new.dedup_ablation:
+        raise ValueError("both runs have a dedup ablation; merge runs where only one has it")
+    settings = dataclasses.replace(
+        new.settings,
+        seeds=tuple(sorted({*previous.settings.seeds, *new.settings.seeds})),
+        dedup_ablation=previous.settings.dedup_ablation or new.settings.dedup_ablation,
+    )
+    merged = assemble_result(
+        arms, [], settings, previous.seconds + new.seconds, new.torch_threads_training
+    )
+    merged.dedup_ablation = list(previous.dedup_ablation or new.dedup_ablation)
+    return merged

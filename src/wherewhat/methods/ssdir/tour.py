@@ -4,7 +4,7 @@ tables and figures."""
 from __future__ import annotations
 
 from wherewhat.methods.ssdir.experiment import run_ssdir_bench
-from wherewhat.methods.ssdir.report import summary_rows
+from wherewhat.methods.ssdir.markdown import summary_rows
 from wherewhat.methods.ssdir.settings import SSDIRBenchSettings
 from wherewhat.report.html import Section
 from wherewhat.report.tour import TourContext, register_section

@@ -7,7 +7,7 @@ import math
 from typing import Any
 
 from wherewhat.bench.tables import format_markdown_table, target_rows
-from wherewhat.methods.ssdir.results import SSDIRBenchResult, VariantSummary
+from wherewhat.methods.ssdir.records import SSDIRBenchResult, VariantSummary
 
 __all__ = ["ssdir_markdown", "summary_rows"]
 
