@@ -1,9 +1,14 @@
-"""wherewhat.training: the harness behind ``wherewhat fit|validate|test|predict``.
+"""wherewhat.training: the harness behind ``wherewhat fit|validate|test|predict``, and the one
+way pipelines train.
 
 - ``harness``: ``WherewhatCLI`` (LightningCLI subclass), ``RunOptions``, ``run_lightning_cli``,
-  ``expand_resume_args``; how to scale out with DDP, torchrun and SLURM.
+  ``expand_resume_args``, ``expand_config_bases``, ``load_layered_config``; how to scale out
+  with DDP, torchrun and SLURM.
+- ``fit``: ``fit(task, data, ...) -> FitRecord``, the Trainer every pipeline (benchmark, tour)
+  trains with.
+- ``schedules``: ``warmup_cosine``, ``step_decay``, ``adamw_warmup_cosine``.
 - ``run_dir``: one fresh ``runs/<name>/<YYYYmmdd-HHMMSS>/`` per run, shared by its processes.
-- ``checkpoint_io``: ``AtomicCheckpointIO`` (temp file + fsync + ``os.replace``).
+- ``checkpoint_io``: ``AtomicCheckpointIO`` (through ``wherewhat.io.atomic_torch_save``).
 - ``callbacks``: ``RandomStateCheckpoint`` (RNG states in checkpoints), ``NonFiniteLossGuard``.
 - exact mid-epoch resume needs the train loader to be ``wherewhat.data.loader.ResumableDataLoader``
   (torch only: data modules import it without pulling in Lightning).
