@@ -14,7 +14,7 @@ from PIL import Image
 
 from wherewhat.errors import ConfigError
 from wherewhat.report.figures import faces_with_landmarks, new_figure, scene_grid
-from wherewhat.report.html import Report, Section, format_value
+from wherewhat.report.html import Check, Report, Section, format_value
 from wherewhat.report.tour import SectionRegistry, TourFailed, run_tour
 
 SHARED_FACES = Path(__file__).parents[2] / "shared" / "data" / "faces68"
@@ -341,3 +341,54 @@ def test_preview_scatter_and_data_section(tmp_path):
     summary = json.loads((tmp_path / "tour" / "summary.json").read_text())
     assert summary["sections"]["data"]["numbers"]["scatter_test_scenes"] == 200
     assert _parse(path).tags["img"] >= 2
+
+
+# --- judging numbers --------------------------------------------------------------------------
+
+
+def test_checks_judge_this_run_or_the_benchmark_and_flag_misses():
+    section = Section("Method").checks(
+        [
+            Check("speed", 12.0, benchmark=131.0, target=(">=", 100.0)),
+            Check("probe", 0.24, benchmark=0.98, paper=0.979, target=(">=", 0.979),
+                  judge_benchmark=True),
+            Check("mse", 0.016, benchmark=0.013, target=("<=", 0.0121), judge_benchmark=True,
+                  note="short run"),
+            Check("knn", 0.3),  # no target: shown, not judged
+        ]
+    )  # fmt: skip
+    assert section.flags == [
+        "speed = 12 misses its target >= 100",
+        "the benchmark's mse = 0.013 misses its target <= 0.0121 (short run)",
+    ]
+    html_text = section.render()
+    assert html_text.count("MISSED") == 2 and "met by the benchmark" in html_text
+    assert "2 flagged" in html_text
+
+
+def test_flag_is_shown_counted_and_written_to_the_summary(tmp_path):
+    registry = SectionRegistry()
+
+    @registry.register("odd", order=1)
+    def odd(ctx):
+        return Section("Odd").flag("2 threads slower than 1")
+
+    run_tour(tmp_path, registry=registry, show_progress=False)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["flagged"] == {"odd": 1}
+    assert summary["sections"]["odd"]["flags"] == ["2 threads slower than 1"]
+    page = (tmp_path / "report.html").read_text()
+    assert "Look here:" in page and "1 flagged" in page
+
+
+def test_more_threads_slower_is_flagged_per_backend_and_batch():
+    from wherewhat.report.sections.bench import slower_with_more_threads
+
+    def row(backend, threads, ms, batch=1):
+        return {"backend": backend, "threads": threads, "median_ms": ms, "batch_size": batch}
+
+    models = [{"name": "net", "speed": [row("torch", 1, 20.0), row("torch", 2, 200.0),
+                                        row("onnxruntime", 1, 10.0), row("onnxruntime", 2, 6.0),
+                                        row("torch", 1, 50.0, 32), row("torch", 2, 52.0, 32)]}]  # fmt: skip
+    lines = slower_with_more_threads(models)
+    assert len(lines) == 1 and lines[0].startswith("net in torch, batch 1: 2 threads take 200 ms")

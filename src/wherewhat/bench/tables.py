@@ -17,6 +17,7 @@ from wherewhat.io import write_atomic
 __all__ = [
     "format_markdown_table",
     "format_value",
+    "meets",
     "target_rows",
     "write_figures",
     "write_results",
@@ -74,6 +75,16 @@ def format_markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[C
 _COMPARISONS = {">=": operator.ge, ">": operator.gt, "<=": operator.le, "<": operator.lt}
 
 
+def meets(value: float | None, op: str, bound: float) -> bool | None:
+    """Whether ``value op bound`` holds (``op`` one of >=, >, <=, <); None when there is no
+    finite value to judge."""
+    if op not in _COMPARISONS:
+        raise ValueError(f"op must be one of {sorted(_COMPARISONS)}, got {op!r}")
+    if value is None or not math.isfinite(float(value)):
+        return None
+    return bool(_COMPARISONS[op](float(value), bound))
+
+
 def target_rows(
     targets: Mapping[str, Mapping[str, Any]], measured: Mapping[str, Any]
 ) -> list[dict[str, Any]]:
@@ -90,7 +101,7 @@ def target_rows(
                 f"target {key!r}: op must be one of {sorted(_COMPARISONS)}, got {op!r}"
             )
         value = measured.get(key)
-        met = None if value is None else bool(_COMPARISONS[op](value, bound))
+        met = None if value is None else meets(value, op, bound)
         rows.append({"quantity": key, "target": f"{op} {bound:g}", "measured": value, "met": met})
     return rows
 

@@ -29,9 +29,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from wherewhat.bench.tables import meets
 from wherewhat.io import PNG_SIGNATURE, png_bytes, write_atomic
 
 __all__ = [
+    "Check",
     "Report",
     "Section",
     "format_value",
@@ -161,6 +163,76 @@ class _Figure:
         )
 
 
+@dataclass(frozen=True)
+class Check:
+    """One number judged: this run's value beside the benchmark's and the paper's.
+
+    ``target``: ``(op, bound)`` with op one of >=, >, <=, < (e.g. ``(">=", 0.97)``).
+    ``benchmark`` / ``paper``: the same quantity from the project's benchmark results file and
+    from the paper (None: not known). The verdict judges this run's ``value``, or with
+    ``judge_benchmark`` the benchmark's (an accuracy target that only a full training run can
+    meet; a short run's value is shown for reference). ``note``: what a miss means.
+    """
+
+    quantity: str
+    value: float | None
+    benchmark: float | None = None
+    paper: float | None = None
+    target: tuple[str, float] | None = None
+    note: str = ""
+    judge_benchmark: bool = False
+
+    @property
+    def judged(self) -> float | None:
+        return self.benchmark if self.judge_benchmark else self.value
+
+    @property
+    def met(self) -> bool | None:
+        return None if self.target is None else meets(self.judged, *self.target)
+
+
+@dataclass
+class _Checks:
+    checks: list[Check]
+    caption: str | None = None
+
+    def render(self) -> str:
+        out = ['<table class="checks">']
+        if self.caption:
+            out.append(f"<caption>{html.escape(self.caption)}</caption>")
+        heads = ("quantity", "this run", "benchmark", "paper", "target", "", "note")
+        out.append("<thead><tr>" + "".join(f"<th>{h}</th>" for h in heads) + "</tr></thead>")
+        out.append("<tbody>")
+        for check in self.checks:
+            met = check.met
+            verdict, cls = {True: ("met", "met"), False: ("MISSED", "missed")}.get(met, ("", ""))
+            if verdict and check.judge_benchmark:
+                verdict += " by the benchmark"
+            target = "" if check.target is None else f"{check.target[0]} {check.target[1]:g}"
+            cells = [
+                f"<td>{html.escape(check.quantity)}</td>",
+                *(
+                    f'<td class="num">{html.escape(format_value(v))}</td>'
+                    for v in (check.value, check.benchmark, check.paper)
+                ),
+                f"<td>{html.escape(target)}</td>",
+                f'<td class="verdict {cls}">{verdict}</td>',
+                f'<td class="note">{html.escape(check.note)}</td>',
+            ]
+            row_cls = ' class="missed"' if met is False else ""
+            out.append(f"<tr{row_cls}>{''.join(cells)}</tr>")
+        out.append("</tbody></table>")
+        return "".join(out)
+
+
+@dataclass
+class _Flag:
+    text: str
+
+    def render(self) -> str:
+        return f'<p class="flag"><strong>Look here:</strong> {html.escape(self.text)}</p>'
+
+
 # --- section and report -------------------------------------------------------------------------
 
 
@@ -178,6 +250,7 @@ class Section:
     seconds: float | None = None
     numbers: dict[str, Any] = field(default_factory=dict)
     blocks: list[Any] = field(default_factory=list)
+    flags: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -238,6 +311,29 @@ class Section:
         self.blocks.append(_Figure(png_bytes(figure), str(caption), stem))
         return self
 
+    def checks(self, checks: Sequence[Check], caption: str | None = None) -> Section:
+        """A table judging numbers (:class:`Check`): this run, the benchmark, the paper, the
+        target and the verdict; every missed target also becomes a :meth:`flag`."""
+        checks = list(checks)
+        self.blocks.append(_Checks(checks, caption))
+        for check in checks:
+            if check.met is False:
+                op, bound = check.target or ("", 0.0)
+                note = f" ({check.note})" if check.note else ""
+                whose = "the benchmark's " if check.judge_benchmark else ""
+                self.flags.append(
+                    f"{whose}{check.quantity} = {format_value(check.judged)} misses its target "
+                    f"{op} {bound:g}{note}"
+                )
+        return self
+
+    def flag(self, text: str) -> Section:
+        """A number that misses its target or looks wrong: shown as a callout where it is
+        added, counted in the contents and kept in ``flags`` (the tour's summary)."""
+        self.flags.append(str(text))
+        self.blocks.append(_Flag(str(text)))
+        return self
+
     def record(self, **numbers: Any) -> Section:
         """Remember key results for the machine-readable summary (not rendered by itself)."""
         self.numbers.update(numbers)
@@ -256,6 +352,8 @@ class Section:
 
     def render(self) -> str:
         badge = ' <span class="badge failed">FAILED</span>' if self.status == "failed" else ""
+        if self.flags:
+            badge += f' <span class="badge flagged">{len(self.flags)} flagged</span>'
         timing = (
             f' <span class="timing">{self.seconds:.1f} s</span>' if self.seconds is not None else ""
         )
@@ -270,7 +368,8 @@ body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,Helvetica,Arial,sans-
  max-width:1100px;margin:2em auto;padding:0 1em;color:#222;line-height:1.45}
 h1{margin-bottom:.2em}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:2em}
 .subtitle{color:#666;margin-top:0}
-table{border-collapse:collapse;margin:.8em 0;font-size:.92em}
+table{border-collapse:collapse;margin:.8em 0;font-size:.92em;display:block;max-width:100%;
+ overflow-x:auto}
 caption{caption-side:top;text-align:left;font-weight:600;padding:.3em 0}
 th,td{border:1px solid #ddd;padding:.25em .6em;text-align:left}
 th{background:#f3f3f3}td.num{text-align:right;font-variant-numeric:tabular-nums}
@@ -283,7 +382,12 @@ dl.facts{display:grid;grid-template-columns:max-content auto;gap:.15em 1.2em;fon
 dl.facts dt{font-weight:600}dl.facts dd{margin:0}
 .badge{font-size:.6em;padding:.15em .5em;border-radius:.3em;vertical-align:middle}
 .badge.failed{background:#c00;color:#fff}.badge.ok{background:#2a7;color:#fff}
+.badge.flagged{background:#e8a400;color:#fff}
 .timing{font-size:.6em;color:#888;font-weight:normal}
+p.flag{background:#fff8e1;border-left:4px solid #e8a400;padding:.5em .8em}
+table.checks td.verdict.met{color:#1a7f37;font-weight:600}
+table.checks td.verdict.missed{color:#b00;font-weight:700}
+table.checks tr.missed{background:#fff3f3}table.checks td.note{color:#555;font-size:.92em}
 nav ul{padding-left:1.2em}
 """
 
@@ -318,6 +422,8 @@ class Report:
         items = []
         for s in self.sections:
             mark = ' <span class="badge failed">FAILED</span>' if s.status == "failed" else ""
+            if s.flags:
+                mark += f' <span class="badge flagged">{len(s.flags)} flagged</span>'
             timing = f" ({s.seconds:.1f} s)" if s.seconds is not None else ""
             items.append(
                 f'<li><a href="#{html.escape(s.name)}">{html.escape(s.title)}</a>'

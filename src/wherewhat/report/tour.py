@@ -80,6 +80,9 @@ class TourContext:
         log: prints one progress line (under the progress bar).
         timings: seconds per section and per :meth:`step` (``"section/step"``).
         section: name of the section now running.
+        results_dir: the benchmark results a section shows beside its quick run
+            (:meth:`benchmark_result`); default ``benchmarks/results`` under the working folder,
+            i.e. the repository's when the tour runs from a checkout.
     """
 
     out_dir: Path
@@ -89,6 +92,16 @@ class TourContext:
     log: Callable[[str], None] = print
     timings: dict[str, float] = field(default_factory=dict)
     section: str = ""
+    results_dir: Path = Path("benchmarks/results")
+
+    def benchmark_result(self, name: str) -> dict[str, Any] | None:
+        """``<results_dir>/<name>.json`` (a method's benchmark results), or None when absent
+        (e.g. an installed package run away from the repository) or unreadable."""
+        path = self.results_dir / f"{name}.json"
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None
 
     @contextmanager
     def step(self, name: str) -> Iterator[None]:
@@ -289,6 +302,8 @@ def run_tour(
             ctx.timings[entry.name] = seconds
             report.add(section)
             status = "FAILED: " + error if error else "ok"
+            if section.flags:
+                status += f", {len(section.flags)} flagged"
             progress.console.print(
                 f"{entry.name}: {status} ({seconds:.1f} s)", markup=False, highlight=False
             )
@@ -297,6 +312,7 @@ def run_tour(
                 "status": section.status,
                 "seconds": seconds,
                 "numbers": section.numbers,
+                "flags": section.flags,
                 "error": error,
             }
             progress.advance(task)
@@ -312,6 +328,7 @@ def run_tour(
         "faces_root": None if faces is None else str(faces),
         "ok": not failed,
         "failed": failed,
+        "flagged": {s.name: len(s.flags) for s in report.sections if s.flags},
         "total_seconds": time.perf_counter() - tour_start,
         "sections": summary_sections,
         "timings": ctx.timings,

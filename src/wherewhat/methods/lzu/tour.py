@@ -4,6 +4,8 @@ latency."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from wherewhat.methods.lzu.experiment import warp_figures
 from wherewhat.methods.lzu.measurements import (
     example_saliencies,
@@ -13,7 +15,7 @@ from wherewhat.methods.lzu.measurements import (
 )
 from wherewhat.methods.lzu.scenes import load_scenes
 from wherewhat.methods.lzu.settings import LZUBenchSettings
-from wherewhat.report.html import Section
+from wherewhat.report.html import Check, Section
 from wherewhat.report.tour import TourContext, register_section
 
 FIGURE_CAPTIONS = {
@@ -69,6 +71,12 @@ def lzu_section(ctx: TourContext) -> Section:
         [{"step": k, "ms": v} for k, v in latency.latency_ms.items()],
         caption=f"Per-step latency, batch 1, {latency.latency_threads} threads",
     )
+    section.checks(
+        warp_and_accuracy_checks(checks.roundtrip_max_err_px, checks.coverage,
+                                 checks.inverse_speedup_1d_vs_tile, latency.overhead_fraction,
+                                 ctx.benchmark_result("lzu")),
+        caption="This run against the benchmark (benchmarks/results/lzu.json) and its targets",
+    )  # fmt: skip
     for name, png in figures.items():
         section.figure(png, FIGURE_CAPTIONS.get(name, name), name=f"lzu-{name}")
     section.record(
@@ -80,3 +88,54 @@ def lzu_section(ctx: TourContext) -> Section:
         overhead_fraction=latency.overhead_fraction,
     )
     return section
+
+
+def warp_and_accuracy_checks(
+    roundtrip: dict[str, float],
+    coverage: dict[str, float],
+    speedup: float,
+    overhead: float,
+    benchmark: dict[str, Any] | None,
+) -> list[Check]:
+    """The warp targets, judged on this run (they do not depend on training), and the accuracy
+    gains, judged on the benchmark (they need its trained arms)."""
+    bench = benchmark or {}
+    targets = {k: (op, float(v)) for k, (op, v) in bench.get("targets", {}).items()}
+
+    def target(key: str, default: tuple[str, float]) -> tuple[str, float]:
+        return targets.get(key, default)
+
+    checks = [
+        Check(f"round trip max err, {kind} (px)", roundtrip[kind],
+              bench.get("roundtrip_max_err_px", {}).get(kind),
+              target=target("roundtrip_max_err_px", ("<=", 1e-3)))
+        for kind in ("separable", "nonseparable")
+    ]  # fmt: skip
+    checks += [
+        Check(f"coverage, {kind}", coverage[kind], bench.get("coverage", {}).get(kind),
+              target=target("coverage", (">=", 1.0)))
+        for kind in ("separable", "nonseparable")
+    ]  # fmt: skip
+    checks += [
+        Check("1-D inverse speed-up over the tile solver", speedup,
+              bench.get("inverse_speedup_1d_vs_tile"),
+              target=target("inverse_speedup_1d_vs_tile", (">=", 20.0))),
+        Check("zoom + unzoom overhead / uniform model", overhead, bench.get("overhead_fraction"),
+              target=target("overhead_fraction", ("<=", 0.10)),
+              note="timed on a few calls here; the benchmark times more"),
+    ]  # fmt: skip
+    small = bench.get("ap50_small", {})
+    if "lzu_fixed" in small and "uniform" in small:
+        checks.append(
+            Check("AP50-small gain, LZU-fixed - uniform", None, small["lzu_fixed"] - small["uniform"],
+                  target=target("ap50_small_gain_fixed", (">=", 0.03)), judge_benchmark=True,
+                  note="needs trained arms: benchmarks/lzu.py")
+        )  # fmt: skip
+    miou = bench.get("miou", {})
+    if "lzu_fixed" in miou and "uniform" in miou:
+        checks.append(
+            Check("mIoU gain, LZU-fixed - uniform", None, miou["lzu_fixed"] - miou["uniform"],
+                  target=target("miou_gain_fixed", (">", 0.0)), judge_benchmark=True,
+                  note="needs trained arms: benchmarks/lzu.py")
+        )  # fmt: skip
+    return checks

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Any
 
 from wherewhat.bench.runtime import torch_num_threads
 from wherewhat.methods.spatial_prediction.experiment import run_arm, run_bench
@@ -13,7 +14,7 @@ from wherewhat.methods.spatial_prediction.markdown import summary_rows
 from wherewhat.methods.spatial_prediction.records import summarise_arms
 from wherewhat.methods.spatial_prediction.settings import BenchSettings
 from wherewhat.report.figures import line_chart
-from wherewhat.report.html import Section
+from wherewhat.report.html import Check, Section
 from wherewhat.report.tour import TourContext, register_section
 
 
@@ -56,6 +57,11 @@ def spatial_prediction_section(ctx: TourContext) -> Section:
         "budget, 3 seeds, lambda sweep, landmark probe)."
     )
     section.table(summary_rows(summary), caption="Probes on frozen features (test images)")
+    section.checks(
+        sp_checks(arm.linear_probe, arm.knn, ctx.benchmark_result("spatial_prediction")),
+        caption="This run against the benchmark (benchmarks/results/spatial_prediction.json), "
+        "the published anchor and the targets",
+    )
     section.figure(
         positions_png,
         "Held-out view pairs: box A (blue), box B (orange), true offset A -> B (green) and the "
@@ -75,3 +81,24 @@ def spatial_prediction_section(ctx: TourContext) -> Section:
         native_sp_error_ratio=arm.where["native"]["ratio"], epoch_seconds=arm.epoch_seconds,
     )  # fmt: skip
     return section
+
+
+# solo-learn's ResNet-18 CIFAR-10 linear probe for SimCLR (long GPU training): an anchor only.
+PAPER_SIMCLR_LINEAR = 0.9074
+
+
+def sp_checks(linear: float, knn: float, benchmark: dict[str, Any] | None) -> list[Check]:
+    """This run's probes beside the benchmark's SimCLR + SP arm; SP's gain and time targets
+    judged on the benchmark (they need its paired arms)."""
+    bench = benchmark or {}
+    targets = {k: (t["op"], float(t["value"])) for k, t in bench.get("targets", {}).items()}
+    gain = bench.get("linear_probe_gain_simclr")
+    return [
+        Check("linear probe, SimCLR + SP", linear, bench.get("linear_probe", {}).get("simclr_sp"),
+              PAPER_SIMCLR_LINEAR, note="paper column: SimCLR alone, long GPU training"),
+        Check("k-NN, SimCLR + SP", knn, bench.get("knn", {}).get("simclr_sp")),
+        Check("linear probe gain of SP over SimCLR (points)", None, gain,
+              target=targets.get("linear_probe_gain_simclr", (">=", 1.0)), judge_benchmark=True),
+        Check("SP time overhead per epoch", None, bench.get("sp_time_overhead"),
+              target=targets.get("sp_time_overhead", ("<=", 0.25)), judge_benchmark=True),
+    ]  # fmt: skip

@@ -3,10 +3,13 @@ tables and figures."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from wherewhat.methods.ssdir.experiment import run_ssdir_bench
 from wherewhat.methods.ssdir.markdown import summary_rows
+from wherewhat.methods.ssdir.records import Headline
 from wherewhat.methods.ssdir.settings import SSDIRBenchSettings
-from wherewhat.report.html import Section
+from wherewhat.report.html import Check, Section
 from wherewhat.report.tour import TourContext, register_section
 
 FIGURE_CAPTIONS = {
@@ -46,6 +49,11 @@ def ssdir_section(ctx: TourContext) -> Section:
         caption=f"Objects above presence {result.arms[0].metrics['present_threshold']} on the "
         f"test scenes, matched to a digit at IoU >= {s.min_iou}",
     )
+    section.checks(
+        ssdir_checks(result.headline, ctx.benchmark_result("ssdir")),
+        caption="This run against the benchmark (benchmarks/results/ssdir.json), the paper "
+        "and the targets",
+    )
     for name, png in result.figures.items():
         kind = name.rsplit("-", 1)[-1]
         variant = name.rsplit("-", 1)[0].replace("_", "-")
@@ -61,3 +69,31 @@ def ssdir_section(ctx: TourContext) -> Section:
         bench_seconds=result.seconds,
     )
     return section
+
+
+# Published (Zielinski & Kajdanowicz, multi-scale MNIST): z_what probe and reconstruction MSE.
+PAPER = {"probe_accuracy_per_class": 0.9789, "recon_mse": 0.0121}
+
+
+def ssdir_checks(headline: Headline, benchmark: dict[str, Any] | None) -> list[Check]:
+    """Accuracy targets judged on the benchmark (a short run cannot reach them; its values are
+    shown beside), the speed target on this run."""
+    bench = benchmark or {}
+    targets = {k: (t["op"], float(t["value"])) for k, t in bench.get("targets", {}).items()}
+    accuracy = (
+        ("ap50_class_agnostic", "AP50, class-agnostic detector", ">=", 0.95),
+        ("probe_accuracy_per_class", "z_what probe, per-class detector", ">=", 0.979),
+        ("probe_accuracy_class_agnostic", "z_what probe, class-agnostic detector", ">=", 0.95),
+        ("recon_mse", "reconstruction MSE", "<=", 0.0121),
+    )
+    checks = [
+        Check(label, getattr(headline, key), bench.get(key), PAPER.get(key),
+              targets.get(key, (op, bound)), judge_benchmark=True)
+        for key, label, op, bound in accuracy
+    ]  # fmt: skip
+    checks.append(
+        Check("scenes/s, batch 32", headline.scenes_per_s_batch32,
+              bench.get("scenes_per_s_batch32"),
+              target=targets.get("scenes_per_s_batch32", (">=", 100.0)))
+    )  # fmt: skip
+    return checks

@@ -121,13 +121,15 @@ def ced_figure(nmes: Mapping[str, ArrayLike], threshold: float = 0.10) -> Figure
         errors, fraction = cumulative_error_curve(values, threshold)
         area = float(auc(values, threshold))
         series[f"{name} (AUC@{100 * threshold:.0f} {area:.3f})"] = (100 * errors, fraction)
-    return line_chart(
+    figure = line_chart(
         series,
         title="Cumulative error distribution (validation faces)",
         xlabel="NME, inter-ocular (%)",
         ylabel="fraction of faces",
         size=(4.8, 3.0),
     )
+    figure.axes[0].set_ylim(0.0, 1.0)  # a fraction: a curve at 0 must look like one
+    return figure
 
 
 @torch.no_grad()

@@ -4,10 +4,11 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from wherewhat.methods.worldcomp2d.experiment import FIGURE_CAPTIONS, run_landmark_bench
 from wherewhat.methods.worldcomp2d.settings import LandmarkBenchSettings
-from wherewhat.report.html import Section
+from wherewhat.report.html import Check, Section, format_value
 from wherewhat.report.sections.data import AUTO_FACES_ROOT
 from wherewhat.report.tour import TourContext, register_section
 
@@ -54,9 +55,26 @@ def worldcomp2d_section(ctx: TourContext) -> Section:
         for name, m in result.models.items()
     ]
     section.table(rows, caption="Validation faces, batch-1 speed from a face crop")
-    for name, png in result.figures.items():
-        section.figure(png, FIGURE_CAPTIONS.get(name, name), name=f"worldcomp2d_{name}")
     wc = result.models.get("worldcomp2d")
+    if wc is not None:
+        section.checks(
+            landmark_checks(wc.accuracy.nme, wc.costs.ort_faces_per_s_1thread,
+                            ctx.benchmark_result("worldcomp2d")),
+            caption="This run against the benchmark (benchmarks/results/worldcomp2d.json) and "
+            "its targets",
+        )  # fmt: skip
+        if wc.accuracy.auc10 == 0:
+            section.flag(
+                f"No validation face is under 10 % NME (AUC@10 = 0, NME "
+                f"{100 * wc.accuracy.nme:.1f} %): this {settings.max_steps}-step run has not "
+                "learnt landmarks yet, so its CED is flat at 0; the benchmark column is a "
+                "trained model."
+            )
+    for name, png in result.figures.items():
+        caption = FIGURE_CAPTIONS.get(name, name)
+        if name == "embedding" and not settings.tsne:
+            caption = caption.replace("(PCA, t-SNE)", "(PCA; t-SNE is left out of short runs)")
+        section.figure(png, caption, name=f"worldcomp2d_{name}")
     section.record(
         nme=wc.accuracy.nme if wc else None,
         params=wc.costs.params if wc else None,
@@ -65,3 +83,28 @@ def worldcomp2d_section(ctx: TourContext) -> Section:
         bench_seconds=result.seconds,
     )
     return section
+
+
+def landmark_checks(
+    nme: float, faces_per_s: float | None, benchmark: dict[str, Any] | None
+) -> list[Check]:
+    """NME beside the benchmark's (its accuracy target needs the benchmark's training), and
+    the speed target, judged on this run (speed does not depend on training)."""
+    models = (benchmark or {}).get("models", {})
+    bench_wc = models.get("worldcomp2d", {})
+    heatmap = models.get("heatmap_baseline", {})
+    without_refiner = models.get("worldcomp2d_no_refiner", {}).get("ort_faces_per_s_1thread")
+    ratio = None
+    if bench_wc.get("nme") and heatmap.get("nme"):
+        ratio = bench_wc["nme"] / heatmap["nme"]
+    return [
+        Check("NME (%), validation faces", 100 * nme,
+              None if "nme" not in bench_wc else 100 * bench_wc["nme"],
+              note="inter-ocular; the paper reports no 300-W number for WorldComp2D"),
+        Check("NME, WorldComp2D / heatmap baseline", None, ratio, target=("<=", 1.10),
+              judge_benchmark=True, note="equal training budget: benchmarks/worldcomp2d.py"),
+        Check("ORT faces/s, 1 thread (with refiner)", faces_per_s,
+              bench_wc.get("ort_faces_per_s_1thread"), target=(">=", 200.0),
+              note="the refiner is 201 of 273 MMACs; without it the benchmark measured "
+              f"{format_value(without_refiner)} faces/s"),
+    ]  # fmt: skip

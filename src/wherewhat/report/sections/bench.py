@@ -6,6 +6,8 @@ random weights, in torch and ONNX Runtime, at 1 and 2 threads, plus the machine 
 
 from __future__ import annotations
 
+from typing import Any
+
 from wherewhat.bench.suite import run_reference_backbone_bench
 from wherewhat.report.html import Section
 from wherewhat.report.tour import TourContext, register_section
@@ -56,6 +58,8 @@ def bench_section(ctx: TourContext) -> Section:
         ],
         caption="Speed",
     )
+    for warning in slower_with_more_threads(data["models"]):
+        section.flag(warning)
     section.facts(
         {f"peak GFLOP/s, {t} thread(s)": p for t, p in data["peak_gflops"].items()},
         caption="Peak float32 matrix-product speed (measured)",
@@ -71,3 +75,26 @@ def bench_section(ctx: TourContext) -> Section:
             numbers[key] = row["median_ms"]
     section.record(**numbers)
     return section
+
+
+def slower_with_more_threads(models: list[dict[str, Any]], slack: float = 1.1) -> list[str]:
+    """One line per (model, backend, batch) whose median latency grows with the thread count
+    by more than ``slack``: more threads slower points at a busy machine or a threading
+    problem, not at the model."""
+    lines = []
+    for model in models:
+        runs: dict[tuple[str, int], list[tuple[int, float]]] = {}
+        for row in model["speed"]:
+            runs.setdefault((row["backend"], row["batch_size"]), []).append(
+                (row["threads"], row["median_ms"])
+            )
+        for (backend, batch), timings in runs.items():
+            timings.sort()
+            for (fewer, fast), (more, slow) in zip(timings, timings[1:], strict=False):
+                if slow > slack * fast:
+                    lines.append(
+                        f"{model['name']} in {backend}, batch {batch}: {more} threads take "
+                        f"{slow:.3g} ms, {fewer} thread(s) {fast:.3g} ms; more threads should not "
+                        "be slower (another process on the machine, or oversubscribed threads)"
+                    )
+    return lines
