@@ -135,8 +135,10 @@ def jitter_boxes(
     """Shift box centres ``(n, 4)`` XYXY by independent U[-jitter, jitter] px per axis."""
     if jitter == 0 or boxes.shape[0] == 0:
         return boxes
-    noise = torch.rand(boxes.shape[0], 2, generator=generator, dtype=boxes.dtype)
-    shift = (2.0 * noise - 1.0).to(boxes.device) * jitter
+    noise = torch.rand(
+        boxes.shape[0], 2, generator=generator, dtype=boxes.dtype, device=boxes.device
+    )
+    shift = (2.0 * noise - 1.0) * jitter
     return boxes + shift.repeat(1, 2)
 
 

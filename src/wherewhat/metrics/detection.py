@@ -182,8 +182,11 @@ class DetectionAP(MeanAveragePrecision):
             valid = p[p > -1]
             return float(valid.mean()) if valid.size else math.nan
 
+        # COCOeval runs on the CPU; the results go back to the metric's device.
+        device = self.device
+
         def scalar(value: float) -> Tensor:
-            return torch.tensor(value, dtype=torch.float32)
+            return torch.tensor(value, dtype=torch.float32, device=device)
 
         all_areas = torch.cat([_box_areas(b, a) for b, a in zip(gt_boxes, gt_areas, strict=True)])
         result: dict[str, Tensor] = {
@@ -202,17 +205,21 @@ class DetectionAP(MeanAveragePrecision):
             result[f"ap_{name}"] = scalar(mean_ap(None, index))
             result[f"ap50_{name}"] = scalar(mean_ap(0.5, index))
             in_bucket = (all_areas >= lo) & (all_areas <= hi)
-            result[f"n_gt_{name}"] = torch.tensor(int(in_bucket.sum()))
-        result["n_images"] = torch.tensor(n_images)
-        result["n_gt"] = torch.tensor(n_gt)
-        result["n_detections"] = torch.tensor(n_det)
+            result[f"n_gt_{name}"] = torch.tensor(int(in_bucket.sum()), device=device)
+        result["n_images"] = torch.tensor(n_images, device=device)
+        result["n_gt"] = torch.tensor(n_gt, device=device)
+        result["n_detections"] = torch.tensor(n_det, device=device)
         if self.class_metrics:
-            result["classes"] = torch.tensor(classes, dtype=torch.int64)
+            result["classes"] = torch.tensor(classes, dtype=torch.int64, device=device)
             result["ap50_per_class"] = torch.tensor(
-                [mean_ap(0.5, 0, k) for k in range(len(classes))], dtype=torch.float32
+                [mean_ap(0.5, 0, k) for k in range(len(classes))],
+                dtype=torch.float32,
+                device=device,
             )
             result["ap_per_class"] = torch.tensor(
-                [mean_ap(None, 0, k) for k in range(len(classes))], dtype=torch.float32
+                [mean_ap(None, 0, k) for k in range(len(classes))],
+                dtype=torch.float32,
+                device=device,
             )
         return result
 

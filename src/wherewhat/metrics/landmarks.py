@@ -109,7 +109,7 @@ def cumulative_error_curve(
     """CED curve: ``(errors, fraction)``, both ``(steps + 1,)``; fraction of faces with NME <= e,
     for e evenly spaced from 0 to ``threshold``."""
     nmes = _check_nmes(nmes, threshold)
-    errors = torch.linspace(0.0, threshold, steps + 1, dtype=nmes.dtype)
+    errors = torch.linspace(0.0, threshold, steps + 1, dtype=nmes.dtype, device=nmes.device)
     fraction = (nmes.unsqueeze(0) <= errors.unsqueeze(1)).double().mean(dim=1)
     return errors.float(), fraction.float()
 

@@ -1,6 +1,7 @@
 """One way for a pipeline (a benchmark, the tour) to train a task: :func:`fit`.
 
-It builds the Trainer every pipeline wants (one CPU process unless told otherwise, no logger,
+It builds the Trainer every pipeline wants (one process on the accelerator Lightning picks,
+``"auto"``: a GPU when there is one, else the CPU; no logger,
 no model summary, a non-finite loss stops the run, atomic checkpoints, Lightning's expected
 chatter silenced), trains, and returns a :class:`FitRecord` with the times and counts the
 results tables need. The command line has its own harness
@@ -107,7 +108,7 @@ def fit(
             if patience:
                 all_callbacks.append(EarlyStopping(monitor=monitor, mode=mode, patience=patience))
         options: dict[str, Any] = {
-            "accelerator": "cpu",
+            "accelerator": "auto",
             "devices": 1,
             "max_epochs": -1 if steps > 0 else max_epochs,
             "max_steps": steps,

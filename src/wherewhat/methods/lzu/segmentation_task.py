@@ -43,18 +43,19 @@ __all__ = [
 
 def boxes_from_label_map(labels: Tensor, min_pixels: int = 4) -> Tensor:
     """XYXY pixel boxes ``(n, 4)`` of the 8-connected foreground (label > 0) components of one
-    ``(H, W)`` label map with at least ``min_pixels`` pixels."""
+    ``(H, W)`` label map with at least ``min_pixels`` pixels, on the map's device (the
+    components are found on the CPU)."""
     foreground = (labels > 0).cpu().numpy()
     components, count = ndimage.label(foreground, structure=np.ones((3, 3), dtype=bool))
     if count == 0:
-        return torch.zeros(0, 4)
+        return torch.zeros(0, 4, device=labels.device)
     sizes = ndimage.sum_labels(foreground, components, index=np.arange(1, count + 1))
     boxes = [
         (sl[1].start, sl[0].start, sl[1].stop, sl[0].stop)
         for sl, size in zip(ndimage.find_objects(components), sizes, strict=True)
         if size >= min_pixels
     ]
-    return torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4)
+    return torch.tensor(boxes, dtype=torch.float32, device=labels.device).reshape(-1, 4)
 
 
 def weighted_cross_entropy(logits: Tensor, labels: Tensor, foreground_weight: float) -> Tensor:

@@ -100,10 +100,13 @@ def encode_images(
     was_training = module.training if isinstance(module, nn.Module) else None
     if isinstance(module, nn.Module):
         module.eval()
+    # The images go to the encoder's device (a GPU model, CPU probe images).
+    parameter = next(module.parameters(), None) if isinstance(module, nn.Module) else None
+    device = images.device if parameter is None else parameter.device
     try:
         parts = []
         for start in range(0, len(images), batch_size):
-            batch = _as_float_images(images[start : start + batch_size])
+            batch = _as_float_images(images[start : start + batch_size].to(device))
             if feature_map:
                 parts.append(encoder(batch, return_map=True)[1].flatten(1))
             else:

@@ -148,8 +148,11 @@ def max_width_ratio(scale: tuple[float, float], ratio: tuple[float, float]) -> f
     return math.sqrt((scale[1] * ratio[1]) / (scale[0] * ratio[0]))
 
 
-def _uniform(n: int, lo: float, hi: float, generator: torch.Generator | None) -> Tensor:
-    return torch.rand(n, generator=generator, dtype=torch.float64) * (hi - lo) + lo
+def _uniform(
+    n: int, lo: float, hi: float, generator: torch.Generator | None, device=None
+) -> Tensor:
+    rand = torch.rand(n, generator=generator, dtype=torch.float64, device=device)
+    return rand * (hi - lo) + lo
 
 
 def sample_crop_boxes(
@@ -159,24 +162,27 @@ def sample_crop_boxes(
     *,
     generator: torch.Generator | None = None,
     tries: int = 10,
+    device: torch.device | str | None = None,
 ) -> Tensor:
     """Random-resized-crop boxes ``(n, 4)`` XYXY float32 pixels inside an image ``(H, W)``.
 
     Area and log-aspect are uniform; of ``tries`` draws the first that fits is kept, and if none
     fits the last is clamped to the image (torchvision's rule, drawn in one batch and without
-    its integer rounding: ``extract`` samples sub-pixel boxes exactly).
+    its integer rounding: ``extract`` samples sub-pixel boxes exactly). Drawn on ``device``
+    (that of the image the boxes are for; ``generator`` must live there too).
     """
     height, width = image_size
     log_ratio = (math.log(config.ratio[0]), math.log(config.ratio[1]))
-    target = _uniform(tries * n, *config.scale, generator).view(tries, n) * (height * width)
-    aspect = torch.exp(_uniform(tries * n, *log_ratio, generator)).view(tries, n)
+    target = _uniform(tries * n, *config.scale, generator, device).view(tries, n)
+    target = target * (height * width)
+    aspect = torch.exp(_uniform(tries * n, *log_ratio, generator, device)).view(tries, n)
     w, h = torch.sqrt(target * aspect), torch.sqrt(target / aspect)
     fits = (w <= width) & (h <= height)
     # First draw that fits (argmax of a bool picks the first True); none fits: clamp the last.
     pick = torch.where(fits.any(0), fits.to(torch.uint8).argmax(0), tries - 1)
     box_w = w.gather(0, pick[None])[0].clamp(max=width)
     box_h = h.gather(0, pick[None])[0].clamp(max=height)
-    corner = torch.rand(2, n, generator=generator, dtype=torch.float64)
+    corner = torch.rand(2, n, generator=generator, dtype=torch.float64, device=device)
     x0, y0 = corner[0] * (width - box_w), corner[1] * (height - box_h)
     return torch.stack([x0, y0, x0 + box_w, y0 + box_h], dim=-1).float()
 
@@ -206,18 +212,19 @@ def _hue_matrices(shift: Tensor) -> Tensor:
     """``(N,)`` hue shifts in turns -> ``(N, 3, 3)`` RGB->RGB rotations of the YIQ chroma plane."""
     angle = (2 * math.pi * shift).double()
     cos, sin = torch.cos(angle), torch.sin(angle)
-    rotation = torch.zeros(len(shift), 3, 3, dtype=torch.float64)
+    rotation = torch.zeros(len(shift), 3, 3, dtype=torch.float64, device=shift.device)
     rotation[:, 0, 0] = 1
     rotation[:, 1, 1], rotation[:, 1, 2] = cos, -sin
     rotation[:, 2, 1], rotation[:, 2, 2] = sin, cos
-    return (_YIQ_TO_RGB @ rotation @ _RGB_TO_YIQ).float()
+    to_rgb, to_yiq = _YIQ_TO_RGB.to(shift.device), _RGB_TO_YIQ.to(shift.device)
+    return (to_rgb @ rotation @ to_yiq).float()
 
 
 def _blur(views: Tensor, sigma: Tensor, kernel_size: int) -> Tensor:
     """Separable Gaussian blur with one sigma per view; ``(N, C, h, w)`` -> same shape."""
     n, c, h, w = views.shape
     radius = kernel_size // 2
-    offsets = torch.arange(-radius, radius + 1, dtype=views.dtype)
+    offsets = torch.arange(-radius, radius + 1, dtype=views.dtype, device=views.device)
     kernel = torch.exp(-0.5 * (offsets[None] / sigma[:, None].to(views.dtype)) ** 2)
     kernel = (kernel / kernel.sum(-1, keepdim=True)).repeat_interleave(c, dim=0)  # (N*C, k)
     flat = views.reshape(1, n * c, h, w)
@@ -239,12 +246,13 @@ def jitter_views(
     n, channels = views.shape[:2]
     if n == 0:
         return views
+    device = views.device  # draws are made there (``generator`` must live there too)
 
     def draw(p: float) -> Tensor:
-        return torch.rand(n, generator=generator) < p
+        return torch.rand(n, generator=generator, device=device) < p
 
     def factor(strength: float, active: Tensor) -> Tensor:
-        values = _uniform(n, max(0.0, 1 - strength), 1 + strength, generator).float()
+        values = _uniform(n, max(0.0, 1 - strength), 1 + strength, generator, device).float()
         return torch.where(active, values, torch.ones_like(values)).view(n, 1, 1, 1)
 
     out = views
@@ -257,7 +265,7 @@ def jitter_views(
         if channels == 3:
             grey = _luma(out)
             out = ((out - grey) * factor(config.saturation, jitter) + grey).clamp(0, 1)
-            shift = _uniform(n, -config.hue, config.hue, generator).float() * jitter
+            shift = _uniform(n, -config.hue, config.hue, generator, device).float() * jitter
             out = torch.einsum("nij,njhw->nihw", _hue_matrices(shift), out).clamp(0, 1)
     if channels == 3:
         grey_mask = draw(config.p_grey).view(n, 1, 1, 1)
@@ -268,7 +276,7 @@ def jitter_views(
         kernel = config.blur_kernel or max(3, int(0.1 * size) // 2 * 2 + 1)
         if kernel % 2 == 0 or kernel // 2 >= size:
             raise ValueError(f"blur_kernel must be odd and smaller than the view, got {kernel}")
-        sigma = _uniform(n, *config.blur_sigma, generator).float()
+        sigma = _uniform(n, *config.blur_sigma, generator, device).float()
         blurred = _blur(out, sigma, kernel)
         out = torch.where(blur.view(n, 1, 1, 1), blurred, out)
     return out
@@ -293,18 +301,19 @@ class ViewSampler:
         self.config = config or ViewSamplerConfig()
 
     def _local_boxes(
-        self, image_size: tuple[int, int], generator: torch.Generator | None
+        self, image_size: tuple[int, int], generator: torch.Generator | None, device=None
     ) -> Tensor:
         cfg = self.config
         k = cfg.num_pairs
-        boxes_a = sample_crop_boxes(k, image_size, cfg.local_crop, generator=generator)
-        boxes_b = sample_crop_boxes(k, image_size, cfg.local_crop, generator=generator)
+        crop = cfg.local_crop
+        boxes_a = sample_crop_boxes(k, image_size, crop, generator=generator, device=device)
+        boxes_b = sample_crop_boxes(k, image_size, crop, generator=generator, device=device)
         if cfg.min_gap > 0 and k:
             for _ in range(50):
                 close = _pair_gap(boxes_a, boxes_b, image_size) < cfg.min_gap
                 if not close.any():
                     break
-                redraw = sample_crop_boxes(k, image_size, cfg.local_crop, generator=generator)
+                redraw = sample_crop_boxes(k, image_size, crop, generator=generator, device=device)
                 boxes_b = torch.where(close[:, None], redraw, boxes_b)
             else:
                 raise ValueError(
@@ -324,9 +333,12 @@ class ViewSampler:
         cfg = self.config
         channels, height, width = image.shape
         size = (height, width)
-        flipped = bool(torch.rand((), generator=generator) < cfg.flip_p)
-        global_boxes = sample_crop_boxes(2, size, cfg.global_crop, generator=generator)
-        local_boxes = self._local_boxes(size, generator)  # (K, 2, 4)
+        device = image.device  # every draw and output lives with the image
+        flipped = bool(torch.rand((), generator=generator, device=device) < cfg.flip_p)
+        global_boxes = sample_crop_boxes(
+            2, size, cfg.global_crop, generator=generator, device=device
+        )
+        local_boxes = self._local_boxes(size, generator, device)  # (K, 2, 4)
         batch = image[None]
         global_views = extract(batch.expand(2, -1, -1, -1), global_boxes, cfg.global_crop.size)
         local_flat = local_boxes.reshape(-1, 4)
@@ -347,6 +359,6 @@ class ViewSampler:
             "global_boxes": global_boxes,
             "local_views": local_views.view(cfg.num_pairs, 2, channels, *cfg.local_crop.size),
             "local_boxes": local_boxes,
-            "flipped": torch.tensor(flipped),
-            "image_size": torch.tensor(size),
+            "flipped": torch.tensor(flipped, device=device),
+            "image_size": torch.tensor(size, device=device),
         }

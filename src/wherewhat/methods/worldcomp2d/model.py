@@ -222,8 +222,8 @@ def sample_landmark_subset(
     """
     if not 1 <= size <= num_landmarks:
         raise ValueError(f"landmark subset size must be in [1, {num_landmarks}], got {size}")
-    keys = torch.rand(batch, num_landmarks, generator=generator)
-    return keys.argsort(dim=1)[:, :size].to(device)
+    keys = torch.rand(batch, num_landmarks, generator=generator, device=device)
+    return keys.argsort(dim=1)[:, :size]
 
 
 class LandmarkRefiner(nn.Module):

@@ -145,12 +145,17 @@ def jitter_fixations(
     integer offsets uniform in [-max_shift, max_shift] per image, fixation and axis, drawn
     afresh from the *nominal* grid at every call. (The reference adds its +-5 px steps in place
     across steps, so its fixations random-walk without bound; here the displacement is bounded
-    by ``max_shift``.) Whole pixels keep native views exact pixel copies.
+    by ``max_shift``.) Whole pixels keep native views exact pixel copies. Drawn on the
+    fixations' device (``generator``, if given, must live there).
     """
     if max_shift < 0:
         raise ValueError(f"max_shift must be >= 0, got {max_shift}")
     shifts = torch.randint(
-        -max_shift, max_shift + 1, (batch_size, *fixations.shape), generator=generator
+        -max_shift,
+        max_shift + 1,
+        (batch_size, *fixations.shape),
+        generator=generator,
+        device=fixations.device,
     )
     return fixations[None] + shifts.to(fixations)
 
@@ -223,7 +228,8 @@ def sample_contrastive_views(
     random pixel. With ``snap_to_pixel`` the anchor centre is the centre of the pixel that holds
     the landmark (random centres always are), so native views are exact pixel copies, as in the
     reference (integer coordinates). Weights follow :func:`proximity_weights` with the true
-    (unsnapped) landmark positions.
+    (unsnapped) landmark positions. Draws are made on ``points``' device, so ``generator``
+    (default: that device's global RNG) must live there too.
 
     Args:
         points: ``(B, K, 2)`` landmarks in the pixel frame of the ``image_size=(H, W)`` images.
@@ -243,13 +249,13 @@ def sample_contrastive_views(
             f"{width}x{height} image; cannot centre an anchor view"
         )
     landmark = torch.multinomial(inside.float(), 1, generator=generator).squeeze(1)
-    anchor = points[torch.arange(batch), landmark]
+    anchor = points[torch.arange(batch, device=points.device), landmark]
     if snap_to_pixel:
         anchor = anchor.floor() + 0.5
     random_pixel = torch.stack(
         [
-            torch.randint(0, width, (batch,), generator=generator),
-            torch.randint(0, height, (batch,), generator=generator),
+            torch.randint(0, width, (batch,), generator=generator, device=points.device),
+            torch.randint(0, height, (batch,), generator=generator, device=points.device),
         ],
         dim=-1,
     )

@@ -375,8 +375,9 @@ class WorldComp2DTask(pl.LightningModule):
         images, points = batch_images_and_points(batch, batch_idx)
         image = self.model.normalize(images)
         if self.stage == "encoder":
-            # Fixed draws per batch index: comparable from one validation to the next.
-            generator = torch.Generator().manual_seed(batch_idx)
+            # Fixed draws per batch index: comparable from one validation to the next. The
+            # generator lives where the draws are made (a CUDA op needs a CUDA generator).
+            generator = torch.Generator(device=image.device).manual_seed(batch_idx)
             loss = self._contrastive_loss(image, points, generator)
         else:
             coarse = self.model.localize(image)
