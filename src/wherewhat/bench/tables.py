@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import operator
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -13,11 +12,11 @@ from typing import Any
 import numpy as np
 
 from wherewhat.io import write_atomic
+from wherewhat.metrics.summary import COMPARISONS, meets
 
 __all__ = [
     "format_markdown_table",
     "format_value",
-    "meets",
     "target_rows",
     "write_figures",
     "write_results",
@@ -72,19 +71,6 @@ def format_markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[C
     return "\n".join(lines) + "\n"
 
 
-_COMPARISONS = {">=": operator.ge, ">": operator.gt, "<=": operator.le, "<": operator.lt}
-
-
-def meets(value: float | None, op: str, bound: float) -> bool | None:
-    """Whether ``value op bound`` holds (``op`` one of >=, >, <=, <); None when there is no
-    finite value to judge."""
-    if op not in _COMPARISONS:
-        raise ValueError(f"op must be one of {sorted(_COMPARISONS)}, got {op!r}")
-    if value is None or not math.isfinite(float(value)):
-        return None
-    return bool(_COMPARISONS[op](float(value), bound))
-
-
 def target_rows(
     targets: Mapping[str, Mapping[str, Any]], measured: Mapping[str, Any]
 ) -> list[dict[str, Any]]:
@@ -96,10 +82,8 @@ def target_rows(
     rows = []
     for key, target in targets.items():
         op, bound = target["op"], target["value"]
-        if op not in _COMPARISONS:
-            raise ValueError(
-                f"target {key!r}: op must be one of {sorted(_COMPARISONS)}, got {op!r}"
-            )
+        if op not in COMPARISONS:
+            raise ValueError(f"target {key!r}: op must be one of {sorted(COMPARISONS)}, got {op!r}")
         value = measured.get(key)
         met = None if value is None else meets(value, op, bound)
         rows.append({"quantity": key, "target": f"{op} {bound:g}", "measured": value, "met": met})

@@ -1,13 +1,16 @@
-"""Summaries over seeds: one convention for every results table."""
+"""Summaries over seeds and targets: one convention for every results table and report."""
 
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Iterable
 
 import numpy as np
 
-__all__ = ["mean_std"]
+__all__ = ["COMPARISONS", "mean_std", "meets"]
+
+COMPARISONS = {">=": operator.ge, ">": operator.gt, "<=": operator.le, "<": operator.lt}
 
 
 def mean_std(values: Iterable[float | None]) -> tuple[float, float]:
@@ -21,3 +24,13 @@ def mean_std(values: Iterable[float | None]) -> tuple[float, float]:
         return math.nan, math.nan
     std = float(np.std(clean, ddof=1)) if len(clean) > 1 else 0.0
     return float(np.mean(clean)), std
+
+
+def meets(value: float | None, op: str, bound: float) -> bool | None:
+    """Whether ``value op bound`` holds (``op`` one of >=, >, <=, <); None when there is no
+    finite value to judge."""
+    if op not in COMPARISONS:
+        raise ValueError(f"op must be one of {sorted(COMPARISONS)}, got {op!r}")
+    if value is None or not math.isfinite(float(value)):
+        return None
+    return bool(COMPARISONS[op](float(value), bound))

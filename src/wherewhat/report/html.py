@@ -29,8 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from wherewhat.bench.tables import meets
 from wherewhat.io import PNG_SIGNATURE, png_bytes, write_atomic
+from wherewhat.metrics.summary import meets
 
 __all__ = [
     "Check",
