@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from wherewhat.errors import ConfigError
@@ -392,3 +393,29 @@ def test_more_threads_slower_is_flagged_per_backend_and_batch():
                                         row("torch", 1, 50.0, 32), row("torch", 2, 52.0, 32)]}]  # fmt: skip
     lines = slower_with_more_threads(models)
     assert len(lines) == 1 and lines[0].startswith("net in torch, batch 1: 2 threads take 200 ms")
+
+
+def test_a_section_that_trains_gets_its_training_curves(tmp_path):
+    from wherewhat.models.digits import DigitCNN
+    from wherewhat.tasks.digits import DigitClassifierTask
+    from wherewhat.training.fit import fit
+
+    registry = SectionRegistry()
+
+    @registry.register("learns", order=1)
+    def learns(ctx):
+        images, labels = torch.rand(16, 1, 28, 28), torch.arange(16) % 10
+        loader = torch.utils.data.DataLoader(
+            torch.utils.data.TensorDataset(images, labels), batch_size=8
+        )
+        fit(DigitClassifierTask(DigitCNN(channels=2, hidden=4)), train_loader=loader, max_steps=4)
+        return Section("Learns")
+
+    @registry.register("idle", order=2)
+    def idle(ctx):
+        return Section("Idle")
+
+    run_tour(tmp_path, registry=registry, show_progress=False)
+    assert sorted(p.name for p in (tmp_path / "figures").iterdir()) == [
+        "learns-training-curves.png"
+    ]

@@ -18,7 +18,7 @@ from wherewhat.metrics.summary import mean_std
 from wherewhat.models.digits import DigitCNN
 from wherewhat.models.spec import build_module, configurable, module_spec
 from wherewhat.tasks.digits import DigitClassifierTask
-from wherewhat.training.fit import fit
+from wherewhat.training.fit import fit, recording_fits
 from wherewhat.training.schedules import WarmupCosine, step_decay, warmup_cosine
 
 # -- io ------------------------------------------------------------------------------------------
@@ -192,13 +192,18 @@ def test_fit_trains_a_tiny_task_and_reports_what_it_did():
                                schedule="constant")  # fmt: skip
     with torch.no_grad():
         before = torch.nn.functional.cross_entropy(task.eval()(images), labels).item()
-    record = fit(task, train_loader=loader, max_steps=40)
+    with recording_fits() as recorded:
+        record = fit(task, train_loader=loader, max_steps=40)
     with torch.no_grad():
         after = torch.nn.functional.cross_entropy(task.eval()(images), labels).item()
     assert record.steps == 40 and record.epochs == 10
     assert record.seconds > 0 and record.cpu_seconds > 0
     assert math.isfinite(record.final_loss) and record.best is None
     assert after < 0.7 * before
+    assert recorded == [record] and record.task == "DigitClassifierTask"
+    steps, losses = zip(*record.loss_curve, strict=True)
+    assert steps == tuple(range(1, 41))  # one point per optimizer step
+    assert losses[0] == pytest.approx(before, rel=0.5) and min(losses[-5:]) < losses[0]
 
 
 def test_fit_refuses_unclear_requests():

@@ -37,6 +37,7 @@ __all__ = [
     "save_png",
     "to_display_image",
     "tsne_embedding",
+    "curve_panels",
 ]
 
 DPI = 100
@@ -291,6 +292,38 @@ def line_chart(
     ax.grid(alpha=0.3)
     if any(series):  # some line has a name
         ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def curve_panels(
+    series: Mapping[str, tuple[Sequence[float], Sequence[float]]],
+    *,
+    xlabel: str = "step",
+    ylabel: str = "training loss",
+    ncols: int = 3,
+    panel_size: tuple[float, float] = (3.0, 2.1),
+) -> Figure:
+    """One small panel per ``{title: (x, y)}`` curve, each on its own y scale (losses of
+    different tasks differ by orders of magnitude); a log y-axis where a curve spans more than
+    two decades of positive values."""
+    if not series:
+        raise ValueError("curve_panels: no curves")
+    ncols = max(1, min(ncols, len(series)))
+    nrows = -(-len(series) // ncols)
+    fig = new_figure(panel_size[0] * ncols, panel_size[1] * nrows)
+    for index, (title, (x, y)) in enumerate(series.items()):
+        ax = fig.add_subplot(nrows, ncols, index + 1)
+        x, y = as_numpy(x), as_numpy(y)
+        ax.plot(x, y, linewidth=1.0, marker="." if len(y) < 20 else None)
+        positive = y[np.isfinite(y) & (y > 0)]
+        if len(positive) == len(y) and len(y) and positive.max() > 100 * positive.min():
+            ax.set_yscale("log")
+        ax.set_title(title, fontsize=8)
+        ax.set_xlabel(xlabel, fontsize=7)
+        ax.set_ylabel(ylabel, fontsize=7)
+        ax.tick_params(labelsize=6)
+        ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig
 

@@ -55,7 +55,9 @@ from rich.progress import (
 import wherewhat
 from wherewhat.errors import ConfigError
 from wherewhat.io import write_atomic
+from wherewhat.report.figures import curve_panels
 from wherewhat.report.html import Report, Section
+from wherewhat.training.fit import FitRecord, recording_fits
 
 __all__ = [
     "TourContext",
@@ -216,6 +218,24 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
+def add_training_curves(section: Section, fits: Sequence[FitRecord]) -> None:
+    """A figure with the loss curve of every training run the section made (none: nothing)."""
+    curves = {
+        f"{index}. {record.task} ({record.steps} steps)": tuple(
+            zip(*record.loss_curve, strict=True)
+        )
+        for index, record in enumerate(fits, start=1)
+        if len(record.loss_curve) > 1
+    }
+    if curves:
+        section.figure(
+            curve_panels(curves),
+            "Training loss against step of each training run of this section (the quick run's "
+            "own curves: a short run, not the benchmark's).",
+            name="training-curves",
+        )
+
+
 def run_tour(
     out_dir: str | Path = "runs/tour",
     faces_root: str | Path | None = None,
@@ -288,12 +308,14 @@ def run_tour(
             start = time.perf_counter()
             error = None
             try:
-                section = entry.fn(ctx)
+                with recording_fits() as fits:
+                    section = entry.fn(ctx)
                 if not isinstance(section, Section):
                     raise TypeError(
                         f"tour section {entry.name!r} returned {type(section).__name__}, "
                         "expected a wherewhat.report.html.Section"
                     )
+                add_training_curves(section, fits)
             except Exception as exc:  # shown in the report, then re-signalled via TourFailed
                 error = f"{type(exc).__name__}: {exc}"
                 section = Section(entry.title).fail(traceback.format_exc())

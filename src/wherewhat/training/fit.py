@@ -14,8 +14,10 @@ import math
 import os
 import tempfile
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
@@ -29,7 +31,7 @@ from wherewhat.training.callbacks import NonFiniteLossGuard
 from wherewhat.training.checkpoint_io import AtomicCheckpointIO
 from wherewhat.training.quiet import quiet_lightning
 
-__all__ = ["FitRecord", "fit"]
+__all__ = ["FitRecord", "fit", "recording_fits"]
 
 
 @dataclass
@@ -46,6 +48,9 @@ class FitRecord:
         best: the monitored value of the best checkpoint (``monitor`` given), else None.
         final_loss: ``train/loss`` as last logged, NaN when never logged.
         trainer: the Trainer, for what a pipeline reads beyond these.
+        task: the task's class name.
+        loss_curve: ``(global step, training loss)`` of every step (the loss
+            ``training_step`` returned).
     """
 
     seconds: float
@@ -56,11 +61,52 @@ class FitRecord:
     best: float | None
     final_loss: float
     trainer: pl.Trainer
+    task: str = ""
+    loss_curve: list[tuple[int, float]] = field(default_factory=list)
+
+
+# The records of the fit() calls made inside recording_fits(), innermost block only.
+_RECORDING: ContextVar[list[FitRecord] | None] = ContextVar("wherewhat_fits", default=None)
+
+
+@contextmanager
+def recording_fits() -> Iterator[list[FitRecord]]:
+    """Collect the :class:`FitRecord` of every :func:`fit` called inside the block (the tour
+    draws each section's training curves from them, whatever pipeline the section runs)."""
+    records: list[FitRecord] = []
+    token = _RECORDING.set(records)
+    try:
+        yield records
+    finally:
+        _RECORDING.reset(token)
+
+
+class _LossCurve(Callback):
+    """``(global step, training loss)`` after every optimizer step."""
+
+    def __init__(self) -> None:
+        self.points: list[tuple[int, float]] = []
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+        batch_idx: int,
+    ) -> None:  # fmt: skip
+        loss = outputs.get("loss") if isinstance(outputs, Mapping) else outputs
+        if isinstance(loss, torch.Tensor) and loss.numel() == 1:
+            self.points.append((int(trainer.global_step), float(loss.detach())))
 
 
 def _children_cpu_seconds() -> float:
     times = os.times()
     return times.children_user + times.children_system
+
+
+def _describe(task: pl.LightningModule) -> str:
+    """The task's class, and its stage or saliency kind when it has one (to tell runs apart)."""
+    details = [
+        str(getattr(task, name)) for name in ("stage", "saliency_kind") if hasattr(task, name)
+    ]
+    return " ".join([type(task).__name__, *details])
 
 
 def fit(
@@ -96,7 +142,8 @@ def fit(
     if monitor is not None and not validate:
         raise ValueError(f"fit: monitor={monitor!r} needs validate=True")
     steps = max_steps if max_steps is not None and max_steps > 0 else -1
-    all_callbacks: list[Callback] = [NonFiniteLossGuard(), *callbacks]
+    curve = _LossCurve()
+    all_callbacks: list[Callback] = [NonFiniteLossGuard(), curve, *callbacks]
     with tempfile.TemporaryDirectory(prefix="wherewhat-fit-") as scratch:
         root = Path(checkpoint_dir) if checkpoint_dir is not None else Path(scratch)
         best_checkpoint = None
@@ -143,7 +190,7 @@ def fit(
             score = best_checkpoint.best_model_score
             best = None if score is None else float(score)
     loss = trainer.callback_metrics.get("train/loss")
-    return FitRecord(
+    record = FitRecord(
         seconds=seconds,
         cpu_seconds=cpu,
         worker_cpu_seconds=workers,
@@ -152,4 +199,10 @@ def fit(
         best=best,
         final_loss=math.nan if loss is None else float(loss),
         trainer=trainer,
+        task=_describe(task),
+        loss_curve=curve.points,
     )
+    recording = _RECORDING.get()
+    if recording is not None:
+        recording.append(record)
+    return record

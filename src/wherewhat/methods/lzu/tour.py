@@ -4,9 +4,10 @@ latency."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
-from wherewhat.methods.lzu.experiment import warp_figures
+from wherewhat.methods.lzu.experiment import run_arm, warp_figures
 from wherewhat.methods.lzu.measurements import (
     example_saliencies,
     latency_breakdown,
@@ -17,6 +18,9 @@ from wherewhat.methods.lzu.scenes import load_scenes
 from wherewhat.methods.lzu.settings import LZUBenchSettings
 from wherewhat.report.html import Check, Section
 from wherewhat.report.tour import TourContext, register_section
+
+# The two arms a short tour run trains: the baseline and the fixed (dataset) zoom.
+TOUR_ARMS = ("uniform", "lzu_fixed")
 
 FIGURE_CAPTIONS = {
     "warp-fixed": "The fixed (dataset KDE) warp on a test scene: scene and boxes, saliency, "
@@ -45,6 +49,10 @@ def lzu_section(ctx: TourContext) -> Section:
         latency = latency_breakdown(settings, scene["image"][None], scene["boxes"], saliency[:1])
     with ctx.step("figures"):
         figures = warp_figures(settings, data, saliency, zoom)
+    steps = 30 if ctx.quick else 120
+    with ctx.step("train uniform + LZU-fixed"):
+        short = dataclasses.replace(settings, detection_steps=steps)
+        runs = [run_arm("detection", arm, ctx.seed, short, data)[1] for arm in TOUR_ARMS]
     h, w = data.original_size
     section.paragraph(
         f"LZU (Thavamani et al.): zoom a {h} x {w} scene to {settings.input_size[0]} x "
@@ -71,6 +79,12 @@ def lzu_section(ctx: TourContext) -> Section:
         [{"step": k, "ms": v} for k, v in latency.latency_ms.items()],
         caption=f"Per-step latency, batch 1, {latency.latency_threads} threads",
     )
+    section.table(
+        [{"arm": run.arm, "steps": run.steps, "final loss": run.final_loss,
+          "AP50": run.metric("ap50"), "AP50 small": run.metric("ap50_small")} for run in runs],
+        caption=f"Detection, {steps} steps on {settings.n_train} scenes, {settings.n_test} test "
+        "scenes: a short run to show the training, far from the benchmark's",
+    )  # fmt: skip
     section.checks(
         warp_and_accuracy_checks(checks.roundtrip_max_err_px, checks.coverage,
                                  checks.inverse_speedup_1d_vs_tile, latency.overhead_fraction,
