@@ -10,10 +10,16 @@
     wherewhat data preview NAME [--root PATH] --out FILE.png
     wherewhat bench MODEL_NAME [--input 1x3x128x128] [--threads N ...] [--onnx] [--json]
     wherewhat export onnx CHECKPOINT --out FILE.onnx [--input 1x1x28x28]
+    wherewhat plot     RUN_DIR [--out FILE.png]   # loss and validation curves -> RUN_DIR/curves.png
 
 ``fit/validate/test/predict`` are LightningCLI commands (``wherewhat fit --help`` lists every
 option); see :mod:`wherewhat.training.harness`. Every other command imports its machinery only
 when it runs, so ``wherewhat --help`` is instant.
+
+An error the user caused (data, config, checkpoint, option: :class:`wherewhat.errors.UserError`,
+a missing file, Lightning's misconfiguration) prints one block, ``wherewhat <command>: error:
+<file[:line] or key>: <what was expected, what was found>`` and ``fix: <how>``, and exits with
+code 2; ``--debug`` (anywhere on the line) or ``WHEREWHAT_DEBUG=1`` adds the traceback.
 """
 
 from __future__ import annotations
@@ -22,12 +28,13 @@ import argparse
 import json
 import re
 import sys
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from wherewhat import __version__
-from wherewhat.errors import ConfigError, DataFormatError
+from wherewhat.errors import DataFormatError, UserError, debug_requested, error_block, yaml_error
 
 __all__ = ["main", "build_parser", "parse_input_shape"]
 
@@ -57,6 +64,11 @@ def build_parser() -> argparse.ArgumentParser:
         "compare, visualise and export SSDIR, WorldComp2D, LZU and Spatial Prediction.",
     )
     parser.add_argument("--version", action="version", version=f"wherewhat {__version__}")
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        help="show the traceback of an error (also WHEREWHAT_DEBUG=1); any command accepts it",
+    )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     for name in LIGHTNING_COMMANDS:  # listed for --help; dispatched before argparse runs
@@ -101,6 +113,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--throughput-batch", type=int, default=None, help="also time this batch size"
     )
     bench.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    plot = commands.add_parser(
+        "plot", help="draw a run's loss and validation curves (RUN_DIR/curves.png)"
+    )
+    plot.add_argument("run_dir", help="run directory of `wherewhat fit` (or its metrics.csv)")
+    plot.add_argument("--out", default=None, help="PNG file (default: RUN_DIR/curves.png)")
 
     export = commands.add_parser("export", help="export a trained model")
     export_commands = export.add_subparsers(dest="export_format", metavar="FORMAT", required=True)
@@ -152,9 +170,7 @@ def _read_yaml_mapping(path: str | None) -> dict[str, Any]:
     except OSError as exc:
         raise DataFormatError(path, f"cannot read ({exc.strerror})") from exc
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = None if mark is None else mark.line + 1
-        raise DataFormatError(path, f"not valid YAML: {exc}", line=line) from exc
+        raise yaml_error(path, exc) from exc
     if content is None:
         return {}
     if not isinstance(content, dict):
@@ -241,24 +257,76 @@ def _run_export(args: argparse.Namespace) -> int:
     return 0
 
 
-_HANDLERS = {"tour": _run_tour, "data": _run_data, "bench": _run_bench, "export": _run_export}
+def _run_plot(args: argparse.Namespace) -> int:
+    from wherewhat.training.plot import write_curves
+
+    print(write_curves(args.run_dir, args.out))
+    return 0
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    """Entry point of the ``wherewhat`` console script and of ``python -m wherewhat``."""
-    argv = list(sys.argv[1:] if argv is None else argv)
+_HANDLERS = {
+    "tour": _run_tour,
+    "data": _run_data,
+    "bench": _run_bench,
+    "export": _run_export,
+    "plot": _run_plot,
+}
+
+
+def _is_user_error(error: BaseException) -> bool:
+    """Errors the user caused (data, config, checkpoint, option): shown as one block."""
+    if isinstance(error, UserError | FileNotFoundError):
+        return True
+    # Lightning's own "this option cannot work here" (e.g. an accelerator this machine lacks);
+    # looked up, not imported, so that the light commands never import Lightning.
+    exceptions = sys.modules.get("lightning.fabric.utilities.exceptions")
+    misconfiguration = getattr(exceptions, "MisconfigurationException", None)
+    return misconfiguration is not None and isinstance(error, misconfiguration)
+
+
+def _user_error(error: BaseException) -> BaseException | None:
+    """``error`` or the first error it was raised from (``raise ... from``) that the user
+    caused: jsonargparse wraps an error raised while it builds a class in a ValueError."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        if _is_user_error(current):
+            return current
+        seen.add(id(current))
+        current = current.__cause__
+    return None
+
+
+def _dispatch(argv: list[str]) -> None:
     if argv and argv[0] in LIGHTNING_COMMANDS:
         from wherewhat.training.harness import run_lightning_cli
 
-        try:
-            run_lightning_cli(argv)
-        except ConfigError as error:
-            raise SystemExit(f"wherewhat {argv[0]}: error: {error}") from None
+        run_lightning_cli(argv)
         return
     args = build_parser().parse_args(argv)
-    try:
-        code = _HANDLERS[args.command](args)
-    except (ConfigError, DataFormatError, FileNotFoundError) as error:
-        raise SystemExit(f"wherewhat {args.command}: error: {error}") from None
+    code = _HANDLERS[args.command](args)
     if code:
         raise SystemExit(code)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point of the ``wherewhat`` console script and of ``python -m wherewhat``.
+
+    An error the user caused prints one block (what, where, what was expected, how to fix) and
+    exits with code 2; ``--debug`` (anywhere on the line) or ``WHEREWHAT_DEBUG=1`` also prints
+    its traceback.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = debug_requested(argv)
+    argv = [arg for arg in argv if arg != "--debug"]
+    try:
+        _dispatch(argv)
+    except Exception as error:
+        cause = _user_error(error)
+        if cause is None:
+            raise
+        if debug:
+            traceback.print_exc()
+        command = argv[0] if argv else "wherewhat"
+        print(error_block(command, cause, debug=debug), file=sys.stderr, flush=True)
+        raise SystemExit(2) from None

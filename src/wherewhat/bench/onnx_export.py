@@ -41,6 +41,7 @@ from torch import nn
 from wherewhat.bench.runtime import as_input_tuple, batch_size_of, make_ort_session
 from wherewhat.errors import ConfigError, DataFormatError
 from wherewhat.io import atomic_path
+from wherewhat.training.checkpoint_file import read_checkpoint
 
 __all__ = [
     "ExportResult",
@@ -415,14 +416,7 @@ def _resolve_module_class(checkpoint: Path, module_class: type | str | None) -> 
     elif module_class is not None:
         cls = module_class
     else:
-        try:
-            state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-        except Exception as error:  # any unpickling problem means "unreadable"
-            raise DataFormatError(
-                checkpoint, f"not a readable torch checkpoint ({type(error).__name__}: {error})"
-            ) from None
-        if not isinstance(state, dict) or "state_dict" not in state:
-            raise DataFormatError(checkpoint, "expected a Lightning checkpoint with 'state_dict'")
+        state = read_checkpoint(checkpoint)  # weights_only=True; damage reported, not unpickled
         class_path = (state.get("hyper_parameters") or {}).get("_class_path")
         if not class_path:
             raise DataFormatError(
@@ -465,8 +459,10 @@ def export_checkpoint_to_onnx(
     checkpoint = Path(checkpoint_path)
     if not checkpoint.is_file():
         raise FileNotFoundError(f"{checkpoint}: checkpoint file not found")
+    if module_class is not None:  # else read (safely) while finding the class
+        read_checkpoint(checkpoint)  # damaged or not Lightning's: one clear error
     cls = _resolve_module_class(checkpoint, module_class)
-    module = cls.load_from_checkpoint(checkpoint, map_location="cpu")
+    module = cls.load_from_checkpoint(checkpoint, map_location="cpu", weights_only=True)
     module.eval()
 
     if input_shape is not None:

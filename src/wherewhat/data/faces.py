@@ -39,6 +39,7 @@ __all__ = [
     "split_by_name",
     "read_face_image",
     "photo_group",
+    "check_image_files",
 ]
 
 logger = logging.getLogger(__name__)
@@ -147,11 +148,13 @@ def load_pts_folder(
 
     images: dict[Path, list[Path]] = {}
     annotations: dict[Path, list[Path]] = {}
+    ignored: list[Path] = []
     for path in sorted(root.rglob("*")):
+        if not path.is_file():
+            continue
         suffix = path.suffix.lower()
         if suffix not in IMAGE_SUFFIXES and suffix != ".pts":
-            continue
-        if not path.is_file():
+            ignored.append(path)
             continue
         target = annotations if suffix == ".pts" else images
         target.setdefault(path.with_suffix(""), []).append(path)
@@ -160,6 +163,14 @@ def load_pts_folder(
         raise DataFormatError(
             root,
             "empty: found no images (.jpg/.jpeg/.png) and no .pts files (searched recursively)",
+        )
+    if ignored:
+        logger.warning(
+            "%s: ignored %d files that are neither images (%s) nor .pts: %s",
+            root,
+            len(ignored),
+            "/".join(IMAGE_SUFFIXES),
+            _listing(ignored),
         )
     ambiguous = [
         p for group in (*images.values(), *annotations.values()) if len(group) > 1 for p in group
@@ -199,7 +210,12 @@ def load_pts_folder(
         points = read_pts(pts_path)
         count = points.shape[0]
         if expected_points is not None and count != expected_points:
-            raise DataFormatError(pts_path, f"expected {expected_points} points, found {count}")
+            raise DataFormatError(
+                pts_path,
+                f"expected {expected_points} points, found {count}",
+                hint="fix or remove this file; or set data.init_args.expected_points to the "
+                "folder's landmark count (null accepts any one scheme)",
+            )
         if first is None:
             first = (pts_path, count)
         elif count != first[1]:
@@ -490,6 +506,47 @@ def split_by_name(
     train = [r for r in ordered if r.group not in val_groups]
     val = [r for r in ordered if r.group in val_groups]
     return train, val
+
+
+def _image_problem(path: Path) -> str | None:
+    """Why ``path`` cannot be an image, judged cheaply (header, and for JPEG the end marker),
+    or ``None``. Decoding the pixels is left to the loader."""
+    try:
+        with Image.open(path) as image:
+            image.verify()  # PNG: every chunk's checksum; JPEG, others: the header
+            kind = image.format
+    except Exception as exc:  # PIL raises OSError, ValueError, SyntaxError, ... on bad files
+        return f"not a readable image ({type(exc).__name__}: {exc})"
+    if kind == "JPEG":
+        size = path.stat().st_size
+        with path.open("rb") as handle:  # a JPEG ends with the EOI marker FF D9
+            handle.seek(max(0, size - 4096))
+            if b"\xff\xd9" not in handle.read():
+                return "a JPEG without its end marker (FF D9): the file is cut short"
+    return None
+
+
+def check_image_files(records: list[FaceRecord], source: str | Path) -> None:
+    """Raise :class:`DataFormatError` naming every image of ``records`` whose header does not
+    parse or that is cut short (cheap: no pixels decoded); in-memory images are skipped. Run at
+    start-up, so a bad file stops the run before any loader worker starts."""
+    bad = []
+    for record in records:
+        if record.image is None:
+            problem = _image_problem(Path(record.image_path))
+            if problem is not None:
+                bad.append((record.image_path, problem))
+    if not bad:
+        return
+    first_path, first_problem = bad[0]
+    others = (
+        "" if len(bad) == 1 else f" ({len(bad) - 1} more bad: {_listing([p for p, _ in bad[1:]])})"
+    )
+    raise DataFormatError(
+        first_path,
+        f"{first_problem}{others}",
+        hint=f"replace or remove the bad images (and their .pts files) in {source}",
+    )
 
 
 def read_face_image(record: FaceRecord) -> Tensor:

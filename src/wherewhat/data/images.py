@@ -15,6 +15,7 @@ Both give uint8 HWC images + int64 labels. Views for self-supervised methods are
 from __future__ import annotations
 
 import inspect
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +28,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from wherewhat.data.loader import ResumableDataLoader, SampleKey
-from wherewhat.errors import DataFormatError
+from wherewhat.errors import ConfigError, DataFormatError
 
 __all__ = [
     "ImageArrays",
@@ -38,7 +39,10 @@ __all__ = [
     "SelfSupervisedDataModule",
 ]
 
+logger = logging.getLogger(__name__)
+
 _IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
+_LISTED = 10  # how many ignored files a warning names before "... and N more"
 
 
 @dataclass
@@ -112,8 +116,10 @@ def _read_rgb(path: Path) -> np.ndarray:
 
 
 def _read_folder_split(
-    split_root: Path, classes: list[str] | None
+    split_root: Path, classes: list[str] | None, ignored: list[Path] | None = None
 ) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """One split's images and labels; files that are not images (by suffix) are appended to
+    ``ignored`` (and skipped)."""
     if not split_root.is_dir():
         raise DataFormatError(split_root, "expected a folder with one sub-folder per class")
     found = sorted(p.name for p in split_root.iterdir() if p.is_dir())
@@ -126,11 +132,10 @@ def _read_folder_split(
     images, labels = [], []
     for label, name in enumerate(classes):
         folder = split_root / name
-        files = (
-            sorted(p for p in folder.glob("*") if p.suffix.lower() in _IMAGE_SUFFIXES)
-            if folder.is_dir()
-            else []
-        )
+        entries = sorted(p for p in folder.glob("*") if p.is_file()) if folder.is_dir() else []
+        files = [p for p in entries if p.suffix.lower() in _IMAGE_SUFFIXES]
+        if ignored is not None:
+            ignored.extend(p for p in entries if p.suffix.lower() not in _IMAGE_SUFFIXES)
         for file in files:
             images.append(_read_rgb(file))
             labels.append(label)
@@ -146,10 +151,31 @@ def _read_folder_split(
 
 
 def load_image_folder(root: str | Path) -> ImageArrays:
-    """Read ``ROOT/train/<class>/*`` and ``ROOT/test/<class>/*`` (same-size images) into arrays."""
+    """Read ``ROOT/train/<class>/*`` and ``ROOT/test/<class>/*`` (same-size images) into arrays.
+
+    Files in the class folders without an image suffix (``notes.txt``, ``.DS_Store``...) are
+    skipped and named in one logged warning."""
     root = Path(root)
-    x_train, y_train, classes = _read_folder_split(root / "train", None)
-    x_test, y_test, _ = _read_folder_split(root / "test", classes)
+    if not root.is_dir():
+        raise DataFormatError(
+            root,
+            "expected a folder with train/<class>/ and test/<class>/ image folders; "
+            + ("a file" if root.exists() else "no such folder"),
+        )
+    ignored: list[Path] = []
+    x_train, y_train, classes = _read_folder_split(root / "train", None, ignored)
+    x_test, y_test, _ = _read_folder_split(root / "test", classes, ignored)
+    if ignored:
+        shown = ", ".join(str(p) for p in ignored[:_LISTED])
+        more = f", ... and {len(ignored) - _LISTED} more" if len(ignored) > _LISTED else ""
+        logger.warning(
+            "%s: ignored %d files that are not images (%s): %s%s",
+            root,
+            len(ignored),
+            "/".join(sorted(_IMAGE_SUFFIXES)),
+            shown,
+            more,
+        )
     return ImageArrays(x_train, y_train, x_test, y_test, classes)
 
 
@@ -160,7 +186,10 @@ def balanced_subset(labels: np.ndarray, per_class: int, seed: int) -> np.ndarray
     for label in np.unique(labels):
         members = np.flatnonzero(labels == label)
         if len(members) < per_class:
-            raise ValueError(f"class {label} has {len(members)} examples, {per_class} requested")
+            raise ConfigError(
+                f"class {label} has {len(members)} examples, {per_class} per class requested",
+                hint="lower data.init_args.train_limit / probe_per_class",
+            )
         chosen.append(rng.choice(members, size=per_class, replace=False))
     return np.sort(np.concatenate(chosen))
 
@@ -235,7 +264,27 @@ class SelfSupervisedDataModule(L.LightningDataModule):
     ):
         super().__init__()
         if (npz_path is None) == (image_folder is None):
-            raise ValueError("give exactly one of npz_path or image_folder")
+            raise ConfigError(
+                "data.init_args: give exactly one of npz_path or image_folder, got "
+                f"npz_path={npz_path!r}, image_folder={image_folder!r}"
+            )
+        # Cheap checks at start-up; the files are read in setup(), before any worker starts.
+        if npz_path is not None and not Path(npz_path).is_file():
+            raise DataFormatError(
+                npz_path,
+                "data.init_args.npz_path: expected a CIFAR-style .npz file; "
+                + ("a folder" if Path(npz_path).is_dir() else "no such file"),
+                hint="set --data.init_args.npz_path to the .npz (e.g. ../shared/data/cifar10/"
+                "cifar10_subset.npz) or use --data.init_args.image_folder",
+            )
+        if image_folder is not None and not Path(image_folder).is_dir():
+            raise DataFormatError(
+                image_folder,
+                "data.init_args.image_folder: expected a folder with train/<class>/ and "
+                "test/<class>/ images; no such folder",
+                hint="set --data.init_args.image_folder to that folder or use "
+                "--data.init_args.npz_path",
+            )
         self.npz_path, self.image_folder = npz_path, image_folder
         self.train_transform = train_transform
         self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed

@@ -8,9 +8,14 @@ Two pieces:
   loads which sample.
 - :class:`ResumableDataLoader`: a ``torch.utils.data.DataLoader`` with ``state_dict`` /
   ``load_state_dict``. Lightning (``FitLoop.on_save_checkpoint``) stores that state in every
-  checkpoint and hands it back on resume (``CombinedLoader._load_state_dicts``) before the first
-  ``iter()``; the loader then skips the index batches already consumed in the interrupted epoch
-  *without loading their samples*.
+  checkpoint and hands it back on resume (``CombinedLoader._load_state_dicts``); the loader then
+  skips the index batches already consumed in the interrupted epoch *without loading their
+  samples*, and counts its position from the start of the epoch, so the checkpoints of a resumed
+  run hold the same position as those of an uninterrupted one. Lightning hands the state over
+  only if it builds the loader after restoring the checkpoint; when it built it earlier (a
+  ``configure_optimizers`` that reads ``trainer.estimated_stepping_batches``), the harness's
+  ``wherewhat.training.callbacks.resume_train_loader`` does it, calls :meth:`align_epoch` and
+  creates the iterator again.
 
 Under DDP Lightning wraps the sampler in ``DistributedSamplerWrapper``, which shards the sampler's
 (deterministic) order per rank; skipping happens after sharding, at the batch level, so it stays
@@ -85,30 +90,24 @@ class EpochSeededSampler(Sampler):
 
 
 class _SkipFirstBatches:
-    """Index-batch sampler that drops the first ``skip`` batches of its first pass only.
+    """The loader's index-batch sampler: the wrapped batch sampler, minus the first batches of a
+    resumed pass.
 
-    Lazy on purpose: the skip is decided at the first ``next()``, after Lightning has called
-    ``set_epoch``; if the epoch then differs from the one the checkpoint was taken in (the saved
-    epoch had in fact finished), nothing is skipped.
+    One object per loader, for its whole life: a persistent-worker iterator keeps the index sampler
+    it was created with and calls ``iter()`` on it again for every pass, so the skip of a later
+    resume must reach it through this object. At the start of each pass it asks the loader how
+    many batches to drop (``ResumableDataLoader._skip_for_pass``); the decision is taken at the
+    first ``next()``, after Lightning's ``set_epoch`` for a single-process loader: if the sampler
+    is then in another epoch than the one the checkpoint was taken in (that epoch had in fact
+    ended), nothing is skipped.
     """
 
-    def __init__(
-        self, batch_sampler: Any, skip: int, epoch: int | None, loader: ResumableDataLoader
-    ):
-        self.batch_sampler = batch_sampler
-        self.skip = skip
-        self.epoch = epoch
+    def __init__(self, loader: ResumableDataLoader):
         self.loader = loader
+        self.batch_sampler: Any = None
 
     def __iter__(self) -> Iterator[Any]:
-        skip, self.skip = self.skip, 0  # one shot: persistent workers re-iterate this object
-        if (
-            skip
-            and self.epoch is not None
-            and self.loader.sampler_epoch() not in (None, self.epoch)
-        ):
-            skip = 0
-            self.loader._batches_yielded = 0
+        skip = self.loader._skip_for_pass()
         iterator = iter(self.batch_sampler)
         for _ in range(skip):
             next(iterator, None)  # indices only: the skipped samples are never loaded
@@ -131,8 +130,14 @@ class ResumableDataLoader(DataLoader):
         sample_seeds: let the sampler yield ``(index, sample_seed)`` keys (see above).
         **kwargs: any other ``DataLoader`` argument (``num_workers``, ``collate_fn``, ...).
 
-    State: ``{"epoch": e, "batches_yielded": k}`` - the loader had handed out ``k`` batches of
-    epoch ``e`` when the checkpoint was taken. Only sized, map-style datasets are supported.
+    State: ``{"epoch": e, "batches_yielded": k}``: the loader had handed out ``k`` batches of
+    epoch ``e`` when the checkpoint was taken, counted from the start of the epoch (a pass resumed
+    after ``k0`` batches counts on from ``k0``). Only sized, map-style datasets are supported.
+
+    The resume is armed by :meth:`load_state_dict` and holds until the resumed pass hands out its
+    first batch: ``iter()`` may be called again before that (Lightning does when it loaded the
+    loader before restoring the checkpoint; :meth:`align_epoch` then says which epoch the trainer
+    continues with) and every such pass skips the same batches.
     """
 
     def __init__(
@@ -157,9 +162,10 @@ class ResumableDataLoader(DataLoader):
         self.sample_seeds = sample_seeds
         self._batches_yielded = 0
         self._epoch_of_pass: int | None = None
-        self._pending_skip = 0
-        self._pending_epoch: int | None = None
-        self._skip_for_new_iterator: _SkipFirstBatches | None = None
+        # (epoch, batches to skip) of a loaded checkpoint, until the resumed pass yields a batch.
+        self._resume: tuple[int | None, int] | None = None
+        self._armed: tuple[int | None, int] | None = None  # what the current pass will skip
+        self._skipper = _SkipFirstBatches(self)
         super().__init__(dataset, batch_size=batch_size, sampler=sampler, **kwargs)
 
     # -- the epoch as set by Lightning through ``set_epoch`` ------------------------------------
@@ -178,52 +184,84 @@ class ResumableDataLoader(DataLoader):
                 return int(epoch)
         return None
 
+    def _set_sampler_epoch(self, epoch: int) -> None:
+        for sampler in self._epoch_aware_samplers():
+            sampler.set_epoch(epoch)
+
     # -- checkpoint state ----------------------------------------------------------------------
     def state_dict(self) -> dict[str, int]:
-        epoch = self._epoch_of_pass if self._epoch_of_pass is not None else self.sampler_epoch()
-        return {"epoch": -1 if epoch is None else epoch, "batches_yielded": self._batches_yielded}
+        if self._resume is not None:  # resumed but no batch handed out yet: the loaded state
+            epoch, batches = self._resume
+        else:
+            epoch = self._epoch_of_pass if self._epoch_of_pass is not None else self.sampler_epoch()
+            batches = self._batches_yielded
+        return {"epoch": -1 if epoch is None else epoch, "batches_yielded": batches}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         batches = int(state.get("batches_yielded", 0))
         epoch = int(state.get("epoch", -1))
         if not 0 <= batches:
             raise ValueError(f"batches_yielded must be >= 0, got {batches}")
-        # A finished epoch (all batches handed out) leaves nothing to skip.
-        self._pending_skip = batches if batches < len(self) else 0
-        self._pending_epoch = None if epoch < 0 else epoch
-        if self._pending_epoch is not None:
-            # Workers prefetch indices as soon as the iterator exists, before Lightning's
-            # set_epoch: put the sampler in the saved epoch now.
-            for sampler in self._epoch_aware_samplers():
-                sampler.set_epoch(self._pending_epoch)
+        saved_epoch = None if epoch < 0 else epoch
+        if batches < len(self):
+            self._resume = (saved_epoch, batches)
+            if saved_epoch is not None:
+                # Workers prefetch indices as soon as the iterator exists, before Lightning's
+                # set_epoch: put the sampler in the saved epoch now.
+                self._set_sampler_epoch(saved_epoch)
+        else:
+            # That epoch was finished: nothing to skip, and the next pass is the next epoch.
+            self._resume = None
+            if saved_epoch is not None:
+                self._set_sampler_epoch(saved_epoch + 1)
+
+    def align_epoch(self, epoch: int) -> bool:
+        """Put the loader in ``epoch``, the epoch the trainer continues with after a resume.
+
+        A loaded position in another epoch (an epoch the trainer counts as finished, e.g. with
+        ``limit_train_batches``) is dropped. Returns whether anything changed, i.e. whether an
+        iterator created before this call must be created again.
+        """
+        changed = False
+        if self._resume is not None and self._resume[0] not in (None, epoch):
+            self._resume = None
+            changed = True
+        if self.sampler_epoch() not in (None, epoch):
+            self._set_sampler_epoch(epoch)
+            changed = True
+        return changed
 
     # -- iteration -----------------------------------------------------------------------------
     @property
     def _index_sampler(self) -> Any:
-        # Read by DataLoader iterators when they are created; __iter__ sets the one-shot skip.
-        base = super()._index_sampler
-        skipper = self._skip_for_new_iterator
-        if skipper is None:
-            return base
-        skipper.batch_sampler = base
-        return skipper
+        # Read by DataLoader iterators when they are created (and by len()): always the skipper.
+        self._skipper.batch_sampler = super()._index_sampler
+        return self._skipper
+
+    def _skip_for_pass(self) -> int:
+        """How many batches the pass that is starting drops (called once per pass)."""
+        armed, self._armed = self._armed, None
+        if armed is None:
+            return 0
+        epoch, skip = armed
+        if epoch is not None and self.sampler_epoch() not in (None, epoch):
+            # The saved epoch had ended and the trainer has moved on: a full pass.
+            self._resume = None
+            self._batches_yielded = 0
+            return 0
+        return skip
 
     def __iter__(self) -> Iterator[Any]:
-        skip, self._pending_skip = self._pending_skip, 0
-        # Set before the iterator exists: worker prefetch may already run the skip below.
-        self._batches_yielded = skip
+        self._armed = self._resume
+        # Set before the iterator exists: worker prefetch may already run the skip.
+        self._batches_yielded = 0 if self._resume is None else self._resume[1]
         self._epoch_of_pass = None
-        if skip:
-            self._skip_for_new_iterator = _SkipFirstBatches(None, skip, self._pending_epoch, self)
-        try:
-            iterator = super().__iter__()
-        finally:
-            self._skip_for_new_iterator = None
-        return self._count(iterator)
+        return self._count(super().__iter__())
 
     def _count(self, iterator: Iterator[Any]) -> Iterator[Any]:
         for batch in iterator:
             if self._epoch_of_pass is None:
                 self._epoch_of_pass = self.sampler_epoch()
+                self._resume = None  # the resumed pass is under way: the position is live now
             self._batches_yielded += 1
             yield batch

@@ -7,9 +7,15 @@ way pipelines train.
 - ``fit``: ``fit(task, data, ...) -> FitRecord``, the Trainer every pipeline (benchmark, tour)
   trains with.
 - ``schedules``: ``warmup_cosine``, ``step_decay``, ``adamw_warmup_cosine``.
-- ``run_dir``: one fresh ``runs/<name>/<YYYYmmdd-HHMMSS>/`` per run, shared by its processes.
+- ``run_dir``: one ``runs/<name>/<YYYYmmdd-HHMMSS>/`` per run, shared by its processes and
+  continued by ``--resume``; ``RunCSVLogger`` (one ``metrics.csv`` per run).
 - ``checkpoint_io``: ``AtomicCheckpointIO`` (through ``wherewhat.io.atomic_torch_save``).
-- ``callbacks``: ``RandomStateCheckpoint`` (RNG states in checkpoints), ``NonFiniteLossGuard``.
+- ``callbacks``: ``RandomStateCheckpoint`` (exact resume: RNG states, loader position),
+  ``LastCheckpoints`` (``last.ckpt`` follows the run), ``NonFiniteLossGuard``.
+- ``progress``: run-level progress (step / total, elapsed, ETA): ``ProgressLines`` (plain lines
+  for log files and CI), ``RunRichProgressBar`` / ``RunTQDMProgressBar``.
+- ``plot``: ``read_metrics_csv``, ``plot_curves``, ``write_curves`` (a run's ``curves.png``,
+  ``wherewhat plot RUN_DIR``).
 - exact mid-epoch resume needs the train loader to be ``wherewhat.data.loader.ResumableDataLoader``
   (torch only: data modules import it without pulling in Lightning).
 

@@ -1,4 +1,5 @@
-"""Callbacks of the training harness: RNG state in checkpoints and the non-finite loss guard."""
+"""Callbacks of the training harness: exact resume (RNG state, loader position), a ``last.ckpt``
+that follows the run, and the non-finite loss guard."""
 
 from __future__ import annotations
 
@@ -9,12 +10,17 @@ from typing import Any
 import lightning.pytorch as pl
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
+from wherewhat.data.loader import ResumableDataLoader
+
 __all__ = [
     "RandomStateCheckpoint",
+    "LastCheckpoints",
+    "resume_train_loader",
+    "start_next_epoch_after_last_batch",
     "NonFiniteLossGuard",
     "NonFiniteLossError",
     "capture_random_state",
@@ -66,14 +72,25 @@ def restore_random_state(state: dict[str, Any]) -> None:
 
 
 class RandomStateCheckpoint(Callback):
-    """Saves the global RNG states in every checkpoint and restores them when training resumes.
+    """Exact resume: saves the global RNG states in every checkpoint and, when training resumes,
+    puts the training loader and the RNGs where the interrupted run had them.
 
-    Restoring happens in ``on_train_start``, i.e. after Lightning has rebuilt the dataloaders and
-    run the sanity-check validation, right before the first resumed training step: whatever those
-    drew from the global generators, the next step sees exactly the state the interrupted run
-    had after its last saved step. Together with :class:`~wherewhat.data.loader.ResumableDataLoader`
-    this makes dropout masks, shuffling and augmentation of a resumed run equal to those of an
-    uninterrupted run.
+    Everything happens in ``on_train_start``: after Lightning has restored the checkpoint, rebuilt
+    the dataloaders and run the sanity-check validation, right before the first resumed training
+    step.
+
+    1. The training loader's position (:class:`~wherewhat.data.loader.ResumableDataLoader`).
+       Lightning hands the saved loader state to the loader only if it builds the loader *after*
+       restoring the checkpoint; a task whose ``configure_optimizers`` reads
+       ``trainer.estimated_stepping_batches`` (every cosine schedule) makes it build the loader
+       earlier, and the state was silently dropped: the resumed epoch started again from its
+       first batch. Here the state is applied if it is still pending, each resumable loader is
+       put in the epoch the trainer continues with, and the loader's iterator is created again.
+    2. The RNG states: whatever Lightning drew from the global generators while setting up, the
+       next step sees exactly the state the interrupted run had after its last saved step.
+
+    Together these make data order, augmentation and dropout masks of a resumed run equal to
+    those of an uninterrupted run.
 
     Under DDP the checkpoint holds rank 0's state and every rank restores it; with
     ``seed_everything`` all ranks start from the same seed and draw the same amount, so their
@@ -90,9 +107,146 @@ class RandomStateCheckpoint(Callback):
         self._pending = state_dict.get("rng")
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Both are no-ops unless a checkpoint was restored.
+        start_next_epoch_after_last_batch(trainer)
+        resume_train_loader(trainer)
         if self._pending is not None:
             restore_random_state(self._pending)
             self._pending = None
+
+
+def start_next_epoch_after_last_batch(trainer: pl.Trainer) -> bool:
+    """Repair Lightning 2.6's resume from a checkpoint taken at an epoch's last batch.
+
+    Its ``FitLoop.reset`` counts that epoch as finished but then treats the next epoch as the
+    interrupted one: it skips ``on_train_epoch_start`` and the epoch's "ready" / "started" counts.
+    A checkpoint written later in that epoch then says no epoch is under way, and resuming *it*
+    trains a whole extra epoch (3 epochs of 7 steps ended at step 28). Marking the restart as done
+    lets the next epoch start as in an uninterrupted run. Returns whether it did.
+    """
+    fit_loop = trainer.fit_loop
+    epoch_loop = fit_loop.epoch_loop
+    if not (
+        getattr(fit_loop, "restarted_mid_epoch", False)
+        and getattr(epoch_loop, "restarted_on_train_batch_end", False)
+        and epoch_loop.batch_progress.is_last_batch
+        and callable(getattr(fit_loop, "reset_restart_stage", None))
+    ):
+        return False
+    fit_loop.reset_restart_stage()
+    return True
+
+
+def resume_train_loader(trainer: pl.Trainer) -> bool:
+    """Apply a checkpoint's training-loader state that Lightning left pending, align resumable
+    loaders with the epoch the trainer continues with, and recreate the loader iterator if either
+    changed something. Returns whether the iterator was recreated.
+
+    Uses Lightning's fit-loop internals (``_combined_loader``, ``_combined_loader_states_to_load``,
+    ``_data_fetcher``), checked with ``getattr`` so that a Lightning without them only loses this
+    repair, never the run.
+    """
+    fit_loop = trainer.fit_loop
+    combined = getattr(fit_loop, "_combined_loader", None)
+    if combined is None:
+        return False
+    changed = False
+    pending = getattr(fit_loop, "_combined_loader_states_to_load", None)
+    if pending and fit_loop.restarting:
+        combined._load_state_dicts(pending)
+        fit_loop._combined_loader_states_to_load = []
+        changed = True
+    epoch = fit_loop.epoch_progress.current.processed
+    for loader in combined.flattened:
+        if isinstance(loader, ResumableDataLoader):
+            changed = loader.align_epoch(epoch) or changed
+    fetcher = getattr(fit_loop, "_data_fetcher", None)
+    if changed and fetcher is not None:
+        iter(fetcher)  # a new iterator, which starts at the restored position
+        return True
+    return False
+
+
+class LastCheckpoints(Callback):
+    """Makes ``last.ckpt`` of every ``ModelCheckpoint(save_last=True)`` follow the run.
+
+    Lightning 2.6's ``ModelCheckpoint`` leaves three gaps, each of which loses training to a kill
+    or leaves a stale ``last.ckpt``:
+
+    - with a ``monitor`` and ``every_n_train_steps``, a step whose monitored metric does not exist
+      yet (before the first validation) is not saved but deferred to the next validation;
+    - a deferred save (also the one at an epoch's last batch, which waits for fresh validation
+      metrics) is dropped when validation runs at the end of the epoch, because the callback then
+      saves "on train epoch end", where it ignores deferred saves;
+    - ``last`` is written only together with a scheduled save, so a run of 114 steps checkpointed
+      every 20 steps ended with a ``last.ckpt`` of step 100.
+
+    This callback fills them through the ``ModelCheckpoint`` itself (its file names, its atomic
+    writer, its bookkeeping): ``last`` at every interval step, the deferred save at the end of the
+    epoch, and ``last`` at the end of training, so ``last.ckpt`` always holds the weights the run
+    finished with. It uses the callback's private helpers, checked with ``getattr``: on a
+    Lightning without them it does nothing.
+    """
+
+    @staticmethod
+    def _targets(trainer: pl.Trainer) -> list[ModelCheckpoint]:
+        return [
+            callback
+            for callback in trainer.checkpoint_callbacks
+            if isinstance(callback, ModelCheckpoint)
+            and all(
+                callable(getattr(callback, name, None))
+                for name in (
+                    "_should_skip_saving_checkpoint",
+                    "_monitor_candidates",
+                    "_save_last_checkpoint",
+                    "_save_topk_checkpoint",
+                    "_should_save_on_train_epoch_end",
+                )
+            )
+        ]
+
+    def on_train_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        for callback in self._targets(trainer):
+            every = getattr(callback, "_every_n_train_steps", 0)
+            if not (callback.save_last and callback.monitor and every >= 1):
+                continue
+            if trainer.global_step % every or callback._should_skip_saving_checkpoint(trainer):
+                continue
+            if trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+                # Lightning defers it to the end of the epoch (after validation, with fresh
+                # metrics), where on_train_epoch_end below saves it.
+                continue
+            candidates = callback._monitor_candidates(trainer)
+            if callback.monitor not in candidates:  # Lightning defers this one: save last now
+                callback._save_last_checkpoint(trainer, candidates)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        for callback in self._targets(trainer):
+            if not getattr(callback, "_defer_save_until_validation", False):
+                continue
+            if not callback._should_save_on_train_epoch_end(trainer):
+                continue  # then Lightning's on_validation_end saves it
+            if callback._should_skip_saving_checkpoint(trainer):
+                continue
+            candidates = callback._monitor_candidates(trainer)
+            if callback.monitor is not None and callback.monitor not in candidates:
+                continue  # still no metric (no validation this epoch): keep it deferred
+            callback._save_topk_checkpoint(trainer, candidates)
+            callback._save_last_checkpoint(trainer, candidates)
+            callback._defer_save_until_validation = False
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        for callback in self._targets(trainer):
+            if callback.save_last and not callback._should_skip_saving_checkpoint(trainer):
+                callback._save_last_checkpoint(trainer, callback._monitor_candidates(trainer))
 
 
 # -- non-finite loss ---------------------------------------------------------------------------

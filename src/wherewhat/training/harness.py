@@ -15,13 +15,20 @@ On top of plain LightningCLI every run gets:
   plus the best by ``--checkpoint.monitor``); ``--run.name`` / ``--run.root`` / ``--run.dir``;
 - ``seed_everything`` (default 0; ``--seed_everything N``);
 - atomic checkpoint files (:class:`~wherewhat.training.checkpoint_io.AtomicCheckpointIO`);
-- exact resume with ``--ckpt_path .../last.ckpt`` or ``--resume RUN_DIR``: RNG states
-  (:class:`~wherewhat.training.callbacks.RandomStateCheckpoint`) and the position inside the
-  epoch (:class:`~wherewhat.data.loader.ResumableDataLoader`) are restored;
+- exact resume with ``--resume RUN_DIR`` (continues in ``RUN_DIR``: one ``csv/metrics.csv``,
+  the resume's config saved as ``config-N.yaml``) or ``--ckpt_path FILE`` (a new run folder):
+  RNG states (:class:`~wherewhat.training.callbacks.RandomStateCheckpoint`) and the position
+  inside the epoch (:class:`~wherewhat.data.loader.ResumableDataLoader`) are restored, and
+  ``last.ckpt`` always holds the final step (:class:`~wherewhat.training.callbacks.LastCheckpoints`);
 - a stop with step / batch / value on a non-finite loss (``--run.skip_nonfinite_loss true`` to
   skip and count such batches instead);
-- a rich progress bar on a terminal (``--run.progress auto|rich|tqdm|none``; ``auto`` shows none
-  when output is not a terminal or ``CI=true``).
+- progress for the whole run (``--run.progress auto|rich|tqdm|lines|none``): on a terminal a
+  rich bar with the run's step / total and ETA; when output is a file or ``CI=true`` plain lines
+  (step / total, elapsed, ETA, loss, latest validation metric) every ``--run.progress_every``
+  seconds and at every 10 % (:mod:`wherewhat.training.progress`);
+- ``curves.png`` in the run directory at the end of ``fit``: loss and validation metrics against
+  step from ``csv/metrics.csv`` (:mod:`wherewhat.training.plot`; ``wherewhat plot RUN_DIR``
+  redraws it).
 
 Scaling out: ``--trainer.strategy ddp --trainer.accelerator cpu --trainer.devices N`` runs N
 processes on one machine (gloo on CPU, nccl on GPUs); Lightning starts them itself. Across
@@ -37,30 +44,42 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import jsonargparse
+import torch
 import yaml
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import (
     Callback,
     ModelCheckpoint,
     ProgressBar,
-    RichProgressBar,
-    TQDMProgressBar,
 )
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
-from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.plugins.io import CheckpointIO
 
-from wherewhat.errors import ConfigError
+from wherewhat.errors import CheckpointError, ConfigError, DataFormatError, yaml_error
 from wherewhat.io import atomic_torch_save
-from wherewhat.training.callbacks import NonFiniteLossGuard, RandomStateCheckpoint
+from wherewhat.training.callbacks import (
+    LastCheckpoints,
+    NonFiniteLossGuard,
+    RandomStateCheckpoint,
+)
+from wherewhat.training.checkpoint_file import read_checkpoint
 from wherewhat.training.checkpoint_io import AtomicCheckpointIO
-from wherewhat.training.run_dir import is_rank_zero_process, resolve_run_dir
+from wherewhat.training.plot import METRICS_CSV, write_curves
+from wherewhat.training.progress import ProgressLines, RunRichProgressBar, RunTQDMProgressBar
+from wherewhat.training.run_dir import (
+    RunCSVLogger,
+    is_rank_zero_process,
+    latest_run_config,
+    resolve_run_dir,
+)
 
 __all__ = [
     "SUBCOMMANDS",
@@ -93,8 +112,12 @@ class RunOptions:
         root: parent folder of all runs.
         dir: exact run directory instead of ``root/name/<time>`` (must be new or empty); use it
             for multi-node jobs whose ranks cannot agree on a time stamp.
-        progress: progress bar: ``auto`` (rich on a terminal, none otherwise or when CI=true),
-            ``rich``, ``tqdm`` or ``none``.
+        progress: ``auto`` (a rich bar on a terminal; plain ``lines`` when output is not a
+            terminal or CI=true), ``rich``, ``tqdm``, ``lines`` or ``none``. The bars show the
+            current epoch plus the run's step / total and ETA; the lines step / total,
+            elapsed, ETA, loss and the latest validation metric.
+        progress_every: seconds between two plain progress lines (a line is also printed at
+            every 10 % of the run).
         skip_nonfinite_loss: skip (and count and report) batches whose loss is NaN/inf instead of
             stopping with an error.
     """
@@ -102,24 +125,29 @@ class RunOptions:
     name: str | None = None
     root: str = "runs"
     dir: str | None = None
-    progress: Literal["auto", "rich", "tqdm", "none"] = "auto"
+    progress: Literal["auto", "rich", "tqdm", "lines", "none"] = "auto"
+    progress_every: float = 30.0
     skip_nonfinite_loss: bool = False
 
 
 _FIT_DESCRIPTION = (
     "Runs the full optimization routine. Writes runs/<name>/<time>/ (config.yaml, csv/, "
-    "tensorboard/, checkpoints/last.ckpt and best). Continue a run with --resume RUN_DIR "
-    "(its config and last checkpoint; later options still override) or --ckpt_path FILE."
+    "tensorboard/, checkpoints/last.ckpt and best). Continue a run in its folder with --resume "
+    "RUN_DIR (its newest config and last checkpoint; later options still override), or from a "
+    "checkpoint in a new folder with --ckpt_path FILE."
 )
 
 
 def expand_resume_args(args: Sequence[str]) -> list[str]:
     """Replace ``--resume RUN_DIR`` by that run's config and last checkpoint.
 
-    ``--resume runs/digits/20250101-120000`` becomes ``--config <run>/config.yaml --ckpt_path
-    <run>/checkpoints/last.ckpt --run.name digits --run.dir null`` (put before the other
-    arguments, so later overrides still win); ``--resume FILE.ckpt`` becomes ``--ckpt_path FILE.ckpt``. The resumed
-    run writes to a new run directory; the old one is left as it was.
+    ``wherewhat fit --resume runs/digits/20250101-120000`` becomes ``fit --config <run>/config.yaml
+    --ckpt_path <run>/checkpoints/last.ckpt --run.name digits --run.dir <run>`` (put before the
+    other arguments, so later overrides still win): the run continues in its own folder (see
+    :mod:`wherewhat.training.run_dir`). The config is the run's newest (``config-N.yaml`` of an
+    earlier resume, else ``config.yaml``). With another subcommand the run folder's config and
+    checkpoint are used in a new run folder (``--run.dir null``). ``--resume FILE.ckpt`` becomes
+    ``--ckpt_path FILE.ckpt``.
     """
     args = list(args)
     target: str | None = None
@@ -145,7 +173,7 @@ def expand_resume_args(args: Sequence[str]) -> list[str]:
         return rest + ["--ckpt_path", str(path)]
     if not path.is_dir():
         raise ConfigError(f"{path}: --resume expects a run directory or a .ckpt file; not found")
-    config, checkpoint = path / "config.yaml", path / LAST_CHECKPOINT
+    config, checkpoint = latest_run_config(path), path / LAST_CHECKPOINT
     for needed in (config, checkpoint):
         if not needed.is_file():
             raise ConfigError(
@@ -159,8 +187,8 @@ def expand_resume_args(args: Sequence[str]) -> list[str]:
         str(checkpoint),
         "--run.name",
         path.parent.name,
-        "--run.dir",  # a fresh run directory, even if the old run had an explicit one
-        "null",
+        "--run.dir",  # fit continues in the run's folder; the others write a new one
+        str(path) if head in ([], ["fit"]) else "null",
     ]
     return head + resume + subcommand_args
 
@@ -299,10 +327,65 @@ class WherewhatCLI(LightningCLI):
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         # Same as LightningCLI's minus the warning about args + sys.argv: `wherewhat` always
-        # passes args explicitly (after expanding --resume).
-        self.config = (
-            parser.parse_object(args) if isinstance(args, dict) else parser.parse_args(args)
-        )
+        # passes args explicitly (after expanding --resume). A bad option is a ConfigError (one
+        # block from the `wherewhat` command), not jsonargparse's 70-line usage dump.
+        self._model_options = _model_options(args)
+        for each in (parser, *getattr(parser._subcommands_action, "_name_parser_map", {}).values()):
+            each.exit_on_error = False
+        try:
+            self.config = (
+                parser.parse_object(args) if isinstance(args, dict) else parser.parse_args(args)
+            )
+        except jsonargparse.ArgumentError as error:
+            subcommand = args[0] if isinstance(args, list) and args else "fit"
+            raise ConfigError(
+                str(error).strip(),
+                hint=f"`wherewhat {subcommand} --help` lists every option and its type",
+            ) from error
+
+    # -- checkpoints ---------------------------------------------------------------------------
+    def _parse_ckpt_path(self) -> None:
+        """LightningCLI's: the checkpoint's hyper-parameters replace the config's model settings.
+        Before that, the file is read safely (``weights_only=True``, errors that say what is
+        wrong) and must be of the config's model class, and no ``--model...`` option may
+        contradict it (the checkpoint would silently win)."""
+        self._checkpoint: dict[str, Any] | None = None
+        subcommand = self.config.get("subcommand")
+        if not subcommand:
+            return
+        config = self.config[subcommand]
+        if config.get("weights_only") is None and "weights_only" in config:
+            config["weights_only"] = True  # what torch does by default, stated
+        ckpt_path = config.get("ckpt_path")
+        if not ckpt_path or str(ckpt_path) in _LIGHTNING_CKPT_NAMES:
+            return
+        path = Path(ckpt_path)
+        checkpoint = read_checkpoint(path, weights_only=config.get("weights_only") is not False)
+        self._checkpoint = checkpoint
+        hparams = dict(checkpoint.get("hyper_parameters") or {})
+        hparams.pop("_instantiator", None)
+        if not hparams:
+            return
+        _check_checkpoint_model(path, config.get("model"), hparams, self._model_options)
+        if "_class_path" in hparams:
+            hparams = {"class_path": hparams.pop("_class_path"), "dict_kwargs": hparams}
+        self.config = self.parser.parse_object({subcommand: {"model": hparams}}, self.config)
+
+    def after_instantiate_classes(self) -> None:
+        """The checkpoint's weights must fit the model built from the config (same names and
+        shapes), checked here so a mismatch is one error instead of Lightning's traceback."""
+        checkpoint, self._checkpoint = getattr(self, "_checkpoint", None), None
+        if checkpoint is None or not getattr(self.model, "strict_loading", True):
+            return
+        problems = _state_dict_mismatch(self.model.state_dict(), checkpoint["state_dict"])
+        if problems:
+            path = self._subconfig().get("ckpt_path")
+            raise CheckpointError(
+                path,
+                "its weights do not fit the model built from the config: " + "; ".join(problems),
+                hint="use the config the checkpoint was trained with (its run folder's "
+                "config.yaml) or a checkpoint of this model",
+            )
 
     # -- run directory -------------------------------------------------------------------------
     def _subconfig(self) -> Any:
@@ -313,14 +396,24 @@ class WherewhatCLI(LightningCLI):
         run = config["run"]
         name = run.name or _config_stem(config) or self._model_name(config)
         run.name = name
-        self.run_dir, self.owns_run_dir = resolve_run_dir(run.root, name, run.dir)
+        continuing = self.subcommand == "fit" and _continues_run(run.dir, config.get("ckpt_path"))
+        self.run_dir, self.owns_run_dir = resolve_run_dir(
+            run.root, name, run.dir, continuing=continuing
+        )
         # The saved config is complete (bases merged in), so it must not name a base again.
         config[BASE_KEY] = None
         if self.owns_run_dir:
+            saved = config
+            if continuing:  # config-N.yaml: this resume's settings, re-runnable from scratch
+                saved = config.clone()
+                saved["ckpt_path"], saved["run"].dir = None, None
             self._parser(self.subcommand).save(
-                config, _free_name(self.run_dir / "config.yaml"), multifile=False, **_KEEP_NONE
+                saved, _free_name(self.run_dir / "config.yaml"), multifile=False, **_KEEP_NONE
             )
-            _say(f"wherewhat: run directory {self.run_dir}")
+            verb = "continuing in" if continuing else "run directory"
+            _say(f"wherewhat: {verb} {self.run_dir}")
+        if continuing:  # its checkpoints/ holds the run's own earlier checkpoints
+            warnings.filterwarnings("ignore", message=r"Checkpoint directory .* is not empty")
 
     @staticmethod
     def _model_name(config: Any) -> str:
@@ -346,19 +439,20 @@ class WherewhatCLI(LightningCLI):
         user_callbacks = _as_list(trainer_config.get("callbacks"))
         harness: list[Callback] = [
             RandomStateCheckpoint(),
+            LastCheckpoints(),
             NonFiniteLossGuard(skip=run.skip_nonfinite_loss),
         ]
-        progress = self._progress_bar(run.progress, trainer_config, user_callbacks + extra)
-        if progress is None:
+        progress = self._progress_bar(run, trainer_config, user_callbacks + extra)
+        if not isinstance(progress, ProgressBar):  # none, or plain lines (not a Lightning bar)
             if not any(isinstance(c, ProgressBar) for c in user_callbacks + extra):
                 trainer_config["enable_progress_bar"] = False
-        else:
+        if progress is not None:
             harness.append(progress)
         trainer_config["callbacks"] = user_callbacks + harness
 
         if trainer_config.get("logger") in (None, True):
             trainer_config["logger"] = [
-                CSVLogger(self.run_dir, name="csv", version=""),
+                RunCSVLogger(self.run_dir),  # csv/metrics.csv, continued by --resume
                 TensorBoardLogger(
                     self.run_dir, name="tensorboard", version="", default_hp_metric=False
                 ),
@@ -373,18 +467,26 @@ class WherewhatCLI(LightningCLI):
 
     @staticmethod
     def _progress_bar(
-        choice: str, trainer_config: dict[str, Any], callbacks: list[Callback]
-    ) -> ProgressBar | None:
+        run: RunOptions, trainer_config: dict[str, Any], callbacks: list[Callback]
+    ) -> Callback | None:
         if trainer_config.get("enable_progress_bar") is False:
             return None
         if any(isinstance(c, ProgressBar) for c in callbacks):
             return None
+        choice = run.progress
         if choice == "auto":
-            choice = "none" if _on_ci_or_not_a_terminal() else "rich"
+            choice = "lines" if _on_ci_or_not_a_terminal() else "rich"
         if choice == "rich":
-            return RichProgressBar()
+            return RunRichProgressBar()
         if choice == "tqdm":
-            return TQDMProgressBar()
+            return RunTQDMProgressBar()
+        if choice == "lines":
+            if not run.progress_every > 0:
+                raise ConfigError(
+                    f"run.progress_every: expected a positive number of seconds, "
+                    f"got {run.progress_every}"
+                )
+            return ProgressLines(every_seconds=run.progress_every)
         return None
 
     # -- subcommands ---------------------------------------------------------------------------
@@ -402,10 +504,35 @@ class WherewhatCLI(LightningCLI):
         if isinstance(checkpoint, ModelCheckpoint):
             lines = [f"wherewhat: run directory {self.run_dir}"]
             if checkpoint.last_model_path:
-                lines.append(f"  last checkpoint: {checkpoint.last_model_path}")
+                step = self.trainer.global_step  # LastCheckpoints: last is the final step
+                lines.append(f"  last checkpoint (step {step}): {checkpoint.last_model_path}")
             if checkpoint.best_model_path:
                 lines.append(f"  best checkpoint: {checkpoint.best_model_path}")
             _say("\n".join(lines))
+        self._write_curves()
+
+    def _write_curves(self) -> None:
+        """``curves.png`` from the run's ``csv/metrics.csv`` (when the CSV logger wrote one); a
+        plot that fails is reported, never fails the finished run."""
+        if not (self.owns_run_dir and self.trainer.is_global_zero):
+            return
+        if not (self.run_dir / METRICS_CSV).is_file():
+            return
+        try:
+            path = write_curves(self.run_dir)
+        except (DataFormatError, OSError, ValueError) as error:
+            _say(f"  curves: not drawn ({error})")
+        else:
+            _say(f"  curves: {path}")
+
+
+def _continues_run(run_dir: str | None, ckpt_path: Any) -> bool:
+    """``--run.dir D --ckpt_path D/...``: resuming run ``D`` in its own folder (what ``--resume D``
+    expands to)."""
+    if run_dir is None or not isinstance(ckpt_path, str | os.PathLike):
+        return False
+    folder, checkpoint = Path(run_dir).resolve(), Path(ckpt_path).resolve()
+    return folder in checkpoint.parents
 
 
 def _free_name(path: Path) -> Path:
@@ -430,4 +557,160 @@ def _as_list(value: Any) -> list[Any]:
 
 def run_lightning_cli(args: Sequence[str]) -> WherewhatCLI:
     """Run ``wherewhat <subcommand> ...`` (args include the subcommand) and return the CLI."""
-    return WherewhatCLI(args=expand_config_bases(expand_resume_args(args)))
+    expanded = expand_config_bases(expand_resume_args(args))
+    _check_config_files(expanded)
+    return WherewhatCLI(args=expanded)
+
+
+# -- errors a user causes, found before anything runs --------------------------------------------
+# ckpt_path values Lightning resolves itself (not files).
+_LIGHTNING_CKPT_NAMES = ("best", "last", "hpc", "registry")
+
+
+def _check_config_files(args: Sequence[str]) -> None:
+    """Every ``--config FILE`` exists and is a YAML mapping; errors name the file and line
+    (jsonargparse names ``<unicode string>``, after a usage dump)."""
+    for index, arg in enumerate(args):
+        if arg == "--config" and index + 1 < len(args):
+            value = args[index + 1]
+        elif arg.startswith("--config="):
+            value = arg.split("=", 1)[1]
+        else:
+            continue
+        path = Path(value)
+        if not path.is_file():
+            raise ConfigError(
+                f"--config {value}: no such file",
+                hint="give the path of a YAML config, e.g. configs/digits/default.yaml",
+            )
+        try:
+            document = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as error:
+            raise yaml_error(path, error) from None
+        except (OSError, UnicodeDecodeError) as error:
+            raise DataFormatError(path, f"cannot read the config ({error})") from None
+        if document is not None and not isinstance(document, dict):
+            raise DataFormatError(
+                path,
+                f"expected a mapping of options (key: value) at the top level, found "
+                f"{type(document).__name__}",
+            )
+
+
+def _model_options(args: Any) -> dict[str, str]:
+    """``--model.KEY VALUE`` / ``--model.KEY=VALUE`` (and ``--model``) given on the command
+    line, as ``{"model.KEY": "VALUE"}``."""
+    if not isinstance(args, list | tuple):
+        return {}
+    options: dict[str, str] = {}
+    for index, arg in enumerate(args):
+        if not isinstance(arg, str) or not (
+            arg.startswith("--model.") or arg.split("=")[0] == "--model"
+        ):
+            continue
+        key, equals, value = arg[2:].partition("=")
+        if not equals:
+            value = str(args[index + 1]) if index + 1 < len(args) else ""
+        options[key] = value
+    return options
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, jsonargparse.Namespace):
+        value = value.as_dict()
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def _leaves(value: Any, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:
+    """Leaf values of nested specs by path, ``init_args`` levels left out (so a checkpoint's
+    hyper-parameters and a parsed config line up)."""
+    if not isinstance(value, dict):
+        return {prefix: value}
+    leaves: dict[tuple[str, ...], Any] = {}
+    for key, item in value.items():
+        if key in ("init_args", "dict_kwargs"):
+            leaves.update(_leaves(item, prefix))
+        elif key not in ("_instantiator", "__path__"):
+            leaves.update(_leaves(item, prefix + ("class_path" if key == "_class_path" else key,)))
+    return leaves
+
+
+def _dotted(path: tuple[str, ...]) -> str:
+    """``("model", "channels")`` -> ``model.init_args.model.init_args.channels``: the option."""
+    key = "model"
+    for part in path:
+        key += f".{part}" if part == "class_path" else f".init_args.{part}"
+    return key
+
+
+def _check_checkpoint_model(
+    path: Path, model_config: Any, hparams: dict[str, Any], options: dict[str, str]
+) -> None:
+    """Raise if the checkpoint holds another model class than the config, or if a command-line
+    ``--model...`` option contradicts a hyper-parameter stored in it."""
+    configured = _leaves(_plain(model_config))
+    stored = _leaves(_plain(hparams))
+    for key, value in configured.items():
+        if key and key[-1] == "class_path" and key in stored and stored[key] != value:
+            raise CheckpointError(
+                path,
+                f"a checkpoint of {stored[key]}, but the config's {_dotted(key)} is {value}; "
+                "expected a checkpoint of the config's model",
+                hint="use the config the checkpoint was trained with (its run folder's "
+                f"config.yaml) or a checkpoint of {value}",
+            )
+    contradictions = []
+    for option, text in options.items():
+        wanted = tuple(
+            part for part in option.split(".")[1:] if part not in ("init_args", "dict_kwargs")
+        )
+        for key, value in configured.items():
+            if key[: len(wanted)] == wanted and key in stored and stored[key] != value:
+                given = f"--{option} {text}"
+                if key != wanted:  # a whole block given: name the value inside it
+                    given += f" (sets {_dotted(key)} = {value!r})"
+                contradictions.append(
+                    f"{given}, but the checkpoint has {_dotted(key)} = {stored[key]!r}"
+                )
+    if contradictions:
+        raise CheckpointError(
+            path,
+            "command-line options contradict the checkpoint: " + "; ".join(contradictions),
+            hint="drop those options: with --ckpt_path (or --resume) the model keeps its "
+            "checkpoint's settings; to train a changed model, start a new run without --ckpt_path",
+        )
+
+
+def _state_dict_mismatch(
+    model: dict[str, Any], checkpoint: dict[str, Any], limit: int = 5
+) -> list[str]:
+    def listing(keys: list[str]) -> str:
+        shown = ", ".join(keys[:limit])
+        return shown + (f", ... and {len(keys) - limit} more" if len(keys) > limit else "")
+
+    missing = sorted(set(model) - set(checkpoint))
+    unexpected = sorted(set(checkpoint) - set(model))
+    shapes = [
+        f"{key}: checkpoint {tuple(checkpoint[key].shape)} vs model {tuple(model[key].shape)}"
+        for key in sorted(set(model) & set(checkpoint))
+        if hasattr(model[key], "shape")
+        and hasattr(checkpoint[key], "shape")
+        and not isinstance(model[key], torch.nn.parameter.UninitializedParameter)
+        and tuple(model[key].shape) != tuple(checkpoint[key].shape)
+    ]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} model weights are not in it ({listing(missing)})")
+    if unexpected:
+        problems.append(
+            f"{len(unexpected)} of its weights are not in the model ({listing(unexpected)})"
+        )
+    if shapes:
+        problems.append(f"{len(shapes)} shapes differ ({listing(shapes)})")
+    return problems

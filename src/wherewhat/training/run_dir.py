@@ -1,13 +1,21 @@
-"""Run directories: ``<root>/<name>/<YYYYmmdd-HHMMSS>[-N]/``, one per run, never reused.
+"""Run directories: ``<root>/<name>/<YYYYmmdd-HHMMSS>[-N]/``, one per run, never another run's.
 
 Layout written by the CLI::
 
     runs/<name>/<stamp>/
         config.yaml            the fully resolved config (re-run with --config this file)
-        csv/metrics.csv        scalar logs (CSVLogger)
+        config-1.yaml, ...     the config of each resume (--resume RUN_DIR), when there was one
+        csv/metrics.csv        scalar logs (RunCSVLogger), one file for the whole run
         tensorboard/           TensorBoard event files (tensorboard --logdir runs)
-        checkpoints/last.ckpt  latest state, for --ckpt_path / --resume
+        checkpoints/last.ckpt  the state at the last step trained, for --resume / --ckpt_path
         checkpoints/best-*.ckpt  best by the monitored metric (if one is set)
+
+``wherewhat fit --resume RUN_DIR`` continues the run *in* ``RUN_DIR``: checkpoints go on in
+``checkpoints/`` (the best-checkpoint bookkeeping included), ``csv/metrics.csv`` is continued
+(rows the interrupted process logged after its last checkpoint are replaced by the resumed run's),
+TensorBoard adds an event file beside the old ones, and the config of the resumed invocation is
+saved as ``config-N.yaml`` beside the untouched ``config.yaml`` (the next ``--resume`` reads the
+newest). ``--ckpt_path FILE`` alone trains on from the checkpoint in a new run directory.
 
 Several processes of one run must agree on the directory:
 
@@ -22,13 +30,32 @@ Several processes of one run must agree on the directory:
 
 from __future__ import annotations
 
+import csv
+import io
 import os
+import re
 import time
 from pathlib import Path
+from typing import Any
+
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+from lightning.pytorch.loggers.logger import rank_zero_experiment
 
 from wherewhat.errors import ConfigError
+from wherewhat.io import write_atomic
 
-__all__ = ["RUN_DIR_ENV", "create_run_dir", "resolve_run_dir", "is_rank_zero_process"]
+__all__ = [
+    "RUN_CONFIG",
+    "RUN_DIR_ENV",
+    "RunCSVLogger",
+    "create_run_dir",
+    "is_rank_zero_process",
+    "latest_run_config",
+    "resolve_run_dir",
+]
+
+RUN_CONFIG = "config.yaml"
 
 RUN_DIR_ENV = "WHEREWHAT_RUN_DIR"
 _RANK_VARIABLES = ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID", "GROUP_RANK")
@@ -82,16 +109,46 @@ def _claim_explicit_dir(path: Path) -> Path:
     return path
 
 
+def _continued_dir(path: Path) -> Path:
+    if not (path / RUN_CONFIG).is_file():
+        raise ConfigError(
+            f"{path}: cannot continue this run here, it has no {RUN_CONFIG}; expected a run "
+            "directory written by wherewhat fit"
+        )
+    return path
+
+
+def latest_run_config(run_dir: str | Path) -> Path:
+    """The newest config of a run: ``config-N.yaml`` with the largest N (written by resumes),
+    else ``config.yaml``."""
+    run_dir = Path(run_dir)
+    numbered = []
+    for path in run_dir.glob("config-*.yaml"):
+        match = re.fullmatch(r"config-(\d+)\.yaml", path.name)
+        if match:
+            numbered.append((int(match.group(1)), path))
+    return max(numbered)[1] if numbered else run_dir / RUN_CONFIG
+
+
 def resolve_run_dir(
-    root: str | Path, name: str, explicit_dir: str | Path | None = None
+    root: str | Path,
+    name: str,
+    explicit_dir: str | Path | None = None,
+    *,
+    continuing: bool = False,
 ) -> tuple[Path, bool]:
     """Directory of this process's run and whether this process created it (and owns its files).
+
+    ``continuing``: ``explicit_dir`` is the folder of the run being resumed (``--resume``), which
+    is reused instead of refused for holding files.
 
     See the module docstring for how the processes of one distributed run agree on it.
     """
     rank_zero = is_rank_zero_process()
     if explicit_dir is not None:
         path = Path(explicit_dir)
+        if continuing:
+            return _continued_dir(path), rank_zero
         if rank_zero:
             return _claim_explicit_dir(path), True
         return path, False
@@ -120,3 +177,70 @@ def resolve_run_dir(
     path = create_run_dir(root, name)
     os.environ[RUN_DIR_ENV] = str(path.resolve())  # inherited by DDP processes Lightning starts
     return path, True
+
+
+# -- one metrics.csv for the whole run -----------------------------------------------------------
+class _ContinuedCSVWriter(ExperimentWriter):
+    """Lightning's CSV writer, except that an existing ``metrics.csv`` is continued, not deleted.
+
+    Its columns are taken over; before the first rows of this process are written, the rows
+    the earlier process logged at the same or later steps (after its last checkpoint, before the
+    kill) are dropped, since the resumed run logs those steps again.
+    """
+
+    def __init__(self, log_dir: str) -> None:
+        self._first_new_step: int | None = None
+        super().__init__(log_dir)
+        if self._fs.isfile(self.metrics_file_path):
+            with self._fs.open(self.metrics_file_path, "r", newline="") as file:
+                header = next(csv.reader(file), [])
+            self.metrics_keys = sorted(key for key in header if key)
+
+    def _check_log_dir_exists(self) -> None:
+        pass  # Lightning's deletes an existing metrics.csv here
+
+    def log_metrics(self, metrics_dict: dict[str, float], step: int | None = None) -> None:
+        if self._first_new_step is None and step is not None:
+            self._first_new_step = int(step)
+            self._drop_rows_from(int(step))
+        super().log_metrics(metrics_dict, step)
+
+    def _drop_rows_from(self, step: int) -> None:
+        if not self._fs.isfile(self.metrics_file_path):
+            return
+        with self._fs.open(self.metrics_file_path, "r", newline="") as file:
+            rows = list(csv.DictReader(file))
+        kept = [row for row in rows if _row_step(row) < step]
+        if len(kept) == len(rows):
+            return
+        text = io.StringIO()
+        writer = csv.DictWriter(text, fieldnames=self.metrics_keys)  # "\r\n", as Lightning
+        writer.writeheader()
+        writer.writerows(kept)
+        write_atomic(self.metrics_file_path, text.getvalue())
+
+
+def _row_step(row: dict[str, Any]) -> float:
+    try:
+        return float(row.get("step") or "nan")
+    except ValueError:
+        return float("nan")  # NaN < step is False: a row without a readable step is dropped
+
+
+class RunCSVLogger(CSVLogger):
+    """``CSVLogger`` writing ``<run>/csv/metrics.csv``, continued (not replaced) when a resumed run
+    writes into the same folder. (Lightning writes the rows out as they are logged, so the file a
+    kill leaves behind is complete up to the kill.)"""
+
+    def __init__(self, run_dir: str | Path, **kwargs: Any) -> None:
+        kwargs.setdefault("name", "csv")
+        kwargs.setdefault("version", "")
+        super().__init__(run_dir, **kwargs)
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> ExperimentWriter:
+        if self._experiment is None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _ContinuedCSVWriter(log_dir=self.log_dir)
+        return self._experiment
