@@ -44,7 +44,7 @@ from wherewhat.methods.ssdir.records import (
     settings_blocking_merge,
 )
 from wherewhat.methods.ssdir.settings import DEDUP_MODES, VARIANTS, SSDIRBenchSettings
-from wherewhat.training.harness import load_layered_config
+from wherewhat.training.config_files import load_layered_config
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = ROOT / "benchmarks" / "results"

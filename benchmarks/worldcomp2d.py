@@ -53,7 +53,7 @@ from wherewhat.errors import ConfigError
 from wherewhat.methods.worldcomp2d.experiment import run_landmark_bench
 from wherewhat.methods.worldcomp2d.markdown import landmark_markdown, training_markdown
 from wherewhat.methods.worldcomp2d.settings import BASELINES, LandmarkBenchSettings
-from wherewhat.training.harness import load_layered_config
+from wherewhat.training.config_files import load_layered_config
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = ROOT / "benchmarks" / "results"

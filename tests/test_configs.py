@@ -9,11 +9,8 @@ import yaml
 
 from wherewhat.errors import ConfigError
 from wherewhat.tasks.digits import DigitClassifierTask
-from wherewhat.training.harness import (
-    expand_config_bases,
-    load_layered_config,
-    run_lightning_cli,
-)
+from wherewhat.training.config_files import expand_config_bases, load_layered_config
+from wherewhat.training.harness import run_lightning_cli
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((REPO / "configs").rglob("*.yaml"))

@@ -69,7 +69,7 @@ from wherewhat.models.ssd import SSDDetector
 from wherewhat.tasks.digits import DigitClassifierTask
 from wherewhat.tasks.landmark_baselines import PFLDTask, PIPHeatmapTask
 from wherewhat.tasks.ssd import SSDTask
-from wherewhat.training.harness import expand_config_bases
+from wherewhat.training.config_files import expand_config_bases
 
 ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "src" / "wherewhat"

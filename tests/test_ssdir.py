@@ -35,7 +35,8 @@ from wherewhat.methods.ssdir.task import SSDIRTask
 from wherewhat.models.spec import module_spec
 from wherewhat.models.ssd import SSDDetector
 from wherewhat.tasks.ssd import SSDTask
-from wherewhat.training.harness import WherewhatCLI, expand_config_bases
+from wherewhat.training.config_files import expand_config_bases
+from wherewhat.training.harness import WherewhatCLI
 
 SIZE = (64, 64)
 SMALL = {"z_what_size": 16, "what_hidden": 1, "glimpse_size": 16, "decoder_width": 64}

@@ -2,8 +2,11 @@
 way pipelines train.
 
 - ``harness``: ``WherewhatCLI`` (LightningCLI subclass), ``RunOptions``, ``run_lightning_cli``,
-  ``expand_resume_args``, ``expand_config_bases``, ``load_layered_config``; how to scale out
-  with DDP, torchrun and SLURM.
+  ``expand_resume_args``; how to scale out with DDP, torchrun and SLURM.
+- ``config_files``: layered configs (``expand_config_bases``, ``load_layered_config``) and
+  config-file checks that name the file and line.
+- ``checkpoint_file`` / ``checkpoint_checks``: reading a checkpoint safely, and checking it
+  against the config (model class, contradicting options, weight shapes).
 - ``fit``: ``fit(task, data, ...) -> FitRecord``, the Trainer every pipeline (benchmark, tour)
   trains with.
 - ``schedules``: ``warmup_cosine``, ``step_decay``, ``adamw_warmup_cosine``.

@@ -51,8 +51,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import jsonargparse
-import torch
-import yaml
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import (
     Callback,
@@ -63,15 +61,22 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.plugins.io import CheckpointIO
 
-from wherewhat.errors import CheckpointError, ConfigError, DataFormatError, yaml_error
+from wherewhat.errors import CheckpointError, ConfigError, DataFormatError
 from wherewhat.io import atomic_torch_save
 from wherewhat.training.callbacks import (
     LastCheckpoints,
     NonFiniteLossGuard,
     RandomStateCheckpoint,
 )
+from wherewhat.training.checkpoint_checks import (
+    LIGHTNING_CKPT_NAMES,
+    check_checkpoint_model,
+    model_options,
+    state_dict_mismatch,
+)
 from wherewhat.training.checkpoint_file import read_checkpoint
 from wherewhat.training.checkpoint_io import AtomicCheckpointIO
+from wherewhat.training.config_files import BASE_KEY, check_config_files, expand_config_bases
 from wherewhat.training.plot import METRICS_CSV, write_curves
 from wherewhat.training.progress import ProgressLines, RunRichProgressBar, RunTQDMProgressBar
 from wherewhat.training.run_dir import (
@@ -85,14 +90,11 @@ __all__ = [
     "SUBCOMMANDS",
     "RunOptions",
     "WherewhatCLI",
-    "expand_config_bases",
     "expand_resume_args",
-    "load_layered_config",
     "run_lightning_cli",
 ]
 
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
-BASE_KEY = "base"
 DEFAULT_SEED = 0
 LAST_CHECKPOINT = Path("checkpoints") / "last.ckpt"
 # Write null values too, so the saved config is complete (jsonargparse renamed the option in 4.49).
@@ -193,80 +195,6 @@ def expand_resume_args(args: Sequence[str]) -> list[str]:
     return head + resume + subcommand_args
 
 
-def _config_base(path: Path) -> Path | None:
-    """The file named by ``path``'s top-level ``base`` key (relative to ``path``'s folder)."""
-    try:
-        document = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError):
-        return None  # the parser reports an unreadable config with its own message
-    base = document.get(BASE_KEY) if isinstance(document, dict) else None
-    if base is None:
-        return None
-    if not isinstance(base, str):
-        raise ConfigError(f"{path}: '{BASE_KEY}' must be a path to a YAML file, got {base!r}")
-    target = (path.parent / base).resolve()
-    if not target.is_file():
-        raise ConfigError(f"{path}: '{BASE_KEY}: {base}' names {target}, which does not exist")
-    return target
-
-
-def _merge_config(base: Any, delta: Any) -> Any:
-    # As jsonargparse applies a later config file: mappings merge key by key, a block whose
-    # class_path changes is replaced whole, anything else (lists included) is replaced.
-    if not isinstance(base, dict) or not isinstance(delta, dict):
-        return delta
-    if "class_path" in delta and delta["class_path"] != base.get("class_path"):
-        return delta
-    return {**base, **{key: _merge_config(base.get(key), value) for key, value in delta.items()}}
-
-
-def load_layered_config(path: str | Path) -> dict[str, Any]:
-    """The YAML at ``path`` as a plain mapping, with the files its ``base:`` chain names merged
-    under it (for scripts that read a config's settings without running the CLI)."""
-    path = Path(path)
-    try:
-        document = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as error:
-        raise ConfigError(f"{path}: cannot read the config ({error})") from None
-    if not isinstance(document, dict):
-        raise ConfigError(f"{path}: expected a mapping at the top level of the config")
-    document.pop(BASE_KEY, None)
-    base = _config_base(path)
-    return document if base is None else _merge_config(load_layered_config(base), document)
-
-
-def expand_config_bases(args: Sequence[str]) -> list[str]:
-    """Put each ``--config FILE``'s base files before it: a delta config says ``base:
-    default.yaml`` (relative to its own folder) and holds only what differs.
-
-    ``--config configs/worldcomp2d/localizer.yaml`` becomes ``--config
-    .../worldcomp2d/default.yaml --config configs/worldcomp2d/localizer.yaml``: jsonargparse
-    applies config files in order, so the delta's keys win, and later command-line options win
-    over both. Bases may have bases; a loop is an error.
-    """
-    expanded: list[str] = []
-    index = 0
-    while index < len(args):
-        arg, value = args[index], None
-        if arg == "--config" and index + 1 < len(args):
-            value, index = args[index + 1], index + 2
-        elif arg.startswith("--config="):
-            value, index = arg.split("=", 1)[1], index + 1
-        else:
-            expanded.append(arg)
-            index += 1
-            continue
-        chain = [Path(value)]
-        while (base := _config_base(chain[0])) is not None:
-            if base in [p.resolve() for p in chain]:
-                raise ConfigError(f"{value}: its '{BASE_KEY}' files form a loop at {base}")
-            chain.insert(0, base)
-        for path in chain[:-1]:
-            expanded += ["--config", str(path)]
-        expanded += ["--config", value]
-    return expanded
-
-
 def _config_stem(config: Any) -> str | None:
     """Run name from the last config file: its stem, or for a method's layered configs
     (a folder holding ``default.yaml``) ``<folder>`` / ``<folder>_<stem>``."""
@@ -329,7 +257,7 @@ class WherewhatCLI(LightningCLI):
         # Same as LightningCLI's minus the warning about args + sys.argv: `wherewhat` always
         # passes args explicitly (after expanding --resume). A bad option is a ConfigError (one
         # block from the `wherewhat` command), not jsonargparse's 70-line usage dump.
-        self._model_options = _model_options(args)
+        self._model_options = model_options(args)
         for each in (parser, *getattr(parser._subcommands_action, "_name_parser_map", {}).values()):
             each.exit_on_error = False
         try:
@@ -357,7 +285,7 @@ class WherewhatCLI(LightningCLI):
         if config.get("weights_only") is None and "weights_only" in config:
             config["weights_only"] = True  # what torch does by default, stated
         ckpt_path = config.get("ckpt_path")
-        if not ckpt_path or str(ckpt_path) in _LIGHTNING_CKPT_NAMES:
+        if not ckpt_path or str(ckpt_path) in LIGHTNING_CKPT_NAMES:
             return
         path = Path(ckpt_path)
         checkpoint = read_checkpoint(path, weights_only=config.get("weights_only") is not False)
@@ -366,7 +294,7 @@ class WherewhatCLI(LightningCLI):
         hparams.pop("_instantiator", None)
         if not hparams:
             return
-        _check_checkpoint_model(path, config.get("model"), hparams, self._model_options)
+        check_checkpoint_model(path, config.get("model"), hparams, self._model_options)
         if "_class_path" in hparams:
             hparams = {"class_path": hparams.pop("_class_path"), "dict_kwargs": hparams}
         self.config = self.parser.parse_object({subcommand: {"model": hparams}}, self.config)
@@ -377,7 +305,7 @@ class WherewhatCLI(LightningCLI):
         checkpoint, self._checkpoint = getattr(self, "_checkpoint", None), None
         if checkpoint is None or not getattr(self.model, "strict_loading", True):
             return
-        problems = _state_dict_mismatch(self.model.state_dict(), checkpoint["state_dict"])
+        problems = state_dict_mismatch(self.model.state_dict(), checkpoint["state_dict"])
         if problems:
             path = self._subconfig().get("ckpt_path")
             raise CheckpointError(
@@ -558,159 +486,5 @@ def _as_list(value: Any) -> list[Any]:
 def run_lightning_cli(args: Sequence[str]) -> WherewhatCLI:
     """Run ``wherewhat <subcommand> ...`` (args include the subcommand) and return the CLI."""
     expanded = expand_config_bases(expand_resume_args(args))
-    _check_config_files(expanded)
+    check_config_files(expanded)
     return WherewhatCLI(args=expanded)
-
-
-# -- errors a user causes, found before anything runs --------------------------------------------
-# ckpt_path values Lightning resolves itself (not files).
-_LIGHTNING_CKPT_NAMES = ("best", "last", "hpc", "registry")
-
-
-def _check_config_files(args: Sequence[str]) -> None:
-    """Every ``--config FILE`` exists and is a YAML mapping; errors name the file and line
-    (jsonargparse names ``<unicode string>``, after a usage dump)."""
-    for index, arg in enumerate(args):
-        if arg == "--config" and index + 1 < len(args):
-            value = args[index + 1]
-        elif arg.startswith("--config="):
-            value = arg.split("=", 1)[1]
-        else:
-            continue
-        path = Path(value)
-        if not path.is_file():
-            raise ConfigError(
-                f"--config {value}: no such file",
-                hint="give the path of a YAML config, e.g. configs/digits/default.yaml",
-            )
-        try:
-            document = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as error:
-            raise yaml_error(path, error) from None
-        except (OSError, UnicodeDecodeError) as error:
-            raise DataFormatError(path, f"cannot read the config ({error})") from None
-        if document is not None and not isinstance(document, dict):
-            raise DataFormatError(
-                path,
-                f"expected a mapping of options (key: value) at the top level, found "
-                f"{type(document).__name__}",
-            )
-
-
-def _model_options(args: Any) -> dict[str, str]:
-    """``--model.KEY VALUE`` / ``--model.KEY=VALUE`` (and ``--model``) given on the command
-    line, as ``{"model.KEY": "VALUE"}``."""
-    if not isinstance(args, list | tuple):
-        return {}
-    options: dict[str, str] = {}
-    for index, arg in enumerate(args):
-        if not isinstance(arg, str) or not (
-            arg.startswith("--model.") or arg.split("=")[0] == "--model"
-        ):
-            continue
-        key, equals, value = arg[2:].partition("=")
-        if not equals:
-            value = str(args[index + 1]) if index + 1 < len(args) else ""
-        options[key] = value
-    return options
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, jsonargparse.Namespace):
-        value = value.as_dict()
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    if isinstance(value, Path):
-        return str(value)
-    return value
-
-
-def _leaves(value: Any, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:
-    """Leaf values of nested specs by path, ``init_args`` levels left out (so a checkpoint's
-    hyper-parameters and a parsed config line up)."""
-    if not isinstance(value, dict):
-        return {prefix: value}
-    leaves: dict[tuple[str, ...], Any] = {}
-    for key, item in value.items():
-        if key in ("init_args", "dict_kwargs"):
-            leaves.update(_leaves(item, prefix))
-        elif key not in ("_instantiator", "__path__"):
-            leaves.update(_leaves(item, prefix + ("class_path" if key == "_class_path" else key,)))
-    return leaves
-
-
-def _dotted(path: tuple[str, ...]) -> str:
-    """``("model", "channels")`` -> ``model.init_args.model.init_args.channels``: the option."""
-    key = "model"
-    for part in path:
-        key += f".{part}" if part == "class_path" else f".init_args.{part}"
-    return key
-
-
-def _check_checkpoint_model(
-    path: Path, model_config: Any, hparams: dict[str, Any], options: dict[str, str]
-) -> None:
-    """Raise if the checkpoint holds another model class than the config, or if a command-line
-    ``--model...`` option contradicts a hyper-parameter stored in it."""
-    configured = _leaves(_plain(model_config))
-    stored = _leaves(_plain(hparams))
-    for key, value in configured.items():
-        if key and key[-1] == "class_path" and key in stored and stored[key] != value:
-            raise CheckpointError(
-                path,
-                f"a checkpoint of {stored[key]}, but the config's {_dotted(key)} is {value}; "
-                "expected a checkpoint of the config's model",
-                hint="use the config the checkpoint was trained with (its run folder's "
-                f"config.yaml) or a checkpoint of {value}",
-            )
-    contradictions = []
-    for option, text in options.items():
-        wanted = tuple(
-            part for part in option.split(".")[1:] if part not in ("init_args", "dict_kwargs")
-        )
-        for key, value in configured.items():
-            if key[: len(wanted)] == wanted and key in stored and stored[key] != value:
-                given = f"--{option} {text}"
-                if key != wanted:  # a whole block given: name the value inside it
-                    given += f" (sets {_dotted(key)} = {value!r})"
-                contradictions.append(
-                    f"{given}, but the checkpoint has {_dotted(key)} = {stored[key]!r}"
-                )
-    if contradictions:
-        raise CheckpointError(
-            path,
-            "command-line options contradict the checkpoint: " + "; ".join(contradictions),
-            hint="drop those options: with --ckpt_path (or --resume) the model keeps its "
-            "checkpoint's settings; to train a changed model, start a new run without --ckpt_path",
-        )
-
-
-def _state_dict_mismatch(
-    model: dict[str, Any], checkpoint: dict[str, Any], limit: int = 5
-) -> list[str]:
-    def listing(keys: list[str]) -> str:
-        shown = ", ".join(keys[:limit])
-        return shown + (f", ... and {len(keys) - limit} more" if len(keys) > limit else "")
-
-    missing = sorted(set(model) - set(checkpoint))
-    unexpected = sorted(set(checkpoint) - set(model))
-    shapes = [
-        f"{key}: checkpoint {tuple(checkpoint[key].shape)} vs model {tuple(model[key].shape)}"
-        for key in sorted(set(model) & set(checkpoint))
-        if hasattr(model[key], "shape")
-        and hasattr(checkpoint[key], "shape")
-        and not isinstance(model[key], torch.nn.parameter.UninitializedParameter)
-        and tuple(model[key].shape) != tuple(checkpoint[key].shape)
-    ]
-    problems = []
-    if missing:
-        problems.append(f"{len(missing)} model weights are not in it ({listing(missing)})")
-    if unexpected:
-        problems.append(
-            f"{len(unexpected)} of its weights are not in the model ({listing(unexpected)})"
-        )
-    if shapes:
-        problems.append(f"{len(shapes)} shapes differ ({listing(shapes)})")
-    return problems
