@@ -35,6 +35,7 @@ from torch.utils.data import default_collate
 import wherewhat
 import wherewhat.methods.worldcomp2d.task as worldcomp2d_task
 import wherewhat.training.fit as fit_module
+from conftest import square_scenes
 from wherewhat.geometry.saliency import boxes_saliency, jitter_boxes
 from wherewhat.geometry.warp import saliency_to_grid, zoom
 from wherewhat.methods.lzu.detection_task import LZUDetectionTask
@@ -238,23 +239,7 @@ def _faces(n: int = 2, size: int = 64, seed: int = 0) -> dict[str, Tensor]:
 
 def _scenes(size: tuple[int, int], n: int = 2, seed: int = 0) -> dict[str, Any]:
     """Bright squares with boxes, labels and masks (digit stand-ins)."""
-    g = torch.Generator().manual_seed(seed)
-    images = torch.zeros(n, 1, *size)
-    masks = torch.zeros(n, *size, dtype=torch.long)
-    boxes, labels = [], []
-    for i in range(n):
-        b, lab = [], []
-        for side in (12, 24):
-            x = int(torch.randint(0, size[1] - side, (1,), generator=g))
-            y = int(torch.randint(0, size[0] - side, (1,), generator=g))
-            cls = int(torch.randint(0, 10, (1,), generator=g))
-            images[i, 0, y : y + side, x : x + side] = 1.0
-            masks[i, y : y + side, x : x + side] = cls + 1
-            b.append([x, y, x + side, y + side])
-            lab.append(cls)
-        boxes.append(torch.tensor(b, dtype=torch.float32))
-        labels.append(torch.tensor(lab))
-    return {"image": images, "boxes": boxes, "labels": labels, "mask": masks}
+    return square_scenes(n, size, (12, 24), seed)
 
 
 def _lzu_task(kind: str, saliency: str) -> pl.LightningModule:

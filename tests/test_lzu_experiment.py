@@ -11,6 +11,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 import wherewhat.methods.lzu.saliency_cache as lzu_saliency_cache
+from conftest import square_scenes
 from wherewhat.errors import ConfigError
 from wherewhat.geometry.saliency import boxes_saliency, load_saliency
 from wherewhat.geometry.warp import saliency_to_grid, zoom
@@ -62,23 +63,7 @@ QUIET = pytest.mark.filterwarnings("ignore:.*self.log.*")
 
 def _scene_batch(seed: int = 0, n: int = 4) -> dict:
     """Synthetic scenes: bright squares (digit stand-ins) with boxes, labels and masks."""
-    gen = torch.Generator().manual_seed(seed)
-    images = torch.zeros(n, 1, *ORIGINAL)
-    masks = torch.zeros(n, *ORIGINAL, dtype=torch.long)
-    boxes, labels = [], []
-    for i in range(n):
-        b, lab = [], []
-        for side in (8, 20, 40):
-            x = int(torch.randint(0, ORIGINAL[1] - side, (1,), generator=gen))
-            y = int(torch.randint(40, ORIGINAL[0] - side, (1,), generator=gen))
-            cls = int(torch.randint(0, 10, (1,), generator=gen))
-            images[i, 0, y : y + side, x : x + side] = 1.0
-            masks[i, y : y + side, x : x + side] = cls + 1
-            b.append([x, y, x + side, y + side])
-            lab.append(cls)
-        boxes.append(torch.tensor(b, dtype=torch.float32))
-        labels.append(torch.tensor(lab))
-    return {"image": images, "boxes": boxes, "labels": labels, "mask": masks}
+    return square_scenes(n, ORIGINAL, (8, 20, 40), seed, min_y=40)
 
 
 def _nonuniform_saliency(grid_shape=GRID) -> torch.Tensor:
