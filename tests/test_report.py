@@ -419,3 +419,11 @@ def test_a_section_that_trains_gets_its_training_curves(tmp_path):
     assert sorted(p.name for p in (tmp_path / "figures").iterdir()) == [
         "learns-training-curves.png"
     ]
+
+
+def test_benchmark_targets_reads_both_forms():
+    from wherewhat.report.html import benchmark_targets
+
+    result = {"targets": {"ap50": {"op": ">=", "value": 0.95}, "overhead": ["<=", 0.1]}}
+    assert benchmark_targets(result) == {"ap50": (">=", 0.95), "overhead": ("<=", 0.1)}
+    assert benchmark_targets(None) == {} and benchmark_targets({"targets": None}) == {}

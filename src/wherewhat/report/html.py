@@ -34,6 +34,7 @@ from wherewhat.metrics.summary import meets
 
 __all__ = [
     "Check",
+    "benchmark_targets",
     "Report",
     "Section",
     "format_value",
@@ -189,6 +190,16 @@ class Check:
     @property
     def met(self) -> bool | None:
         return None if self.target is None else meets(self.judged, *self.target)
+
+
+def benchmark_targets(result: Mapping[str, Any] | None) -> dict[str, tuple[str, float]]:
+    """A results file's ``targets`` as ``{quantity: (op, bound)}``, from either form the
+    benchmarks write: ``{"op": ">=", "value": 0.95}`` or ``[">=", 0.95]`` (empty without one)."""
+    targets: dict[str, tuple[str, float]] = {}
+    for key, target in ((result or {}).get("targets") or {}).items():
+        op, bound = (target["op"], target["value"]) if isinstance(target, Mapping) else target
+        targets[key] = (str(op), float(bound))
+    return targets
 
 
 @dataclass

@@ -16,7 +16,7 @@ from wherewhat.methods.lzu.measurements import (
 )
 from wherewhat.methods.lzu.scenes import load_scenes
 from wherewhat.methods.lzu.settings import LZUBenchSettings
-from wherewhat.report.html import Check, Section
+from wherewhat.report.html import Check, Section, benchmark_targets
 from wherewhat.report.tour import TourContext, register_section
 
 # The two arms a short tour run trains: the baseline and the fixed (dataset) zoom.
@@ -114,7 +114,7 @@ def warp_and_accuracy_checks(
     """The warp targets, judged on this run (they do not depend on training), and the accuracy
     gains, judged on the benchmark (they need its trained arms)."""
     bench = benchmark or {}
-    targets = {k: (op, float(v)) for k, (op, v) in bench.get("targets", {}).items()}
+    targets = benchmark_targets(bench)
 
     def target(key: str, default: tuple[str, float]) -> tuple[str, float]:
         return targets.get(key, default)

@@ -14,7 +14,7 @@ from wherewhat.methods.spatial_prediction.markdown import summary_rows
 from wherewhat.methods.spatial_prediction.records import summarise_arms
 from wherewhat.methods.spatial_prediction.settings import BenchSettings
 from wherewhat.report.figures import line_chart
-from wherewhat.report.html import Check, Section
+from wherewhat.report.html import Check, Section, benchmark_targets
 from wherewhat.report.tour import TourContext, register_section
 
 
@@ -91,7 +91,7 @@ def sp_checks(linear: float, knn: float, benchmark: dict[str, Any] | None) -> li
     """This run's probes beside the benchmark's SimCLR + SP arm; SP's gain and time targets
     judged on the benchmark (they need its paired arms)."""
     bench = benchmark or {}
-    targets = {k: (t["op"], float(t["value"])) for k, t in bench.get("targets", {}).items()}
+    targets = benchmark_targets(bench)
     gain = bench.get("linear_probe_gain_simclr")
     return [
         Check("linear probe, SimCLR + SP", linear, bench.get("linear_probe", {}).get("simclr_sp"),

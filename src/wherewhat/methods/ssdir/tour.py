@@ -9,7 +9,7 @@ from wherewhat.methods.ssdir.experiment import run_ssdir_bench
 from wherewhat.methods.ssdir.markdown import summary_rows
 from wherewhat.methods.ssdir.records import Headline
 from wherewhat.methods.ssdir.settings import SSDIRBenchSettings
-from wherewhat.report.html import Check, Section
+from wherewhat.report.html import Check, Section, benchmark_targets
 from wherewhat.report.tour import TourContext, register_section
 
 FIGURE_CAPTIONS = {
@@ -79,7 +79,7 @@ def ssdir_checks(headline: Headline, benchmark: dict[str, Any] | None) -> list[C
     """Accuracy targets judged on the benchmark (a short run cannot reach them; its values are
     shown beside), the speed target on this run."""
     bench = benchmark or {}
-    targets = {k: (t["op"], float(t["value"])) for k, t in bench.get("targets", {}).items()}
+    targets = benchmark_targets(bench)
     accuracy = (
         ("ap50_class_agnostic", "AP50, class-agnostic detector", ">=", 0.95),
         ("probe_accuracy_per_class", "z_what probe, per-class detector", ">=", 0.979),
