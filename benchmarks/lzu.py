@@ -7,9 +7,18 @@ inverse; 1-D inverse vs tile solver at 152 x 240; per-step CPU latency and the z
 overhead.
 
     .venv/bin/python benchmarks/lzu.py                        # full: 2 tasks x 4 arms x 3 seeds
-                                                              # + 3 ablations of LZU-fixed
-    .venv/bin/python benchmarks/lzu.py --tasks detection --arms uniform lzu_fixed --seeds 0
+                                                              # + the LZU-fixed ablations
     .venv/bin/python benchmarks/lzu.py --quick --results-dir /tmp/lzu   # < 3 min, pipeline check
+
+The full benchmark is longer than one 90-minute command; it runs as three whose results
+merge (``--merge-with`` pools the runs of an earlier results file made with the same
+settings; a run redone replaces the earlier one):
+
+    .venv/bin/python benchmarks/lzu.py --tasks detection --seeds 0
+    .venv/bin/python benchmarks/lzu.py --tasks detection --seeds 1 2 \\
+        --merge-with benchmarks/results/lzu.json
+    .venv/bin/python benchmarks/lzu.py --tasks segmentation \\
+        --merge-with benchmarks/results/lzu.json
 
 Scenes are generated once and cached (``$WHEREWHAT_CACHE``); the fixed saliency is saved next
 to them. Run it on a quiet machine: timings under contention are meaningless.
@@ -21,11 +30,13 @@ check never overwrites the full results) and the figures as ``lzu[_quick]-<name>
 from __future__ import annotations
 
 import argparse
+import json
+import shlex
 import sys
 from pathlib import Path
 
 from wherewhat.bench.tables import write_figures, write_results
-from wherewhat.methods.lzu.experiment import run_lzu_bench
+from wherewhat.methods.lzu.experiment import merge_results, run_lzu_bench
 from wherewhat.methods.lzu.markdown import lzu_markdown
 from wherewhat.methods.lzu.settings import ARMS, TASKS, LZUBenchSettings
 
@@ -48,7 +59,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default 2)")
     parser.add_argument("--progress", action="store_true", help="Lightning progress bars")
     parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
+    parser.add_argument("--merge-with", type=Path, default=None,
+                        help="an earlier lzu.json of the same settings: pool its runs with these")  # fmt: skip
     args = parser.parse_args(argv)
+    previous = None
+    if args.merge_with is not None:
+        try:
+            previous = json.loads(args.merge_with.read_text())
+        except (OSError, ValueError) as err:
+            parser.error(f"--merge-with {args.merge_with}: not a readable results JSON ({err})")
 
     overrides = {
         "seeds": tuple(args.seeds) if args.seeds else None,
@@ -66,6 +85,12 @@ def main(argv: list[str] | None = None) -> int:
         "quick" if args.quick else "full", **{k: v for k, v in overrides.items() if v is not None}
     )
     result = run_lzu_bench(settings=settings, log=lambda m: print(m, flush=True))
+    result.commands = [shlex.join(["benchmarks/lzu.py", *(sys.argv[1:] if argv is None else argv)])]
+    if previous is not None:
+        try:
+            result = merge_results(previous, result)
+        except ValueError as err:
+            parser.error(f"--merge-with {args.merge_with}: {err}")
 
     name = "lzu_quick" if settings.quick else "lzu"
     if result.figures:

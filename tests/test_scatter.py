@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import inspect
 import json
 import os
@@ -75,9 +76,78 @@ def test_same_seed_same_scenes_and_scene_depends_only_on_its_index():
     assert not np.array_equal(generate_scatter(SMALL, "test").grey[:5], a.grey[:5])
 
 
+def _scene_digest(scene) -> str:
+    """Short hash of a scene's image, boxes, labels, mask and layers."""
+    digest = hashlib.sha256()
+    mask = np.zeros(0) if scene.mask is None else scene.mask
+    for array in (scene.image, scene.boxes, scene.labels, mask):
+        digest.update(np.ascontiguousarray(array).tobytes())
+    for layer in scene.layers:
+        digest.update(np.array([layer.top, layer.left, layer.source, layer.label]).tobytes())
+        digest.update(layer.pixels.tobytes())
+    return digest.hexdigest()[:16]
+
+
+# Scenes of the grid layout before the perspective layout was added (train / test, scenes 0, 5):
+# the default layout must stay bit-identical (PIL bicubic is deterministic across platforms).
+_GRID_DIGESTS = {
+    "plain": (
+        dict(SMALL.to_dict(), with_masks=True),
+        ("d873b411152e59ee", "145f3df15c39473f", "98e59671fb6e6786", "7624d62de4d6b1fb"),
+    ),
+    "band prior": (
+        dict(
+            image_size=(96, 96),
+            grid_sizes=[(6, 6)],
+            min_digit_size=8,
+            max_digit_size=24,
+            min_digits=4,
+            max_digits=4,
+            band_center=0.3,
+            band_width=0.05,
+            band_strength_small=1,
+            band_strength_large=0.2,
+            seed=1,
+        ),
+        ("01734f2c0a8f3d6b", "8d4dbca178569715", "7d678decbef1c62b", "6c7c0c1425913788"),
+    ),
+    "old street preset": (
+        dict(
+            image_size=(512, 1024),
+            grid_sizes=((4, 8), (6, 12)),
+            min_digit_size=16,
+            max_digit_size=160,
+            cell_filled_threshold=0.25,
+            min_digits=4,
+            max_digits=12,
+            band_center=0.45,
+            band_width=0.05,
+            band_strength_small=0.9,
+            with_masks=True,
+        ),
+        ("3a25821b751ebd57", "18ac2680d0e4981b", "fddb80ac3cb6ba28", "f54721c7ae39d412"),
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_GRID_DIGESTS))
+def test_grid_layout_scenes_are_unchanged(name):
+    knobs, expected = _GRID_DIGESTS[name]
+    config = ScatterConfig(**knobs)
+    assert config.layout == "grid"
+    got = tuple(
+        _scene_digest(generate_scene(config, split, index))
+        for split in ("train", "test")
+        for index in (0, 5)
+    )
+    assert got == expected
+
+
+@pytest.mark.parametrize("layout", ["grid", "perspective"])
 @pytest.mark.parametrize("seed", [0, 1, 2, 5])
-def test_boxes_are_tight_inside_and_image_is_clipped_sum_of_digits(seed):
-    config = SMALL.replace(seed=seed, with_masks=True, digit_set=[1, 3, 7])
+def test_boxes_are_tight_inside_and_image_is_clipped_sum_of_digits(seed, layout):
+    # both layouts share the drawing step (blending, boxes, masks, layers)
+    config = SMALL.replace(seed=seed, with_masks=True, digit_set=[1, 3, 7], layout=layout)
     height, width = config.image_size
     train_keys = _pool_keys("train")
     n_boxes = 0
@@ -189,6 +259,7 @@ def test_vertical_prior_moves_centres_into_the_band_and_depends_on_size():
 def test_lzu_preset_is_wide_and_valid():
     config = street_scene_config(n_train=2)
     assert config.image_size == (512, 1024) and config.has_prior
+    assert config.layout == "perspective" and not config.has_band_prior
     scene = generate_scene(config, "train", 0)
     assert scene.image.shape == (1, 512, 1024) and len(scene.boxes) >= 1
 
@@ -200,6 +271,9 @@ def test_config_round_trips_through_json_and_rejects_unknown_keys():
     config = SMALL.replace(grid_sizes=[[2, 4]], digit_set=[0, 8], band_strength_small=0.5)
     again = ScatterConfig.from_dict(json.loads(json.dumps(config.to_dict())))
     assert again == config and again.grid_sizes == ((2, 4),)
+    street = street_scene_config()
+    assert ScatterConfig.from_dict(json.loads(json.dumps(street.to_dict()))) == street
+    assert scatter_cache_dir(street) != scatter_cache_dir(street.replace(layout="grid"))
     with pytest.raises(ConfigError, match="gridsize"):
         ScatterConfig.from_dict({"gridsize": [(2, 2)]})
 
@@ -230,6 +304,14 @@ def test_config_round_trips_through_json_and_rejects_unknown_keys():
         ("band_width", 0.0),
         ("band_strength_small", 2),
         ("band_strength_large", True),
+        ("layout", "street"),
+        ("layout", None),
+        ("full_size_distance", 0.0),
+        ("perspective_power", 0),
+        ("perspective_power", 11),
+        ("size_jitter", -0.1),
+        ("stray_fraction", 1.5),
+        ("max_overlap", "0.1"),
         ("with_masks", "yes"),
     ],
 )

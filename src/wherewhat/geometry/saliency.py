@@ -15,6 +15,11 @@ boxes are given in and the per-axis standard deviation is ``sqrt(w * bandwidth)`
 at the default 64 spreads with sigma ~ 45 px). The default 64 is the reference's value at its
 (Argoverse-HD) resolution; scale it with the image size. ``amplitude`` is relative to the floor.
 
+Size weighting (``size_power`` p, default 0 = every box alike, as the paper): a box of side
+``s = sqrt(w * h)`` px has its Gaussian's amplitude multiplied by ``(SIZE_REFERENCE_PX / s)^p``,
+so with p = 1 an 8 px box draws 4x the pixels of a 32 px one and a 128 px box a quarter: the
+pixels go where objects are small, which is what a zoom is for.
+
 Jitter (training the adaptive variant on ground truth): box centres move by independent
 uniform offsets in ``[-jitter, +jitter]`` px per axis, sizes unchanged. Unbiased on purpose:
 the FOVEA code writes ``2 * j * (randn - 0.5)``, a formula for ``rand``, which shifts every box
@@ -51,6 +56,7 @@ __all__ = [
 ]
 
 _SALIENCY_FILE_VERSION = 1
+SIZE_REFERENCE_PX = 32.0  # box side whose weight is 1 under size weighting
 
 
 def default_floor(grid_shape: tuple[int, int], padding: int | None = None) -> float:
@@ -84,9 +90,13 @@ def _box_mass(
     amplitude: Tensor | float,
     bandwidth: Tensor | float,
     floor: float,
+    size_power: float = 0.0,
 ) -> Tensor:
     """Summed, un-normalised per-box contributions ``(gh, gw)`` of boxes ``(N, 4)`` XYXY."""
     cx, cy, w, h = boxes_xyxy_to_cxcywh(boxes).unbind(-1)
+    if size_power:
+        side = (w * h).clamp_min(1.0).sqrt()
+        amplitude = amplitude * ((SIZE_REFERENCE_PX / side) ** size_power)[:, None]
     # A zero-size box would give a zero variance; 1e-3 px^2 keeps it a (very sharp) bump.
     var_x = (w * bandwidth).clamp_min(1e-3)[:, None]
     var_y = (h * bandwidth).clamp_min(1e-3)[:, None]
@@ -106,11 +116,12 @@ def boxes_saliency(
     amplitude: Tensor | float = 1.0,
     bandwidth: Tensor | float = 64.0,
     floor: float | None = None,
+    size_power: float = 0.0,
 ) -> Tensor:
     """Per-image box KDE: ``boxes[i] (n_i, 4)`` XYXY px -> ``(B, 1, gh, gw)`` summing to 1.
 
     ``amplitude`` and ``bandwidth`` may be tensors (learned); images without boxes get the
-    uniform map.
+    uniform map; ``size_power``: size weighting (module docstring).
     """
     floor = default_floor(grid_shape) if floor is None else floor
     maps = []
@@ -122,7 +133,7 @@ def boxes_saliency(
             maps.append(uniform_saliency(grid_shape, dtype=dtype, device=image_boxes.device)[0])
             continue
         points = lattice_points(image_size, grid_shape, dtype=dtype, device=image_boxes.device)
-        mass = _box_mass(image_boxes.to(dtype), points, amplitude, bandwidth, floor)
+        mass = _box_mass(image_boxes.to(dtype), points, amplitude, bandwidth, floor, size_power)
         maps.append((mass / mass.sum()).unsqueeze(0))
     if not maps:
         raise ValueError("boxes_saliency needs at least one image (an empty list was given)")
@@ -142,6 +153,15 @@ def jitter_boxes(
     return boxes + shift.repeat(1, 2)
 
 
+def _drop_boxes(
+    boxes: Tensor, rate: float, max_side: float, generator: torch.Generator | None
+) -> Tensor:
+    """Boxes ``(n, 4)`` XYXY with each one of side <= ``max_side`` px dropped at ``rate``."""
+    side = ((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])).clamp_min(0).sqrt()
+    lucky = torch.rand(boxes.shape[0], generator=generator, device=boxes.device) >= rate
+    return boxes[lucky | (side > max_side)]
+
+
 def dataset_saliency(
     boxes: Tensor | Iterable[Tensor],
     image_size: tuple[int, int],
@@ -151,6 +171,7 @@ def dataset_saliency(
     bandwidth: float = 64.0,
     floor: float | None = None,
     chunk: int = 4096,
+    size_power: float = 0.0,
 ) -> Tensor:
     """Fixed saliency ``(1, 1, gh, gw)``: the box KDE over all training boxes of a data set.
 
@@ -166,7 +187,7 @@ def dataset_saliency(
         part = part.reshape(-1, 4).to(torch.float64).cpu()
         for start in range(0, part.shape[0], chunk):
             piece = part[start : start + chunk]
-            total += _box_mass(piece, points, amplitude, bandwidth, floor)
+            total += _box_mass(piece, points, amplitude, bandwidth, floor, size_power)
             count += piece.shape[0]
     if count == 0:
         return uniform_saliency(grid_shape)
@@ -252,7 +273,9 @@ class FixedSaliency(SaliencySource):
 class AdaptiveSaliency(SaliencySource):
     """Per-image box KDE from ``boxes`` in pixels of ``images`` (detections, or jittered GT).
 
-    In training mode the boxes are jittered by U[-jitter, jitter] px (see the module notes).
+    In training mode the boxes are jittered by U[-jitter, jitter] px (see the module notes) and
+    each box of side ``sqrt(w * h) <= drop_max_side`` px is left out with probability ``drop``
+    (a detector misses small objects more often than large ones).
     """
 
     def __init__(
@@ -264,13 +287,19 @@ class AdaptiveSaliency(SaliencySource):
         jitter: float = 0.0,
         floor: float | None = None,
         generator: torch.Generator | None = None,
+        size_power: float = 0.0,
+        drop: float = 0.0,
+        drop_max_side: float = float("inf"),
     ):
         super().__init__(grid_shape)
-        if amplitude <= 0 or bandwidth <= 0 or jitter < 0:
+        if amplitude <= 0 or bandwidth <= 0 or jitter < 0 or not 0 <= drop < 1:
             raise ValueError(
-                f"need amplitude > 0, bandwidth > 0, jitter >= 0; got {amplitude}, {bandwidth}, "
-                f"{jitter}"
+                "need amplitude > 0, bandwidth > 0, jitter >= 0, 0 <= drop < 1; got "
+                f"{amplitude}, {bandwidth}, {jitter}, {drop}"
             )
+        self.size_power = float(size_power)
+        self.drop = float(drop)
+        self.drop_max_side = float(drop_max_side)
         self.amplitude_init = float(amplitude)
         self.bandwidth_init = float(bandwidth)
         self.jitter = float(jitter)
@@ -288,6 +317,8 @@ class AdaptiveSaliency(SaliencySource):
             raise ValueError(f"{type(self).__name__} needs boxes (one (n, 4) tensor per image)")
         if len(boxes) != images.shape[0]:
             raise ValueError(f"{len(boxes)} box tensors for a batch of {images.shape[0]} images")
+        if self.training and self.drop > 0:
+            boxes = [_drop_boxes(b, self.drop, self.drop_max_side, self.generator) for b in boxes]
         if self.training and self.jitter > 0:
             boxes = [jitter_boxes(b, self.jitter, generator=self.generator) for b in boxes]
         boxes = [b.to(images.dtype) for b in boxes]
@@ -298,6 +329,7 @@ class AdaptiveSaliency(SaliencySource):
             amplitude=self.amplitude(),
             bandwidth=self.bandwidth(),
             floor=self.floor,
+            size_power=self.size_power,
         ).to(images.dtype)
 
 

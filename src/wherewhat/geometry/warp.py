@@ -36,6 +36,7 @@ __all__ = [
     "UnzoomGrid",
     "attraction_kernel",
     "identity_grid",
+    "invert_marginal",
     "is_separable",
     "node_positions",
     "sampling_grid",
@@ -293,6 +294,14 @@ def _invert_monotone(values: Tensor, queries: Tensor) -> tuple[Tensor, Tensor]:
     frac = torch.where(positive, (queries - x0) / safe, 0.0).clamp(0.0, 1.0)
     covered = (queries >= values[:, :1]) & (queries <= values[:, -1:])
     return -1.0 + (low.to(values.dtype) + frac) * (2.0 / (n - 1)), covered
+
+
+def invert_marginal(values: Tensor, queries: Tensor) -> tuple[Tensor, Tensor]:
+    """Inverse of one axis of a separable warp: ``values (B, n)`` are the original-frame
+    normalised positions of the coarse nodes along the axis (non-decreasing), ``queries (B, Q)``
+    original-frame normalised positions. Returns their zoomed-frame normalised positions
+    ``(B, Q)`` and whether each lies inside the warped frame (outside: clamped to its end)."""
+    return _invert_monotone(values, queries)
 
 
 # --------------------------------------------------------------------------- inverse: tiles

@@ -217,7 +217,8 @@ class SSDDetector(nn.Module):
         in_channels: image channels.
         num_classes: object classes without background (1 = class-agnostic "object").
         width_mult: backbone width multiplier (1.0 = VGG11 widths).
-        first_stride: 8 or 16, stride of the finest level; None: 16 for images >= 256 px, else 8.
+        first_stride: 4, 8 or 16, stride of the finest level; None: 16 for images >= 256 px,
+            else 8.
         anchors_per_cell: square default boxes per cell (the paper: 2).
         min_anchor_size / max_anchor_size: smallest / largest anchor side in pixels; None:
             ``0.1`` and ``0.96`` of ``min(H, W)`` (300 px: 30 -> 288; the paper: ~32 -> ~287).

@@ -6,8 +6,9 @@ The pyramid is derived from the input size, nothing is tabulated per size:
 - the trunk is VGG11-BN (conv64, M, conv128, M, 2 x conv256, M, 2 x conv512, M, 2 x conv512)
   with every width multiplied by ``width_mult``; 2 x 2 max pooling rounds down (300 -> 150 ->
   75 -> 37 -> 18);
-- the first pyramid level is the trunk's stride-``first_stride`` map (8: the conv4 block, then
-  the conv5 block is the second level; 16: the conv5 block);
+- the first pyramid level is the trunk's stride-``first_stride`` map (4: the conv3 block, then
+  conv4 and conv5; 8: the conv4 block, then conv5; 16: the conv5 block). Stride 4 gives a 1x
+  input the head grid a 2x input has at stride 8, at almost no extra backbone cost;
 - each extra block (1 x 1 conv to half width, then a 3 x 3 conv) halves a side ``s`` rounding
   up while ``s > 3`` (stride 2, padding 1) and collapses ``s`` in {2, 3} to 1 (a valid ``s`` x
   ``s`` conv); sides already at 1 stay there. Levels are added until the map is 1 x 1. Every
@@ -67,8 +68,8 @@ def extra_step(side: int) -> tuple[int, int, int, int]:
 
 def pyramid_grid_sizes(image_size: tuple[int, int], first_stride: int) -> list[tuple[int, int]]:
     """Grid (h, w) of every pyramid level for ``image_size`` (H, W); see the module docstring."""
-    if first_stride not in (8, 16):
-        raise ValueError(f"first_stride must be 8 or 16, got {first_stride!r}")
+    if first_stride not in (4, 8, 16):
+        raise ValueError(f"first_stride must be 4, 8 or 16, got {first_stride!r}")
     height, width = image_size
     trunk = []
     for _ in range(4):  # four 2x2 poolings, rounding down
@@ -76,7 +77,7 @@ def pyramid_grid_sizes(image_size: tuple[int, int], first_stride: int) -> list[t
         trunk.append((height, width))
     if min(trunk[-1]) < 1:
         raise ValueError(f"image_size={image_size} is too small: need at least 16 px per side")
-    grids = [trunk[2], trunk[3]] if first_stride == 8 else [trunk[3]]
+    grids = trunk[{4: 1, 8: 2, 16: 3}[first_stride] :]
     while grids[-1] != (1, 1):
         h, w = grids[-1]
         grids.append((extra_step(h)[3], extra_step(w)[3]))
@@ -108,7 +109,7 @@ class VGGLiteBackbone(nn.Module):
         image_size: (H, W) the pyramid is built for (other sizes run but give other grids).
         in_channels: image channels (1 grey, 3 colour).
         width_mult: multiplies every VGG width (1.0 = VGG11: 64 ... 512).
-        first_stride: 8 or 16, stride of the finest level; None = :func:`auto_first_stride`.
+        first_stride: 4, 8 or 16, stride of the finest level; None = :func:`auto_first_stride`.
 
     Attributes: ``grid_sizes`` [(h_l, w_l)], ``feature_channels`` [C_l], ``first_stride``.
     """
@@ -132,20 +133,25 @@ class VGGLiteBackbone(nn.Module):
         widths = [[scaled_width(c, width_mult) for c in block] for block in _TRUNK_WIDTHS]
         layers: list[nn.Module] = []
         channels = in_channels
-        for block in widths[:4]:  # conv1..conv4, a pooling before each block but the first
+        block_channels = []
+        for index, block in enumerate(widths[:4]):  # conv1..conv4, a pooling before all but one
             if layers:
                 layers.append(nn.MaxPool2d(2))
             for out in block:
                 layers += _conv_bn_relu(channels, out)
                 channels = out
-        self.conv1_4 = nn.Sequential(*layers)  # stride 8
+            block_channels.append(channels)
+            if index == 2:
+                self._conv3_end = len(layers)  # where the stride-4 map leaves conv1_4
+        # One Sequential for conv1..conv4 (stride 8) keeps the state-dict keys of every stride.
+        self.conv1_4 = nn.Sequential(*layers)
         conv5: list[nn.Module] = [nn.MaxPool2d(2)]
-        conv4_channels = channels
         for out in widths[4]:
             conv5 += _conv_bn_relu(channels, out)
             channels = out
         self.conv5 = nn.Sequential(*conv5)  # stride 16
-        self.feature_channels = [conv4_channels, channels] if self.first_stride == 8 else [channels]
+        trunk_channels = [block_channels[2], block_channels[3], channels]
+        self.feature_channels = trunk_channels[{4: 0, 8: 1, 16: 2}[self.first_stride] :]
 
         self.extras = nn.ModuleList()
         trunk_levels = len(self.feature_channels)
@@ -165,9 +171,15 @@ class VGGLiteBackbone(nn.Module):
 
     def forward(self, images: Tensor) -> list[Tensor]:
         x = (images - self.pixel_mean) / self.pixel_std
-        conv4 = self.conv1_4(x)
-        x = self.conv5(conv4)
-        features = [conv4, x] if self.first_stride == 8 else [x]
+        features = []
+        for index, layer in enumerate(self.conv1_4):
+            if index == self._conv3_end and self.first_stride == 4:
+                features.append(x)
+            x = layer(x)
+        if self.first_stride <= 8:
+            features.append(x)
+        x = self.conv5(x)
+        features.append(x)
         for extra in self.extras:
             x = extra(x)
             features.append(x)

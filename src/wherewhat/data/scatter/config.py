@@ -17,6 +17,15 @@ from wherewhat.errors import ConfigError
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "test")
+LAYOUTS = ("grid", "perspective")
+# (knob, lowest, highest) of the perspective layout's numbers
+_PERSPECTIVE_RANGES = (
+    ("full_size_distance", 0.01, 1.0),
+    ("perspective_power", 0.1, 10.0),
+    ("size_jitter", 0.0, 2.0),
+    ("stray_fraction", 0.0, 1.0),
+    ("max_overlap", 0.0, 1.0),
+)
 _MAX_SIDE = 8192
 _MAX_COUNT = 10_000_000
 
@@ -61,32 +70,56 @@ class ScatterConfig:
     """Every knob of the scattered-MNIST generator; plain data (see ``to_dict``/``from_dict``).
 
     Defaults: the SSDIR set scaled to 2 CPU cores: 128 x 128 grey scenes holding 1-9 digits of
-    12-64 px (the paper: 512 px, 96-384 px digits, position variance 0.7).
+    12-64 px (the paper: 512 px, 96-384 px digits, position variance 0.7), grid layout.
 
     Attributes:
         image_size: (H, W) in pixels, 8..8192 each; non-square allowed (e.g. (512, 1024)).
         channels: 1 (grey) or 3 (the grey plane repeated, as the reference does).
-        grid_sizes: candidate grids as (rows, cols); one is picked uniformly per scene.
+        layout: where digits go. ``"grid"`` (default): the reference's grid of cells, with the
+            optional band prior below. ``"perspective"``: a street-like scene without cells:
+            digits are small at the horizon row ``band_center * H`` and grow linearly with
+            their distance from it (see :mod:`wherewhat.data.scatter.perspective`).
+        grid_sizes: (grid) candidate grids as (rows, cols); one is picked uniformly per scene.
         min_digit_size / max_digit_size: digit side in pixels, 1 <= min <= max <= min(H, W).
-        position_variance: in [0, 1]: the centre moves up to this fraction of a cell (half each
-            way) from the cell centre.
-        cell_filled_threshold: in [0, 1]: how far a box must reach into a cell to fill it.
+        position_variance: (grid) in [0, 1]: the centre moves up to this fraction of a cell
+            (half each way) from the cell centre.
+        cell_filled_threshold: (grid) in [0, 1]: how far a box must reach into a cell to fill it.
         digit_set: which digit classes (0-9) appear.
-        min_digits / max_digits: bounds on the number of digits asked for per scene (the grid
-            rule asks for cells//2..cells); fewer are placed when the grid fills up first.
+        min_digits / max_digits: bounds on the number of digits asked for per scene. Grid: the
+            grid rule asks for cells//2..cells, clamped to these bounds; fewer are placed when
+            the grid fills up first. Perspective: uniform on [min_digits, max_digits]; a digit
+            that finds no free spot is skipped.
         n_train / n_test: number of scenes per split.
         seed: non-negative integer; scene i of a split depends only on (seed, split, i).
-        band_center / band_width: horizon band centre and standard deviation, fractions of H
-            (band_width in [0.01, 1]).
-        band_strength_small / band_strength_large: in [0, 1]: mixture weight of the band
+        band_center: horizon row as a fraction of H, in [0, 1] (both layouts).
+        band_width: in [0.01, 1], a fraction of H. Grid: the standard deviation of the band
+            prior. Perspective: the half-width of the horizon band, i.e. rows within
+            ``band_width * H`` of the horizon; the generator does not use it, the evaluation
+            does (:func:`wherewhat.methods.lzu.street.band_rows`).
+        band_strength_small / band_strength_large: (grid) in [0, 1]: mixture weight of the band
             (versus uniform rows) for the smallest / largest digits, linear in size between;
             both 0 (default) = no prior.
+        full_size_distance: (perspective) in [0.01, 1]: the distance from the horizon at which
+            digits reach ``max_digit_size``, as a fraction of D, the distance from the horizon
+            to the farther image border (1 = at that border; smaller = sizes grow faster and
+            stay at the maximum beyond it).
+        perspective_power: (perspective) in [0.1, 10]: a digit's distance from the horizon is
+            ``D * u ** perspective_power`` with u uniform on [0, 1); above 1, most digits sit
+            near the horizon (and are therefore small).
+        size_jitter: (perspective) in [0, 2]: the perspective size is multiplied by
+            ``exp(U(-size_jitter, size_jitter))``, then clipped to [min, max] digit size.
+        stray_fraction: (perspective) in [0, 1]: the chance that a digit keeps its perspective
+            size but gets a centre row uniform over the image (small digits off the band).
+        max_overlap: (perspective) in [0, 1]: a new digit's ink box may cover at most this
+            fraction of the smaller of itself and any placed box (else it is redrawn).
         with_masks: also produce per-pixel class masks (0 background, 1 + class of the digit
             that is brightest at that pixel; ties go to the digit drawn first).
+        Knobs marked (grid) or (perspective) are ignored by the other layout.
     """
 
     image_size: tuple[int, int] = (128, 128)
     channels: int = 1
+    layout: str = "grid"
     grid_sizes: tuple[tuple[int, int], ...] = ((1, 1), (2, 2), (3, 3))
     min_digit_size: int = 12
     max_digit_size: int = 64
@@ -102,6 +135,11 @@ class ScatterConfig:
     band_width: float = 0.1
     band_strength_small: float = 0.0
     band_strength_large: float = 0.0
+    full_size_distance: float = 1.0
+    perspective_power: float = 2.0
+    size_jitter: float = 0.1
+    stray_fraction: float = 0.0
+    max_overlap: float = 0.1
     with_masks: bool = False
 
     def __post_init__(self) -> None:
@@ -119,6 +157,11 @@ class ScatterConfig:
         if self.channels not in (1, 3) or isinstance(self.channels, bool):
             raise ConfigError(f"ScatterConfig.channels={self.channels!r}: expected 1 or 3")
         put("channels", int(self.channels))
+        if self.layout not in LAYOUTS:
+            raise ConfigError(
+                f"ScatterConfig.layout={self.layout!r}: expected one of {', '.join(LAYOUTS)}"
+            )
+        put("layout", str(self.layout))
         grids = self.grid_sizes
         if isinstance(grids, (str, bytes)) or not isinstance(grids, Sequence) or not grids:
             raise ConfigError(
@@ -168,6 +211,8 @@ class ScatterConfig:
             "band_strength_large",
             _as_float("band_strength_large", self.band_strength_large, 0, 1),
         )
+        for name, lo, hi in _PERSPECTIVE_RANGES:
+            put(name, _as_float(name, getattr(self, name), lo, hi))
         if not isinstance(self.with_masks, (bool, np.bool_)):
             raise ConfigError(f"ScatterConfig.with_masks={self.with_masks!r}: expected true/false")
         put("with_masks", bool(self.with_masks))
@@ -179,8 +224,13 @@ class ScatterConfig:
 
     @property
     def has_prior(self) -> bool:
-        """Whether the vertical placement prior is active."""
-        return max(self.band_strength_small, self.band_strength_large) > 0
+        """Whether digit rows follow a prior (the perspective layout, or the grid's band)."""
+        return self.layout == "perspective" or self.has_band_prior
+
+    @property
+    def has_band_prior(self) -> bool:
+        """Whether the grid layout's size-dependent band prior is active."""
+        return self.layout == "grid" and max(self.band_strength_small, self.band_strength_large) > 0
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON/YAML-ready dict (tuples become lists)."""

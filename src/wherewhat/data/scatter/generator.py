@@ -1,7 +1,13 @@
 """Multi-scale scattered-MNIST scenes: real MNIST digits of many sizes on a black canvas.
 
-The generator follows the algorithm of the public ``multiscalemnist`` package (the dataset of
-the SSDIR paper), with every one of its knobs, re-implemented here:
+A scene is made in two stages: a *layout* decides where each digit goes and how large it is
+(``ScatterConfig.layout``), then one shared drawing step resizes the 28 x 28 digit to its side
+(PIL bicubic), adds it to the canvas (sum clipped to 255), takes its tight ink box and, if asked,
+updates the class mask (step 3-4 below, for both layouts).
+
+**Grid layout** (``"grid"``, the default). It follows the algorithm of the public
+``multiscalemnist`` package (the dataset of the SSDIR paper), with every one of its knobs,
+re-implemented here:
 
 1. Pick a grid (rows, cols) uniformly from ``grid_sizes``; cells are ``H // rows`` by
    ``W // cols`` pixels. Ask for ``n`` digits, uniform on the integers
@@ -43,6 +49,17 @@ resampling); the centre row is drawn from the prior restricted to those rows. Th
 limits where digits can go, so the realised density follows the prior as far as free cells allow
 (finer grids and fewer digits than cells follow it more closely).
 
+**Perspective layout** (``"perspective"``, :mod:`wherewhat.data.scatter.perspective`): a
+street seen from the road, without cells. The horizon is the row ``band_center * H``; a digit
+is as large as its distance from that row makes it (``min_digit_size`` at the horizon, linearly
+up to ``max_digit_size`` at ``full_size_distance`` of the way to the farther border), with a
+little multiplicative jitter. Distances are drawn so that most digits sit near the horizon
+(``perspective_power``), so the small digits crowd into a band around it while the large ones
+fill the rest of the image; a ``stray_fraction`` of digits keeps its size but takes any row.
+Digits lie fully inside the image and are redrawn (up to 30 times, then skipped) when their ink
+box would overlap a placed one by more than ``max_overlap`` of the smaller box. Steps 3 (drawing)
+and 4 (boxes, visibility) above apply unchanged; the grid knobs and the band prior are unused.
+
 Storage: :mod:`wherewhat.data.scatter.store`; caching: :mod:`wherewhat.data.scatter.cache`.
 
 """
@@ -53,12 +70,14 @@ import logging
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 from PIL import Image
 
 from wherewhat.data.mnist import load_mnist_digits
 from wherewhat.data.scatter.config import SPLITS, ScatterConfig, check_split
+from wherewhat.data.scatter.perspective import PerspectivePlacer, Placement
 from wherewhat.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -101,8 +120,9 @@ def _scene_rng(seed: int, split: str, index: int) -> np.random.Generator:
 
 
 def _centre_row_cdf(config: ScatterConfig) -> np.ndarray | None:
-    """Cumulative prior over centre rows per digit size: (sizes, H + 1) float64, or None."""
-    if not config.has_prior:
+    """Cumulative band prior over centre rows per digit size: (sizes, H + 1) float64, or None
+    (no band prior, or the perspective layout)."""
+    if not config.has_band_prior:
         return None
     height = config.image_size[0]
     rows = np.arange(height) + 0.5
@@ -129,20 +149,38 @@ def _draw_weighted(rng: np.random.Generator, weights: np.ndarray) -> int:
     )
 
 
-class _SceneComposer:
-    """Draws scenes from one split's digit pool; holds the precomputed prior table."""
+class _Placer(Protocol):
+    """One scene's placement: ``next_digit()`` gives (top, left, source, pixels) of the next
+    digit or None when the scene is done; ``record(box)`` is told its drawn ink box (XYXY
+    integer pixel edges, None when no ink landed inside the image)."""
 
-    def __init__(self, config: ScatterConfig, pool_images: np.ndarray, pool_labels: np.ndarray):
-        self.config = config
-        self.pool_images = pool_images
-        self.pool_labels = pool_labels
-        self.row_cdf = _centre_row_cdf(config)
-        self._pil_digits: dict[int, Image.Image] = {}  # PIL wrappers, made once per pool digit
+    def next_digit(self) -> Placement | None: ...
 
-    def _size_caps(
-        self, filled: np.ndarray, rows: np.ndarray, cols: np.ndarray, cell: tuple[int, int]
-    ) -> np.ndarray:
+    def record(self, box: tuple[int, int, int, int] | None) -> None: ...
+
+
+class _GridPlacer:
+    """The grid layout's placement of one scene (steps 1-3 and 5 of the module docstring)."""
+
+    def __init__(self, composer: _SceneComposer, rng: np.random.Generator):
+        cfg = composer.config
+        self.composer, self.config, self.rng = composer, cfg, rng
+        height, width = cfg.image_size
+        grid_rows, grid_cols = cfg.grid_sizes[int(rng.integers(len(cfg.grid_sizes)))]
+        self.cell = (height // grid_rows, width // grid_cols)
+        self.reach = (
+            int(self.cell[0] * cfg.position_variance / 2),
+            int(self.cell[1] * cfg.position_variance / 2),
+        )
+        n_cells = grid_rows * grid_cols
+        low = min(max(n_cells // 2, cfg.min_digits), cfg.max_digits)
+        high = min(max(n_cells, cfg.min_digits), cfg.max_digits)
+        self.remaining = int(rng.integers(low, high + 1))
+        self.filled = np.zeros((grid_rows, grid_cols), dtype=bool)
+
+    def _size_caps(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
         """Largest digit side allowed for each free cell (the reference's margin rule)."""
+        filled, cell = self.filled, self.cell
         grid_rows, grid_cols = filled.shape
         margin_y = np.minimum(rows + 1, grid_rows - rows)
         margin_x = np.minimum(cols + 1, grid_cols - cols)
@@ -157,49 +195,81 @@ class _SceneComposer:
         caps = np.minimum(cell[0] * (2 * margin_y - 1), cell[1] * (2 * margin_x - 1))
         return np.minimum(caps, self.config.max_digit_size)
 
-    def _draw_row(self, rng: np.random.Generator, size: int, low: int, high: int) -> int:
-        if self.row_cdf is None:
-            return int(rng.integers(low, high + 1))
-        cdf = self.row_cdf[size - self.config.min_digit_size]
-        u = cdf[low] + rng.random() * (cdf[high + 1] - cdf[low])
+    def _draw_row(self, size: int, low: int, high: int) -> int:
+        row_cdf = self.composer.row_cdf
+        if row_cdf is None:
+            return int(self.rng.integers(low, high + 1))
+        cdf = row_cdf[size - self.config.min_digit_size]
+        u = cdf[low] + self.rng.random() * (cdf[high + 1] - cdf[low])
         return int(np.clip(np.searchsorted(cdf, u, side="right") - 1, low, high))
 
-    def _resized(self, source: int, size: int) -> np.ndarray:
+    def _place(self) -> tuple[int, int, int] | None:
+        """Size and centre (size, y, x) of the next digit, or None when every cell is filled."""
+        rng, cell, reach, row_cdf = self.rng, self.cell, self.reach, self.composer.row_cdf
+        height, width = self.config.image_size
+        smin = self.config.min_digit_size
+        free = np.flatnonzero(~self.filled.ravel())
+        if free.size == 0:
+            return None
+        rows, cols = np.divmod(free, self.filled.shape[1])
+        caps = np.maximum(self._size_caps(rows, cols), smin)
+        sizes = smin + (rng.random(free.size) * (caps - smin + 1)).astype(np.int64)
+        centre_y = (cell[0] * (rows + 0.5)).astype(np.int64)
+        row_low = np.maximum(centre_y - reach[0], 0)
+        row_high = np.minimum(centre_y + reach[0], height - 1)
+        if row_cdf is None:
+            pick = int(rng.integers(free.size))
+        else:  # importance resampling: each free cell weighted by its prior mass at its size
+            size_rows = sizes - smin
+            mass = row_cdf[size_rows, row_high + 1] - row_cdf[size_rows, row_low]
+            pick = _draw_weighted(rng, mass)
+        size = int(sizes[pick])
+        y = self._draw_row(size, int(row_low[pick]), int(row_high[pick]))
+        centre_x = int(cell[1] * (cols[pick] + 0.5))
+        x = int(rng.integers(max(centre_x - reach[1], 0), min(centre_x + reach[1], width - 1) + 1))
+        return size, y, x
+
+    def next_digit(self) -> Placement | None:
+        if self.remaining <= 0:
+            return None
+        self.remaining -= 1
+        placement = self._place()
+        if placement is None:
+            self.remaining = 0
+            return None
+        size, y, x = placement
+        source = int(self.rng.integers(len(self.composer.pool_labels)))
+        return y - size // 2, x - size // 2, source, self.composer.resized(source, size)
+
+    def record(self, box: tuple[int, int, int, int] | None) -> None:
+        if box is not None:
+            cfg = self.config
+            self.filled |= _cells_covered(
+                box, self.filled.shape, cfg.image_size, cfg.cell_filled_threshold
+            )
+
+
+class _SceneComposer:
+    """Draws scenes from one split's digit pool; holds the precomputed prior table."""
+
+    def __init__(self, config: ScatterConfig, pool_images: np.ndarray, pool_labels: np.ndarray):
+        self.config = config
+        self.pool_images = pool_images
+        self.pool_labels = pool_labels
+        self.row_cdf = _centre_row_cdf(config)
+        self._pil_digits: dict[int, Image.Image] = {}  # PIL wrappers, made once per pool digit
+
+    def resized(self, source: int, size: int) -> np.ndarray:
+        """Pool digit ``source`` resized to (size, size) uint8 (PIL bicubic)."""
         image = self._pil_digits.get(source)
         if image is None:
             image = self._pil_digits[source] = Image.fromarray(self.pool_images[source])
         return np.asarray(image.resize((size, size), Image.Resampling.BICUBIC))
 
-    def _place(
-        self,
-        rng: np.random.Generator,
-        filled: np.ndarray,
-        cell: tuple[int, int],
-        reach: tuple[int, int],
-    ) -> tuple[int, int, int] | None:
-        """Size and centre (size, y, x) of the next digit, or None when every cell is filled."""
-        height, width = self.config.image_size
-        smin = self.config.min_digit_size
-        free = np.flatnonzero(~filled.ravel())
-        if free.size == 0:
-            return None
-        rows, cols = np.divmod(free, filled.shape[1])
-        caps = np.maximum(self._size_caps(filled, rows, cols, cell), smin)
-        sizes = smin + (rng.random(free.size) * (caps - smin + 1)).astype(np.int64)
-        centre_y = (cell[0] * (rows + 0.5)).astype(np.int64)
-        row_low = np.maximum(centre_y - reach[0], 0)
-        row_high = np.minimum(centre_y + reach[0], height - 1)
-        if self.row_cdf is None:
-            pick = int(rng.integers(free.size))
-        else:  # importance resampling: each free cell weighted by its prior mass at its size
-            size_rows = sizes - smin
-            mass = self.row_cdf[size_rows, row_high + 1] - self.row_cdf[size_rows, row_low]
-            pick = _draw_weighted(rng, mass)
-        size = int(sizes[pick])
-        y = self._draw_row(rng, size, int(row_low[pick]), int(row_high[pick]))
-        centre_x = int(cell[1] * (cols[pick] + 0.5))
-        x = int(rng.integers(max(centre_x - reach[1], 0), min(centre_x + reach[1], width - 1) + 1))
-        return size, y, x
+    def _placer(self, rng: np.random.Generator) -> _Placer:
+        if self.config.layout == "perspective":
+            return PerspectivePlacer(self.config, rng, len(self.pool_labels), self.resized)
+        return _GridPlacer(self, rng)
 
     def compose(
         self,
@@ -214,59 +284,61 @@ class _SceneComposer:
         Returns the boxes (XYXY integer pixel edges) and labels of its visible digits; appends
         every placed digit to ``layers`` and each box's layer index to ``box_layers`` if given.
         """
-        cfg = self.config
-        height, width = cfg.image_size
-        grid_rows, grid_cols = cfg.grid_sizes[int(rng.integers(len(cfg.grid_sizes)))]
-        cell = (height // grid_rows, width // grid_cols)
-        reach = (int(cell[0] * cfg.position_variance / 2), int(cell[1] * cfg.position_variance / 2))
-        n_cells = grid_rows * grid_cols
-        low = min(max(n_cells // 2, cfg.min_digits), cfg.max_digits)
-        high = min(max(n_cells, cfg.min_digits), cfg.max_digits)
-        n_digits = int(rng.integers(low, high + 1))
-
-        filled = np.zeros((grid_rows, grid_cols), dtype=bool)
-        brightest = None if mask_out is None else np.zeros((height, width), dtype=np.uint8)
+        placer = self._placer(rng)
+        brightest = None if mask_out is None else np.zeros_like(image_out)
         boxes: list[tuple[int, int, int, int]] = []
         labels: list[int] = []
-        for _ in range(n_digits):
-            placement = self._place(rng, filled, cell, reach)
-            if placement is None:
-                break
-            size, y, x = placement
-            source = int(rng.integers(len(self.pool_labels)))
+        while (digit := placer.next_digit()) is not None:
+            top, left, source, pixels = digit
             label = int(self.pool_labels[source])
-            pixels = self._resized(source, size)
-            top, left = y - size // 2, x - size // 2
             if layers is not None:
                 layers.append(DigitLayer(top, left, pixels, source, label))
-
-            t0, l0 = max(top, 0), max(left, 0)
-            t1, l1 = min(top + size, height), min(left + size, width)
-            visible = pixels[t0 - top : t1 - top, l0 - left : l1 - left]
-            ink_rows = np.flatnonzero(visible.any(axis=1))
-            if ink_rows.size == 0:
+            box = _draw_digit(image_out, mask_out, brightest, (top, left), pixels, label)
+            placer.record(box)
+            if box is None:
                 continue
-            ink_cols = np.flatnonzero(visible.any(axis=0))
-            # additive blending clipped to 255, touching only this digit's window
-            window = image_out[t0:t1, l0:l1]
-            np.minimum(window + visible.astype(np.uint16), 255, out=window, casting="unsafe")
-            if mask_out is not None:
-                region = brightest[t0:t1, l0:l1]
-                wins = visible > region
-                region[wins] = visible[wins]
-                mask_out[t0:t1, l0:l1][wins] = label + 1
-            box = (
-                l0 + int(ink_cols[0]),
-                t0 + int(ink_rows[0]),
-                l0 + int(ink_cols[-1]) + 1,
-                t0 + int(ink_rows[-1]) + 1,
-            )
             boxes.append(box)
             labels.append(label)
             if box_layers is not None and layers is not None:
                 box_layers.append(len(layers) - 1)
-            filled |= _cells_covered(box, filled.shape, cfg.image_size, cfg.cell_filled_threshold)
         return boxes, labels
+
+
+def _draw_digit(
+    image_out: np.ndarray,
+    mask_out: np.ndarray | None,
+    brightest: np.ndarray | None,
+    corner: tuple[int, int],
+    pixels: np.ndarray,
+    label: int,
+) -> tuple[int, int, int, int] | None:
+    """Add ``pixels`` (s, s) uint8 with its top-left at ``corner`` (may stick out) to
+    ``image_out`` (H, W), clipped to 255; where it is the brightest digit so far (``brightest``
+    (H, W)), write ``label + 1`` to ``mask_out``. Returns its ink box inside the image (XYXY
+    integer pixel edges) or None when none of its ink lands inside."""
+    (top, left), size = corner, pixels.shape[0]
+    height, width = image_out.shape
+    t0, l0 = max(top, 0), max(left, 0)
+    t1, l1 = min(top + size, height), min(left + size, width)
+    visible = pixels[t0 - top : t1 - top, l0 - left : l1 - left]
+    ink_rows = np.flatnonzero(visible.any(axis=1))
+    if ink_rows.size == 0:
+        return None
+    ink_cols = np.flatnonzero(visible.any(axis=0))
+    # additive blending clipped to 255, touching only this digit's window
+    window = image_out[t0:t1, l0:l1]
+    np.minimum(window + visible.astype(np.uint16), 255, out=window, casting="unsafe")
+    if mask_out is not None and brightest is not None:
+        region = brightest[t0:t1, l0:l1]
+        wins = visible > region
+        region[wins] = visible[wins]
+        mask_out[t0:t1, l0:l1][wins] = label + 1
+    return (
+        l0 + int(ink_cols[0]),
+        t0 + int(ink_rows[0]),
+        l0 + int(ink_cols[-1]) + 1,
+        t0 + int(ink_rows[-1]) + 1,
+    )
 
 
 def _cells_covered(

@@ -30,6 +30,7 @@ from wherewhat.methods.lzu.segmentation_net import LZUSegmenter, SegmentationNet
 from wherewhat.methods.lzu.segmentation_task import LZUSegmentationTask, load_segmentation_prior
 from wherewhat.methods.lzu.street import street_scene_config
 from wherewhat.methods.lzu.task_base import LZUTaskBase
+from wherewhat.methods.lzu.torchvision_detectors import ZoomedTorchvisionDetector, zoom_detector
 from wherewhat.methods.lzu.wrapper import LZU
 from wherewhat.methods.lzu.zoomed import SALIENCIES, SaliencyKind, ZoomSettings
 
@@ -44,10 +45,12 @@ __all__ = [
     "SaliencyKind",
     "SegmentationNet",
     "ZoomSettings",
+    "ZoomedTorchvisionDetector",
     "load_or_compute_fixed_saliency",
     "load_prior",
     "load_segmentation_prior",
     "plain_detector_outputs",
     "scene_ssd",
     "street_scene_config",
+    "zoom_detector",
 ]

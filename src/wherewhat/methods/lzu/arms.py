@@ -29,6 +29,7 @@ __all__ = [
     "make_detector",
     "make_segmenter",
     "make_task",
+    "output_stride_for",
 ]
 
 LZUNetwork = LZUDetector | LZUSegmenter
@@ -50,8 +51,23 @@ def _arm_knobs(
         "original_size": original_size,
         "input_size": tuple(s * scale for s in settings.input_size),
         **settings.warp_args,
+        **settings.arm_args.get(arm, {}),
         **settings.task_args(task),
     }
+
+
+def output_stride_for(
+    logit_cell_px: float, input_size: tuple[int, int], original_size: tuple[int, int]
+) -> int:
+    """The segmentation net's output stride that gives logit cells of ``logit_cell_px``
+    original pixels at ``input_size`` (1 or 2; anything else raises ``ValueError``)."""
+    stride = logit_cell_px * input_size[0] / original_size[0]
+    if stride not in (1, 2):
+        raise ValueError(
+            f"logit_cell_px={logit_cell_px} at input {tuple(input_size)} of "
+            f"{tuple(original_size)} needs output stride {stride:g}; the net has 1 or 2"
+        )
+    return int(stride)
 
 
 def _detection(
@@ -74,6 +90,9 @@ def _segmentation(
     knobs = _arm_knobs("segmentation", arm, settings, original_size)
     task_args = _take(knobs, LZUSegmentationTask)
     network_args = _take(knobs, LZUSegmenter)
+    cell = knobs.pop("logit_cell_px", None)
+    if cell is not None:
+        knobs["output_stride"] = output_stride_for(cell, network_args["input_size"], original_size)
     return LZUSegmenter(SegmentationNet(**knobs), **network_args), task_args
 
 
@@ -107,4 +126,6 @@ def fixed_saliency_path(cache_dir: Path, n_train: int, zoom: ZoomSettings) -> Pa
     training-set size and the KDE settings of that network's ``zoom``."""
     gh, gw = zoom.grid_shape
     amplitude, bandwidth = zoom.amplitude, zoom.bandwidth
-    return cache_dir / f"lzu-fixed-saliency-n{n_train}-g{gh}x{gw}-a{amplitude:g}-b{bandwidth:g}.pt"
+    weighted = f"-p{zoom.size_power:g}" if zoom.size_power else ""
+    name = f"lzu-fixed-saliency-n{n_train}-g{gh}x{gw}-a{amplitude:g}-b{bandwidth:g}{weighted}.pt"
+    return cache_dir / name

@@ -15,7 +15,9 @@ Saliency kinds (:attr:`LZUDetectionTask.SALIENCIES`, chosen by the network):
 
 Logged: ``train/loss`` (+ ``loc_loss``, ``cls_loss``), and for ``val`` / ``test``: ``ap50``,
 ``ap``, ``ap50_<bucket>``, ``ap_<bucket>`` (buckets small / medium / large by ``sqrt(area)`` in
-original pixels, :func:`~wherewhat.metrics.detection.area_ranges_from_sides`).
+original pixels, :func:`~wherewhat.metrics.detection.area_ranges_from_sides`); with
+``band_rows`` also every AP key inside / outside the horizon band (``ap50_small_band``, ...,
+:class:`~wherewhat.methods.lzu.region_metrics.BandDetectionAP`).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from torch import Tensor
 
 from wherewhat.errors import ConfigError
 from wherewhat.methods.lzu.detector import LZUDetector, SSDOutputs
+from wherewhat.methods.lzu.region_metrics import BandDetectionAP
 from wherewhat.methods.lzu.task_base import LZUTaskBase, SceneBatch
 from wherewhat.methods.lzu.zoomed import ZoomedNetwork
 from wherewhat.metrics.detection import DetectionAP, area_ranges_from_sides
@@ -56,6 +59,8 @@ class LZUDetectionTask(LZUTaskBase):
         prior_score_threshold: detections of the prior kept for the saliency.
         area_sides_px: ``(small_below, large_above)`` box sides (sqrt of the area) in original
             px splitting small / medium / large.
+        band_rows: ``(y0, y1)`` original rows of the horizon band: AP is also reported for the
+            objects whose box centre is inside / outside it (None: pooled only).
         lr, weight_decay, warmup_steps, schedule: AdamW with warm-up and cosine decay.
         eval_score_threshold, detect_score_threshold, nms_iou, max_detections: post-processing
             for AP (low threshold) and for :meth:`predict_step`.
@@ -68,6 +73,7 @@ class LZUDetectionTask(LZUTaskBase):
         prior_checkpoint: str | None = None,
         prior_score_threshold: float = 0.3,
         area_sides_px: tuple[float, float] = (24.0, 64.0),
+        band_rows: tuple[float, float] | None = None,
         lr: float = 3e-3,
         weight_decay: float = 1e-4,
         warmup_steps: int = 50,
@@ -81,11 +87,14 @@ class LZUDetectionTask(LZUTaskBase):
         self.save_hyperparameters(ignore=["model"])
         self.adopt(build_module(model, LZUDetector))
 
-    def new_metric(self) -> DetectionAP:
-        return DetectionAP(
-            area_ranges=area_ranges_from_sides(*self.hparams.area_sides_px),
-            class_agnostic=self.model.detector.num_classes == 1,
-        )
+    def new_metric(self) -> DetectionAP | BandDetectionAP:
+        ap_args = {
+            "area_ranges": area_ranges_from_sides(*self.hparams.area_sides_px),
+            "class_agnostic": self.model.detector.num_classes == 1,
+        }
+        if self.hparams.band_rows is None:
+            return DetectionAP(**ap_args)
+        return BandDetectionAP(tuple(self.hparams.band_rows), **ap_args)
 
     def check_prior(self, prior: ZoomedNetwork) -> None:
         if not isinstance(prior, LZUDetector):
@@ -161,14 +170,16 @@ class LZUDetectionTask(LZUTaskBase):
                 d["saliency_boxes"] = s
         return detections
 
-    def update_metric(self, batch: SceneBatch, batch_idx: int, metric: DetectionAP) -> None:
+    def update_metric(
+        self, batch: SceneBatch, batch_idx: int, metric: DetectionAP | BandDetectionAP
+    ) -> None:
         targets = self.targets_of(batch, batch_idx)
         detections = self.predict_batch(batch)
         metric.update(
             [{k: d[k] for k in ("boxes", "scores", "labels")} for d in detections], targets
         )
 
-    def log_metric(self, stage: str, metric: DetectionAP) -> None:
+    def log_metric(self, stage: str, metric: DetectionAP | BandDetectionAP) -> None:
         result = metric.compute()
         metric.reset()
         numbers = {

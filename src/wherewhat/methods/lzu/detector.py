@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from wherewhat.geometry.warp import InverseMethod
+from wherewhat.methods.lzu.wrapper import UnzoomMode
 from wherewhat.methods.lzu.zoomed import SaliencyKind, ZoomedNetwork, ZoomSettings
 from wherewhat.models.spec import configurable
 from wherewhat.models.ssd import SSDDetector
@@ -47,16 +48,29 @@ def scene_ssd(
     anchor_range_px: tuple[float, float] = (12.0, 140.0),
     width_mult: float = 0.25,
     first_stride: int = 8,
+    finest_cell_px: float | None = None,
     **ssd_args: float | int,
 ) -> SSDDetector:
     """The LZU experiment's SSD for ``input_size`` views of ``original_size`` scenes.
 
     ``anchor_range_px``: smallest / largest anchor side in *original* pixels, scaled to the
-    detector frame, so every input size gets the same anchors on the scene. ``first_stride`` is
-    fixed, not derived from the size, so a 2x input gets a 2x finer pyramid. Other keywords go
-    to :class:`~wherewhat.models.ssd.SSDDetector`.
+    detector frame, so every input size gets the same anchors on the scene. ``first_stride``
+    is fixed, not derived from the size, so a 2x input gets a 2x finer pyramid; unless
+    ``finest_cell_px`` is given: the finest head cell's side in original pixels, from which
+    the stride is derived (16 px: stride 4 at a 4x smaller input, 8 at 2x smaller), so that
+    inputs of every size get the same head grid on the scene and differ only in input pixels.
+    Other keywords go to :class:`~wherewhat.models.ssd.SSDDetector`.
     """
     to_input = input_size[0] / original_size[0]
+    if finest_cell_px is not None:
+        derived = finest_cell_px * to_input
+        if round(derived) not in (4, 8, 16) or abs(derived - round(derived)) > 1e-6:
+            raise ValueError(
+                f"finest_cell_px={finest_cell_px} at input {tuple(input_size)} of "
+                f"{tuple(original_size)} needs a stride of {derived:g} px; the backbone has "
+                "4, 8 or 16"
+            )
+        first_stride = int(round(derived))
     return SSDDetector(
         image_size=(int(input_size[0]), int(input_size[1])),
         width_mult=width_mult,
@@ -75,7 +89,8 @@ class LZUDetector(ZoomedNetwork):
         detector: an :class:`~wherewhat.models.ssd.SSDDetector` built for the zoomed input size
             (its ``image_size``); its backbone is wrapped, its heads run on unzoomed features.
         original_size: ``(H, W)`` of the images given to :meth:`forward`.
-        saliency, grid_shape, amplitude, bandwidth, jitter, separable, fwhm, inverse: the zoom,
+        saliency, grid_shape, amplitude, bandwidth, jitter, separable, fwhm, inverse, size_power,
+            drop, drop_max_side, unzoom: the zoom,
             see :class:`~wherewhat.methods.lzu.zoomed.ZoomSettings`.
 
     Shapes: images ``(B, C, H, W)`` in [0, 1]; ``saliency_boxes`` (adaptive saliency) one
@@ -94,12 +109,16 @@ class LZUDetector(ZoomedNetwork):
         separable: bool = True,
         fwhm: float = 13.0,
         inverse: InverseMethod = "auto",
+        size_power: float = 0.0,
+        drop: float = 0.0,
+        drop_max_side: float = float("inf"),
+        unzoom: UnzoomMode = "bilinear",
     ):
         super().__init__()
         self.detector = detector
         zoom = ZoomSettings(
             saliency, (int(grid_shape[0]), int(grid_shape[1])), amplitude, bandwidth, jitter,
-            separable, fwhm, inverse,
+            separable, fwhm, inverse, size_power, drop, drop_max_side, unzoom,
         )  # fmt: skip
         self.build_zoom(detector.backbone, detector.image_size, original_size, zoom)
 

@@ -24,6 +24,7 @@ __all__ = [
     "detections_figure",
     "feature_comparison_figure",
     "grid_lines",
+    "learning_curves_figure",
     "segmentation_figure",
     "warp_overview_figure",
 ]
@@ -60,9 +61,13 @@ def warp_overview_figure(
     *,
     title: str = "",
     panel_in: float = 4.0,
+    band_rows: tuple[float, float] | None = None,
+    small_side: float = 24.0,
 ) -> Figure:
     """Four panels: the scene with its boxes, the saliency over it, the grid lines of the warp
-    on the scene, and the zoomed image the backbone sees.
+    on the scene, and the zoomed image the backbone sees. Small boxes (side <= ``small_side``
+    px) are drawn in orange, the others in green; ``band_rows`` adds the horizon band as
+    dashed lines, so one sees where the lattice lands on the small digits.
 
     Args: image ``(C, H, W)``; boxes ``(n, 4)`` XYXY px; saliency ``(1, 1, gh, gw)`` at the
     lattice vertices; coarse_grid ``(1, gh, gw, 2)``; zoomed ``(C, h, w)``.
@@ -72,9 +77,12 @@ def warp_overview_figure(
     fig = new_figure(2 * panel_in, 2 * panel_in * aspect + 0.6)
     axes = fig.subplots(2, 2).ravel()
     fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=0.93, wspace=0.03, hspace=0.12)
+    side = ((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])).clamp_min(0).sqrt()
+    small = side <= small_side
     show_image(axes[0], image)
-    _boxes(axes[0], boxes, "#00e000")
-    axes[0].set_title("scene and boxes", fontsize=8)
+    _boxes(axes[0], boxes[~small], "#00e000")
+    _boxes(axes[0], boxes[small], "#ff9000", linewidth=1.0)
+    axes[0].set_title(f"scene; boxes <= {small_side:g} px in orange", fontsize=8)
 
     show_image(axes[1], image)
     sal = as_numpy(saliency.reshape(saliency.shape[-2:]))
@@ -91,7 +99,11 @@ def warp_overview_figure(
     show_image(axes[2], image)
     lines = grid_lines(coarse_grid, (height, width))
     axes[2].add_collection(LineCollection(lines, colors="#30c0ff", linewidths=0.5, alpha=0.8))
-    axes[2].set_title("warp: where the zoomed lattice lands", fontsize=8)
+    _boxes(axes[2], boxes[small], "#ff9000", linewidth=1.0)
+    if band_rows is not None:
+        for row in band_rows:
+            axes[2].axhline(row, color="#ffff00", linewidth=0.8, linestyle="--")
+    axes[2].set_title("warp: where the zoomed lattice lands (band dashed)", fontsize=8)
 
     show_image(axes[3], zoomed)
     zh, zw = zoomed.shape[-2:]
@@ -200,4 +212,28 @@ def segmentation_figure(
             ax.set_xticks([])
             ax.set_yticks([])
         ax.set_title(name, fontsize=8)
+    return fig
+
+
+def learning_curves_figure(
+    curves: Mapping[str, Mapping[str, Sequence[tuple[float, float]]]],
+    *,
+    panel_in: float = 3.4,
+) -> Figure:
+    """One panel per metric: the metric against training steps, one line per arm.
+
+    ``curves``: metric name -> arm -> ``[(step, value)]`` (e.g. the mean over seeds).
+    """
+    fig = new_figure(panel_in * max(len(curves), 1), panel_in * 0.8)
+    axes = np.atleast_1d(fig.subplots(1, max(len(curves), 1)))
+    fig.subplots_adjust(left=0.08, right=0.98, bottom=0.17, top=0.88, wspace=0.3)
+    for ax, (metric, by_arm) in zip(axes, curves.items(), strict=False):
+        for arm, points in by_arm.items():
+            steps, values = zip(*points, strict=True) if points else ((), ())
+            ax.plot(steps, [100 * v for v in values], marker="o", markersize=3, label=arm)
+        ax.set_title(metric, fontsize=8)
+        ax.set_xlabel("training step", fontsize=7)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=6)
     return fig

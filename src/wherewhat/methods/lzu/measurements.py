@@ -159,10 +159,10 @@ def latency_breakdown(
         zoomed = zoom(image, None, dense_grid=dense)
         features = model.detector.backbone(zoomed)
         sizes = [tuple(f.shape[-2:]) for f in features]
-        inverse = [unzoom_grid(coarse, s).grid for s in sizes]
-        unzoomed = [unzoom(f, g) for f, g in zip(features, inverse, strict=True)]
+        unzoomed = [
+            unzoom(f, unzoom_grid(coarse, s).grid) for f, s in zip(features, sizes, strict=True)
+        ]
         logits = seg.net(zoomed)
-        seg_inverse = unzoom_grid(coarse, tuple(logits.shape[-2:])).grid
         model(image)  # fill the grid caches
         seg(image)
         calls: dict[str, Callable[[], object]] = {
@@ -174,8 +174,10 @@ def latency_breakdown(
             "zoom": lambda: zoom(image, None, dense_grid=dense),
             "backbone": lambda: model.detector.backbone(zoomed),
             **{
-                f"unzoom_l{level}": (lambda f=f, g=g: unzoom(f, g))
-                for level, (f, g) in enumerate(zip(features, inverse, strict=True))
+                # as the model does it: cached taps of the fixed warp (grids for a batch of
+                # warps, see LZU.unzoom_map)
+                f"unzoom_l{level}": (lambda f=f: model.lzu.unzoom_map(f, coarse))
+                for level, f in enumerate(features)
             },
             "head": lambda: model.detector.head(unzoomed),
             "resize": resize,
@@ -183,7 +185,7 @@ def latency_breakdown(
             "lzu_fixed_model": lambda: model(image),
             "lzu_adaptive_model": lambda: adaptive(image, [boxes]),
             "segmentation_net": lambda: seg.net(zoomed),
-            "segmentation_unzoom": lambda: unzoom(logits, seg_inverse),
+            "segmentation_unzoom": lambda: seg.lzu.unzoom_map(logits, coarse),
             "segmentation_upsample": lambda: logits_at_label_pixels(logits, size),
         }
         ms = _interleaved_median_ms(calls, warmup, repeats)

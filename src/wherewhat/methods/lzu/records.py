@@ -7,6 +7,8 @@ order as the file has always had them).
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -88,6 +90,26 @@ class RunRecord:
     params: int
     torch_threads: int
     change: Knobs | None = None
+    step_gflop: float = math.nan
+    train_tflop: float = math.nan
+    step_fraction_of_peak: float = math.nan
+    curve: list[dict[str, float]] = field(default_factory=list)
+    loss_curve: list[tuple[int, float]] = field(default_factory=list)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> RunRecord:
+        """Inverse of :meth:`to_dict` (an earlier results file's run, for merging)."""
+        names = {f.name for f in dataclasses.fields(cls)} - {"metrics"}
+        known = {k: v for k, v in values.items() if k in names}
+        metrics = {k: v for k, v in values.items() if k not in names}
+        known["loss_curve"] = [tuple(p) for p in known.get("loss_curve", [])]
+        return cls(**known, metrics=metrics)
+
+    @property
+    def key(self) -> tuple[str, str, int, str]:
+        """What makes a run unique: task, arm, seed and its ablation change."""
+        change = "" if self.change is None else json.dumps(self.change, sort_keys=True)
+        return (self.task, self.arm, self.seed, change)
 
     def metric(self, name: str) -> float:
         value = self.metrics[name]
@@ -111,6 +133,9 @@ class RunRecord:
             "eval_seconds": self.eval_seconds, "eval_cpu_seconds": self.eval_cpu_seconds,
             **self.metrics,
             "params": self.params, "torch_threads": self.torch_threads,
+            "step_gflop": self.step_gflop, "train_tflop": self.train_tflop,
+            "step_fraction_of_peak": self.step_fraction_of_peak,
+            "curve": self.curve, "loss_curve": [list(p) for p in self.loss_curve],
         }  # fmt: skip
 
 
@@ -152,7 +177,12 @@ class BenchSummary:
 
 
 # The summary metrics repeated at the top of the result file.
-HEADLINE_METRICS = ("ap50_small", "ap50", "miou")
+HEADLINE_METRICS = (
+    "ap50_small", "ap50", "miou", "ap50_small_band", "ap50_small_outside", "ap50_outside",
+    "ap50_large", "small_iou",
+)  # fmt: skip
+# Settings that may differ between commands whose runs are merged (they do not change a run).
+MERGEABLE_SETTINGS = {"seeds", "seeds_2x", "tasks", "arms", "ablations", "progress_bar"}
 
 
 @dataclass
@@ -170,12 +200,88 @@ class LZUBenchResult:
     runs: list[RunRecord]
     ablations: list[RunRecord]
     seconds: float
+    floors: list[RunRecord] = field(default_factory=list)
+    magnification: dict[str, dict[str, float]] = field(default_factory=dict)
     figures: dict[str, bytes] = field(default_factory=dict)
     figure_files: list[str] = field(default_factory=list)
+    floor_margin: dict[str, tuple[str, float]] = field(default_factory=dict)
+    commands: list[str] = field(default_factory=list)
 
     @property
     def seeds(self) -> list[int]:
-        return list(self.settings.seeds)
+        return sorted({r.seed for r in self.runs}) or list(self.settings.seeds)
+
+    def floor(self, task: str) -> RunRecord | None:
+        return next((f for f in self.floors if f.task == task), None)
+
+    def valid_arms(self) -> list[str]:
+        """``"<task>/<arm>"`` of the arms whose every run clears the untrained floor by the
+        margin of :attr:`floor_margin` (the only arms whose differences are read)."""
+        out = []
+        for task, (metric, margin) in self.floor_margin.items():
+            floor = self.floor(task)
+            if floor is None:
+                continue
+            for arm in dict.fromkeys(r.arm for r in self.runs if r.task == task):
+                runs = [r for r in self.runs if r.task == task and r.arm == arm]
+                if all(r.metric(metric) >= floor.metric(metric) + margin for r in runs):
+                    out.append(f"{task}/{arm}")
+        return out
+
+    def gains(self) -> dict[str, Any]:
+        """LZU-fixed minus uniform, paired by seed, for the issue's targets."""
+
+        def paired(task: str, metric: str) -> dict[int, float]:
+            by_arm = {
+                arm: {r.seed: r.metric(metric) for r in self.runs
+                      if r.task == task and r.arm == arm and metric in r.metrics}
+                for arm in ("uniform", "lzu_fixed")
+            }  # fmt: skip
+            common = sorted(set(by_arm["uniform"]) & set(by_arm["lzu_fixed"]))
+            return {s: by_arm["lzu_fixed"][s] - by_arm["uniform"][s] for s in common}
+
+        out: dict[str, Any] = {}
+        for name, task, metric in (
+            ("ap50_small_band", "detection", "ap50_small_band"),
+            ("ap50_small_outside", "detection", "ap50_small_outside"),
+            ("ap50_outside", "detection", "ap50_outside"),
+            ("ap50_large", "detection", "ap50_large"),
+            ("ap50_small", "detection", "ap50_small"),
+            ("small_iou", "segmentation", "small_iou"),
+            ("miou", "segmentation", "miou"),
+        ):
+            per_seed = {s: v for s, v in paired(task, metric).items() if math.isfinite(v)}
+            if per_seed:
+                values = list(per_seed.values())
+                out[name] = {"per_seed": {str(s): v for s, v in per_seed.items()},
+                             "mean": sum(values) / len(values), "min": min(values)}  # fmt: skip
+        return out
+
+    def target_checks(self) -> dict[str, dict[str, Any]]:
+        """Each target of :data:`TARGETS` with the measured value and whether it holds."""
+        gains = self.gains()
+        measured: dict[str, float] = {
+            "roundtrip_max_err_px": max(self.warp.roundtrip_max_err_px.values()),
+            "coverage": min(self.warp.coverage.values()),
+            "inverse_speedup_1d_vs_tile": self.warp.inverse_speedup_1d_vs_tile,
+            "overhead_fraction": self.latency.overhead_fraction,
+        }
+        for target, (gain, field_name) in {
+            "ap50_small_band_gain_fixed_every_seed": ("ap50_small_band", "min"),
+            "ap50_outside_gain_fixed": ("ap50_outside", "mean"),
+            "ap50_large_gain_fixed": ("ap50_large", "mean"),
+            "small_iou_gain_fixed": ("small_iou", "mean"),
+        }.items():
+            if gain in gains:
+                measured[target] = gains[gain][field_name]
+        out = {}
+        for name, (op, bound) in TARGETS.items():
+            if name not in measured:
+                continue
+            value = measured[name]
+            holds = {"<=": value <= bound, ">=": value >= bound, ">": value > bound}[op]
+            out[name] = {"value": value, "target": f"{op} {bound:g}", "met": bool(holds)}
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -185,6 +291,21 @@ class LZUBenchResult:
             "inverse_speedup_1d_vs_tile": self.warp.inverse_speedup_1d_vs_tile,
             "overhead_fraction": self.latency.overhead_fraction,
             "seeds": self.seeds,
+            "steps": {
+                "detection": self.settings.detection_steps,
+                "segmentation": self.settings.segmentation_steps,
+                "curve_points": list(self.settings.curve_steps),
+            },
+            "magnification_small_band": {k: v["band"] for k, v in self.magnification.items()},
+            "magnification_small_outside": {k: v["outside"] for k, v in self.magnification.items()},
+            "magnification": self.magnification,
+            "floors": [f.to_dict() for f in self.floors],
+            "floor_margin": {k: list(v) for k, v in self.floor_margin.items()},
+            "valid_arms": self.valid_arms(),
+            "gains_fixed_vs_uniform": self.gains(),
+            "target_checks": self.target_checks(),
+            "step_fraction_of_peak": _per_arm(self.runs, "step_fraction_of_peak"),
+            "train_tflop": _per_arm(self.runs, "train_tflop"),
             "summary": self.summary.to_dict(),
             "warp": self.warp.to_dict(),
             "latency": self.latency.to_dict(),
@@ -201,4 +322,51 @@ class LZUBenchResult:
         }
         if self.figure_files:
             out["figure_files"] = self.figure_files
+        if self.commands:
+            out["commands"] = self.commands
         return out
+
+
+def result_parts_from_dict(values: dict[str, Any]) -> dict[str, Any]:
+    """The pieces of an earlier results file that a merge keeps, typed: ``settings``,
+    ``scatter_config``, ``runs``, ``ablations``, ``floors``, ``commands``, ``seconds``."""
+    stored = dict(values["settings"])
+    scatter = ScatterConfig.from_dict(stored.pop("scatter_config"))
+    for extra in ("arms_run", "task_defaults"):
+        stored.pop(extra, None)
+    fields = {f.name: f for f in dataclasses.fields(LZUBenchSettings)}
+    settings = LZUBenchSettings(**{k: _as_field(v) for k, v in stored.items() if k in fields})
+    return {
+        "settings": settings,
+        "scatter_config": scatter,
+        "runs": [RunRecord.from_dict(r) for r in values.get("runs", [])],
+        "ablations": [RunRecord.from_dict(r) for r in values.get("ablations", [])],
+        "floors": [RunRecord.from_dict(r) for r in values.get("floors", [])],
+        "commands": list(values.get("commands", [])),
+        "seconds": float(values.get("seconds", 0.0)),
+    }
+
+
+def _as_field(value: Any) -> Any:
+    """JSON lists back to the tuples the settings hold (nested ones too)."""
+    if isinstance(value, list):
+        return tuple(_as_field(v) for v in value)
+    return value
+
+
+def settings_blocking_merge(old: LZUBenchSettings, new: LZUBenchSettings) -> list[str]:
+    """Names of the settings that differ between two runs and change what a run measures."""
+    old_d, new_d = dataclasses.asdict(old), dataclasses.asdict(new)
+    return sorted(
+        k for k in new_d
+        if k not in MERGEABLE_SETTINGS and json.dumps(old_d.get(k), sort_keys=True, default=list)
+        != json.dumps(new_d[k], sort_keys=True, default=list)
+    )  # fmt: skip
+
+
+def _per_arm(runs: list[RunRecord], name: str) -> dict[str, float]:
+    """``"<task>/<arm>"`` -> mean of a run attribute over that arm's runs."""
+    groups: dict[str, list[float]] = {}
+    for run in runs:
+        groups.setdefault(f"{run.task}/{run.arm}", []).append(float(getattr(run, name)))
+    return {k: sum(v) / len(v) for k, v in groups.items()}

@@ -22,15 +22,23 @@ __all__ = ["fixed_saliency_settings", "load_or_compute_fixed_saliency", "train_b
 
 
 def fixed_saliency_settings(
-    image_size: tuple[int, int], grid_shape: tuple[int, int], amplitude: float, bandwidth: float
+    image_size: tuple[int, int],
+    grid_shape: tuple[int, int],
+    amplitude: float,
+    bandwidth: float,
+    size_power: float = 0.0,
 ) -> dict[str, list[int] | float]:
-    """The knobs a fixed saliency depends on (besides the boxes), stored with it."""
-    return {
+    """The knobs a fixed saliency depends on (besides the boxes), stored with it
+    (``size_power`` only when it is not 0, so files of equal-weight maps keep their meaning)."""
+    settings: dict[str, list[int] | float] = {
         "image_size": [int(s) for s in image_size],
         "grid_shape": [int(g) for g in grid_shape],
         "amplitude": float(amplitude),
         "bandwidth": float(bandwidth),
     }
+    if size_power:
+        settings["size_power"] = float(size_power)
+    return settings
 
 
 def _boxes_digest(boxes: Sequence[Tensor]) -> str:
@@ -45,6 +53,7 @@ def load_or_compute_fixed_saliency(
     *,
     amplitude: float,
     bandwidth: float,
+    size_power: float = 0.0,
 ) -> Tensor:
     """The dataset-KDE saliency ``(1, 1, gh, gw)`` over training ``boxes`` (original px).
 
@@ -52,11 +61,11 @@ def load_or_compute_fixed_saliency(
     match, else ``ConfigError`` naming the file), otherwise compute and write it atomically.
     ``boxes`` (one ``(n_i, 4)`` tensor per training image) may be None only when the file exists.
     """
-    settings = fixed_saliency_settings(image_size, grid_shape, amplitude, bandwidth)
+    settings = fixed_saliency_settings(image_size, grid_shape, amplitude, bandwidth, size_power)
     box_list = None if boxes is None else [torch.as_tensor(b).reshape(-1, 4) for b in boxes]
     if path is not None and Path(path).is_file():
         saliency, meta = load_saliency(path)
-        stored = {k: meta.get(k) for k in settings}
+        stored = {k: meta[k] for k in (*settings, "size_power") if k in meta}
         if stored != settings:
             raise ConfigError(
                 f"{path}: fixed saliency was computed with {stored}, not {settings}; "
@@ -73,8 +82,9 @@ def load_or_compute_fixed_saliency(
             f"fixed saliency: no file at {path} and no training boxes to compute it from"
         )
     saliency = dataset_saliency(
-        box_list, tuple(image_size), tuple(grid_shape), amplitude=amplitude, bandwidth=bandwidth
-    )
+        box_list, tuple(image_size), tuple(grid_shape), amplitude=amplitude,
+        bandwidth=bandwidth, size_power=size_power,
+    )  # fmt: skip
     if path is not None:
         save_saliency(
             path,

@@ -19,7 +19,7 @@ from wherewhat.data.scatter import (
     scatter_cache_dir,
 )
 from wherewhat.methods.lzu.settings import LZUBenchSettings, TaskName
-from wherewhat.methods.lzu.street import street_scene_config
+from wherewhat.methods.lzu.street import band_rows, street_scene_config
 
 __all__ = ["SceneData", "load_scenes", "scene_loader"]
 
@@ -32,12 +32,14 @@ class SceneData:
         config: the generator's settings (street preset with the run's ``data`` changes).
         cache_dir: the folder of the cached scenes (the fixed saliency is saved there too).
         train_boxes: one ``(n_i, 4)`` XYXY tensor (original px) per training scene used.
+        band_rows: ``(y0, y1)`` original rows of the horizon band the evaluation splits by.
         detection, segmentation: ``(train, test)`` datasets; detection's have no masks.
     """
 
     config: ScatterConfig
     cache_dir: Path
     train_boxes: list[Tensor]
+    band_rows: tuple[float, float]
     detection: tuple[ScatterMNIST, ScatterMNIST]
     segmentation: tuple[ScatterMNIST, ScatterMNIST]
 
@@ -59,6 +61,7 @@ def load_scenes(settings: LZUBenchSettings) -> SceneData:
         config=config,
         cache_dir=scatter_cache_dir(config, settings.cache_root),
         train_boxes=[torch.from_numpy(np.array(train.boxes[i])) for i in range(settings.n_train)],
+        band_rows=band_rows(config),
         detection=(
             ScatterMNIST(dataclasses.replace(train, **no_masks), range(settings.n_train)),
             ScatterMNIST(dataclasses.replace(test, **no_masks), range(settings.n_test)),

@@ -3,7 +3,7 @@
 :class:`SegmentationNet` is a small FPN-style encoder-decoder: a stride-1 stem, four stride-2
 stages (strides 2, 4, 8, 16), lateral 1 x 1 convolutions merged top-down to stride 2, a 3 x 3
 smoothing convolution and a 1 x 1 classifier. It maps raw [0, 1] images ``(B, C, h, w)`` to class
-logits ``(B, K, ceil(h / 2), ceil(w / 2))``; the images are normalised inside.
+logits ``(B, K, ceil(h / 2), ceil(w / 2))`` (or at the input size, ``output_stride=1``); the images are normalised inside.
 
 :class:`LZUSegmenter` runs it the LZU way: the full-resolution image is zoomed to the net's input
 size by a saliency warp, the net's logits are *unzoomed* back to the original frame at their own
@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from wherewhat.geometry.warp import InverseMethod, unzoom
+from wherewhat.methods.lzu.wrapper import UnzoomMode
 from wherewhat.methods.lzu.zoomed import SaliencyKind, ZoomedNetwork, ZoomSettings
 from wherewhat.models.spec import configurable
 from wherewhat.models.vgg_lite import PIXEL_MEAN, PIXEL_STD
@@ -40,13 +41,17 @@ def _conv_bn_relu(cin: int, cout: int, stride: int = 1) -> list[nn.Module]:
 
 @configurable
 class SegmentationNet(nn.Module):
-    """Images ``(B, C, h, w)`` raw in [0, 1] -> logits ``(B, num_classes, ceil(h/2), ceil(w/2))``.
+    """Images ``(B, C, h, w)`` raw in [0, 1] -> logits ``(B, num_classes, ceil(h/s), ceil(w/s))``
+    with ``s = output_stride``.
 
     Args:
         in_channels: image channels.
         num_classes: output classes (11 for background + 10 digits).
         widths: channels of the stem and the four stride-2 stages (strides 1, 2, 4, 8, 16).
         decoder_width: channels of the top-down path.
+        output_stride: 2 (default): logits at half the input size; 1: the top-down path also
+            merges the stem, logits at the input size (a 1x input then has the logit grid, in
+            scene pixels, of a 2x input at stride 2).
     """
 
     def __init__(
@@ -55,8 +60,12 @@ class SegmentationNet(nn.Module):
         num_classes: int = 11,
         widths: Sequence[int] = (16, 16, 32, 64, 64),
         decoder_width: int = 24,
+        output_stride: int = 2,
     ):
         super().__init__()
+        if output_stride not in (1, 2):
+            raise ValueError(f"output_stride must be 1 or 2, got {output_stride!r}")
+        self.output_stride = output_stride
         if len(widths) != 5:
             raise ValueError(f"widths needs 5 entries (stem + 4 stages), got {list(widths)}")
         if num_classes < 2:
@@ -71,17 +80,22 @@ class SegmentationNet(nn.Module):
             cin = cout
         self.stages = nn.ModuleList(stages)
         self.laterals = nn.ModuleList(nn.Conv2d(c, decoder_width, 1) for c in widths[1:])
+        # stride 1: one more lateral, from the stem (a separate module keeps the old keys)
+        self.stem_lateral = nn.Conv2d(widths[0], decoder_width, 1) if output_stride == 1 else None
         self.smooth = nn.Sequential(*_conv_bn_relu(decoder_width, decoder_width))
         self.classifier = nn.Conv2d(decoder_width, num_classes, 1)
 
     def forward(self, images: Tensor) -> Tensor:
         x = self.stem((images - self.pixel_mean) / self.pixel_std)
-        skips = []
+        skips, laterals = [], list(self.laterals)
+        if self.stem_lateral is not None:
+            skips.append(x)
+            laterals.insert(0, self.stem_lateral)
         for stage in self.stages:
             x = stage(x)
             skips.append(x)
-        top = self.laterals[-1](skips[-1])
-        for skip, lateral in zip(reversed(skips[:-1]), reversed(self.laterals[:-1]), strict=True):
+        top = laterals[-1](skips[-1])
+        for skip, lateral in zip(reversed(skips[:-1]), reversed(laterals[:-1]), strict=True):
             # sizes may be odd: upsample to the skip's exact size (align_corners=False frame)
             top = lateral(skip) + F.interpolate(
                 top, size=skip.shape[-2:], mode="bilinear", align_corners=False
@@ -118,7 +132,8 @@ class LZUSegmenter(ZoomedNetwork):
             has ``num_classes`` when a task trains it.
         original_size: ``(H, W)`` of the images and of their label masks.
         input_size: ``(h, w)`` the net sees.
-        saliency, grid_shape, amplitude, bandwidth, jitter, separable, fwhm, inverse: the zoom,
+        saliency, grid_shape, amplitude, bandwidth, jitter, separable, fwhm, inverse, size_power,
+            drop, drop_max_side, unzoom: the zoom,
             see :class:`~wherewhat.methods.lzu.zoomed.ZoomSettings` (a uniform saliency gives
             plain bilinear downsampling).
         unzoom_to: ``"logits"`` (default): unzoom the logits at their own resolution, then
@@ -144,6 +159,10 @@ class LZUSegmenter(ZoomedNetwork):
         separable: bool = True,
         fwhm: float = 13.0,
         inverse: InverseMethod = "auto",
+        size_power: float = 0.0,
+        drop: float = 0.0,
+        drop_max_side: float = float("inf"),
+        unzoom: UnzoomMode = "bilinear",
         unzoom_to: Literal["logits", "labels"] = "logits",
     ):
         super().__init__()
@@ -151,7 +170,7 @@ class LZUSegmenter(ZoomedNetwork):
             raise ValueError(f"unzoom_to must be 'logits' or 'labels', got {unzoom_to!r}")
         zoom = ZoomSettings(
             saliency, (int(grid_shape[0]), int(grid_shape[1])), amplitude, bandwidth, jitter,
-            separable, fwhm, inverse,
+            separable, fwhm, inverse, size_power, drop, drop_max_side, unzoom,
         )  # fmt: skip
         self.build_zoom(net, input_size, original_size, zoom)
         self.input_size = (int(input_size[0]), int(input_size[1]))
@@ -180,6 +199,9 @@ class LZUSegmenter(ZoomedNetwork):
             )
         zoomed, coarse = self.lzu.zoom_image(images, saliency_boxes)
         logits = self.net(zoomed)
+        if self.lzu.unzoom_mode == "area":
+            at_labels = self.lzu.unzoom_map(logits, coarse, self.original_size)
+            return at_labels[..., ::label_stride, ::label_stride]
         # The grid at every label pixel, then every s-th: exactly the strided pixels' centres.
         grid = self.lzu.inverse_grid(coarse, self.original_size, logits.dtype)
         return unzoom(logits, grid[:, ::label_stride, ::label_stride])

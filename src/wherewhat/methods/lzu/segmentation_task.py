@@ -17,6 +17,7 @@ column), and for ``val`` / ``test``: ``miou`` and ``pixel_accuracy`` at full lab
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -27,6 +28,7 @@ from scipy import ndimage
 from torch import Tensor
 
 from wherewhat.errors import ConfigError
+from wherewhat.methods.lzu.region_metrics import SmallObjectIoU
 from wherewhat.methods.lzu.segmentation_net import LZUSegmenter
 from wherewhat.methods.lzu.task_base import LZUTaskBase, SceneBatch
 from wherewhat.methods.lzu.zoomed import ZoomedNetwork
@@ -66,6 +68,17 @@ def weighted_cross_entropy(logits: Tensor, labels: Tensor, foreground_weight: fl
     return (per_pixel * weights).sum() / weights.sum()
 
 
+@dataclass
+class SegmentationMetrics:
+    """The task's evaluation: pooled IoU and the IoU over small digits' pixels."""
+
+    iou: SegmentationIoU
+    small: SmallObjectIoU
+
+    def compute(self) -> dict[str, Tensor | float]:
+        return {**self.iou.compute(), **self.small.compute()}
+
+
 class LZUSegmentationTask(LZUTaskBase):
     """Train / evaluate :class:`~wherewhat.methods.lzu.segmentation_net.LZUSegmenter`.
 
@@ -86,6 +99,9 @@ class LZUSegmentationTask(LZUTaskBase):
             their centres); evaluation always uses every pixel.
         foreground_weight: weight of digit pixels against background pixels (1) in the
             cross-entropy: digits cover ~3 % of a scene, and mIoU weighs every class alike.
+        small_side_px: evaluation also reports ``small_iou``, the digit-class IoU over the
+            pixels of the boxes of digits this small (sqrt of the box area, original px):
+            pooled mIoU cannot see them.
         lr, weight_decay, warmup_steps, schedule: AdamW with warm-up and cosine decay.
     """
 
@@ -97,6 +113,7 @@ class LZUSegmentationTask(LZUTaskBase):
         prior_min_pixels: int = 1,
         loss_stride: int = 2,
         foreground_weight: float = 10.0,
+        small_side_px: float = 24.0,
         lr: float = 6e-3,
         weight_decay: float = 1e-4,
         warmup_steps: int = 50,
@@ -110,8 +127,11 @@ class LZUSegmentationTask(LZUTaskBase):
         self.save_hyperparameters(ignore=["model"])
         self.adopt(build_module(model, LZUSegmenter))
 
-    def new_metric(self) -> SegmentationIoU:
-        return SegmentationIoU(self.model.num_classes)
+    def new_metric(self) -> SegmentationMetrics:
+        return SegmentationMetrics(
+            SegmentationIoU(self.model.num_classes),
+            SmallObjectIoU(self.model.num_classes, self.hparams.small_side_px),
+        )
 
     # -- prior ---------------------------------------------------------------------------------
     def check_prior(self, prior: ZoomedNetwork) -> None:
@@ -178,26 +198,33 @@ class LZUSegmentationTask(LZUTaskBase):
         self.check_ready()
         return self.model(batch["image"], self.saliency_boxes(batch, False)).argmax(dim=1)
 
-    def update_metric(self, batch: SceneBatch, batch_idx: int, metric: SegmentationIoU) -> None:
+    def update_metric(self, batch: SceneBatch, batch_idx: int, metric: SegmentationMetrics) -> None:
         mask = self.masks_of(batch, batch_idx)
-        metric.update(self.predict_batch(batch), mask)
+        predicted = self.predict_batch(batch)
+        metric.iou.update(predicted, mask)
+        metric.small.update(predicted, mask, batch["boxes"])
 
-    def log_metric(self, stage: str, metric: SegmentationIoU) -> None:
-        result = metric.compute()
-        metric.reset()
+    def log_metric(self, stage: str, metric: SegmentationMetrics) -> None:
+        result, small = metric.iou.compute(), metric.small.compute()
+        metric.iou.reset()
+        metric.small.reset()
         self.log(f"{stage}/miou", result["miou"], prog_bar=True)
         self.log(f"{stage}/pixel_accuracy", result["pixel_accuracy"])
+        self.log(f"{stage}/small_iou", small["small_iou"])
 
     def predict_step(self, batch: SceneBatch, batch_idx: int) -> Tensor:
         return self.predict_batch(batch)
 
     def evaluate(self, batches: Iterable[SceneBatch]) -> dict[str, float | list[float]]:
-        """``miou``, ``pixel_accuracy`` and ``iou_per_class`` (list) over ``batches``."""
+        """``miou``, ``pixel_accuracy``, ``iou_per_class`` (list), ``small_iou`` and
+        ``small_pixels`` over ``batches``."""
         result = self.compute_metric(batches)
         return {
             "miou": float(result["miou"]),
             "pixel_accuracy": float(result["pixel_accuracy"]),
             "iou_per_class": [float(v) for v in result["iou_per_class"]],
+            "small_iou": float(result["small_iou"]),
+            "small_pixels": float(result["small_pixels"]),
         }
 
 

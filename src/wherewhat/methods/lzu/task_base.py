@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Literal
 
 import lightning.pytorch as pl
 import torch
@@ -47,6 +48,9 @@ class LZUTaskBase(pl.LightningModule):
     """
 
     SALIENCIES = SALIENCIES
+    # Where an adaptive saliency's boxes come from at evaluation: "prior" (a model's
+    # detections, the deployable setting) or "truth" (ground truth: the oracle upper bound).
+    eval_saliency_from: Literal["prior", "truth"] = "prior"
     model: ZoomedNetwork
     val_metric: Metric
     test_metric: Metric
@@ -108,6 +112,7 @@ class LZUTaskBase(pl.LightningModule):
             zoom.grid_shape,
             amplitude=zoom.amplitude,
             bandwidth=zoom.bandwidth,
+            size_power=zoom.size_power,
         )
         self.set_fixed_saliency(saliency)
         return saliency
@@ -141,11 +146,13 @@ class LZUTaskBase(pl.LightningModule):
         return self.prior.to(images.device).eval()
 
     def saliency_boxes(self, batch: SceneBatch, training: bool) -> list[Tensor] | None:
-        """Adaptive only: ground truth at training (jittered inside ``AdaptiveSaliency``), the
-        prior's boxes at evaluation; None for the other sources."""
+        """Adaptive only: ground truth at training (jittered, some dropped, inside
+        ``AdaptiveSaliency``), at evaluation the prior's boxes, or the ground truth itself when
+        :attr:`eval_saliency_from` is ``"truth"`` (the oracle upper bound); None for the other
+        sources."""
         if self.saliency_kind != "adaptive":
             return None
-        if training:
+        if training or self.eval_saliency_from == "truth":
             return list(batch["boxes"])
         return self.prior_boxes(batch["image"])
 

@@ -15,11 +15,18 @@ grid, the zoom grid and every level's inverse grid are computed once and cached.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
 from wherewhat.geometry.saliency import SaliencySource
+from wherewhat.geometry.separable_unzoom import (
+    area_unzoom,
+    area_unzoom_weights,
+    bilinear_axis_taps,
+    bilinear_unzoom_by_axes,
+)
 from wherewhat.geometry.warp import (
     InverseMethod,
     saliency_to_grid,
@@ -29,7 +36,9 @@ from wherewhat.geometry.warp import (
     zoom,
 )
 
-__all__ = ["LZU"]
+__all__ = ["LZU", "UnzoomMode"]
+
+UnzoomMode = Literal["bilinear", "area"]
 
 
 class LZU(nn.Module):
@@ -44,6 +53,10 @@ class LZU(nn.Module):
         separable, fwhm, padding, anti_crop: warp options of
             :func:`~wherewhat.geometry.warp.saliency_to_grid`.
         inverse: "auto" | "separable" | "tiles", see :func:`~wherewhat.geometry.warp.unzoom_grid`.
+        unzoom_mode: "bilinear" (the paper's: each unwarped pixel reads the zoomed map at its
+            centre's preimage) or "area" (it averages the zoomed pixels its footprint covers,
+            :mod:`~wherewhat.geometry.area_unzoom`; separable warps only). Both are the
+            identity for a uniform warp.
 
     Shapes: images ``(B, C, H, W)`` in [0, 1]; ``boxes`` (adaptive sources only) one ``(n_i, 4)``
     XYXY tensor per image in pixels of ``images``. Returns the backbone's structure with every
@@ -61,8 +74,14 @@ class LZU(nn.Module):
         padding: int | None = None,
         anti_crop: bool = True,
         inverse: InverseMethod = "auto",
+        unzoom_mode: UnzoomMode = "bilinear",
     ):
         super().__init__()
+        if unzoom_mode not in ("bilinear", "area"):
+            raise ValueError(f"unzoom_mode must be 'bilinear' or 'area', got {unzoom_mode!r}")
+        if unzoom_mode == "area" and not separable:
+            raise ValueError("unzoom_mode='area' needs a separable warp (separable=True)")
+        self.unzoom_mode = unzoom_mode
         self.backbone = backbone
         self.saliency = saliency
         self.out_size = tuple(int(s) for s in out_size)
@@ -75,6 +94,17 @@ class LZU(nn.Module):
         self.inverse = inverse
         # Grids of a fixed saliency, keyed by (what, size, dtype, device); not part of the state.
         self._cache: dict[tuple, Tensor] = {}
+
+    @property
+    def out_channels(self) -> int:
+        """The wrapped backbone's ``out_channels`` (torchvision detection backbones have one), so
+        ``FCOS(LZU(backbone, ...), num_classes)`` builds; AttributeError (``hasattr`` False) when
+        the backbone has none."""
+        try:
+            return self.backbone.out_channels
+        except AttributeError:
+            name = type(self.backbone).__name__
+            raise AttributeError(f"the wrapped backbone {name} has no out_channels") from None
 
     @property
     def cacheable(self) -> bool:
@@ -122,11 +152,38 @@ class LZU(nn.Module):
             lambda: unzoom_grid(coarse, size, method=self.inverse).grid,
         )
 
+    def unzoom_map(
+        self, features: Tensor, coarse: Tensor, size: tuple[int, int] | None = None
+    ) -> Tensor:
+        """A zoomed-frame map ``(B, D, h, w)`` -> the original frame at ``size`` (default: its
+        own ``(h, w)``), by this wrapper's ``unzoom_mode``; weights / grids cached when fixed."""
+        size = tuple(features.shape[-2:]) if size is None else (int(size[0]), int(size[1]))
+        if self.unzoom_mode == "bilinear":
+            grid = self.inverse_grid(coarse, size, features.dtype)
+            if self.cacheable and self.warp_options["separable"]:
+                # one separable warp for the batch: two 1-D interpolations, ~3x cheaper
+                zoomed_size = (int(features.shape[-2]), int(features.shape[-1]))
+                rows, cols = self._cached(
+                    ("taps", size, zoomed_size, features.dtype, coarse.device),
+                    lambda: (
+                        bilinear_axis_taps(grid[0, :, 0, 1], zoomed_size[0]),
+                        bilinear_axis_taps(grid[0, 0, :, 0], zoomed_size[1]),
+                    ),
+                )
+                return bilinear_unzoom_by_axes(features, rows, cols)
+            return unzoom(features, grid)
+        zoomed_size = (int(features.shape[-2]), int(features.shape[-1]))
+        weights = self._cached(
+            ("area", size, zoomed_size, features.dtype, coarse.device),
+            lambda: area_unzoom_weights(coarse, size, zoomed_size),
+        )
+        return area_unzoom(features, weights)
+
     def _unzoom(self, features: Tensor, coarse: Tensor, name: str) -> Tensor:
         if not isinstance(features, Tensor) or features.dim() != 4:
             shape = tuple(features.shape) if isinstance(features, Tensor) else type(features)
             raise TypeError(f"backbone output {name} must be a (B, D, h, w) map, got {shape}")
-        return unzoom(features, self.inverse_grid(coarse, features.shape[-2:], features.dtype))
+        return self.unzoom_map(features, coarse)
 
     def forward(self, images: Tensor, boxes: Sequence[Tensor] | None = None):
         zoomed, coarse = self.zoom_image(images, boxes)

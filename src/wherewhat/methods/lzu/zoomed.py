@@ -30,7 +30,7 @@ from wherewhat.geometry.saliency import (
     uniform_saliency,
 )
 from wherewhat.geometry.warp import InverseMethod
-from wherewhat.methods.lzu.wrapper import LZU
+from wherewhat.methods.lzu.wrapper import LZU, UnzoomMode
 
 __all__ = ["SALIENCIES", "SaliencyKind", "ZoomSettings", "ZoomedNetwork", "make_saliency_source"]
 
@@ -45,6 +45,9 @@ def make_saliency_source(
     amplitude: float,
     bandwidth: float,
     jitter: float,
+    size_power: float = 0.0,
+    drop: float = 0.0,
+    drop_max_side: float = float("inf"),
 ) -> SaliencySource:
     """The saliency module of a kind; ``fixed`` starts uniform until its map is set."""
     grid_shape = (int(grid_shape[0]), int(grid_shape[1]))
@@ -53,7 +56,10 @@ def make_saliency_source(
     if kind == "fixed":
         return FixedSaliency(uniform_saliency(grid_shape))
     if kind == "adaptive":
-        return AdaptiveSaliency(grid_shape, amplitude=amplitude, bandwidth=bandwidth, jitter=jitter)
+        return AdaptiveSaliency(
+            grid_shape, amplitude=amplitude, bandwidth=bandwidth, jitter=jitter,
+            size_power=size_power, drop=drop, drop_max_side=drop_max_side,
+        )  # fmt: skip
     raise ConfigError(f"saliency={kind!r}: expected one of {SALIENCIES}")
 
 
@@ -70,6 +76,12 @@ class ZoomSettings:
             adaptive saliency.
         separable, fwhm, inverse: warp options of :class:`~wherewhat.methods.lzu.wrapper.LZU`
             (attraction kernel FWHM in lattice cells).
+        size_power: weight of a box in the KDE ~ side^-size_power (0: all alike, the paper's),
+            see :mod:`wherewhat.geometry.saliency`; also used for the fixed map.
+        drop, drop_max_side: when training an adaptive saliency, boxes of side <= drop_max_side
+            px are left out at rate ``drop`` (what a detector's misses look like).
+        unzoom: ``bilinear`` (the paper's) or ``area`` (box filter), see
+            :class:`~wherewhat.methods.lzu.wrapper.LZU`.
     """
 
     saliency: SaliencyKind
@@ -80,6 +92,10 @@ class ZoomSettings:
     separable: bool
     fwhm: float
     inverse: InverseMethod
+    size_power: float = 0.0
+    drop: float = 0.0
+    drop_max_side: float = float("inf")
+    unzoom: UnzoomMode = "bilinear"
 
     def source(self) -> SaliencySource:
         return make_saliency_source(
@@ -88,6 +104,9 @@ class ZoomSettings:
             amplitude=self.amplitude,
             bandwidth=self.bandwidth,
             jitter=self.jitter,
+            size_power=self.size_power,
+            drop=self.drop,
+            drop_max_side=self.drop_max_side,
         )
 
 
@@ -119,6 +138,7 @@ class ZoomedNetwork(nn.Module):
             separable=zoom.separable,
             fwhm=zoom.fwhm,
             inverse=zoom.inverse,
+            unzoom_mode=zoom.unzoom,
         )
 
     @property

@@ -1,0 +1,133 @@
+"""Unzoom of a separable warp one axis at a time: the area (box-filter) unzoom, and a fast
+bilinear one.
+
+**Area unzoom.** Each unwarped feature pixel averages the zoomed features over the whole
+interval its footprint maps to, instead of reading them at one point.
+
+:func:`~wherewhat.geometry.warp.unzoom` samples the zoomed map bilinearly at the inverse of each
+original-frame pixel *centre*. Where the zoom magnified the image by more than 2x, an unwarped
+pixel's footprint spans several zoomed pixels and the point sample skips all but two of them:
+the detail the zoom bought is thrown away again. The area unzoom weighs every zoomed pixel by
+the length of its overlap with the footprint's preimage, per axis (a separable warp maps the
+footprint ``[i, i + 1) x [j, j + 1)`` to a rectangle), so
+
+    unzoomed[b, c] = Wy[b] @ zoomed[b, c] @ Wx[b]^T,   each row of Wy, Wx summing to 1.
+
+For a uniform warp whose zoomed and unwarped maps have the same size the weights are the
+identity, so the area unzoom is then a no-op, like the bilinear one. Differentiable in the
+features and in the coarse grid.
+
+**Bilinear, by axes.** For a separable warp the bilinear unzoom of
+:func:`~wherewhat.geometry.warp.unzoom` reads row ``iy`` and column ``ix`` of the zoomed map
+at positions that depend on the row / the column alone, so it is two 1-D interpolations:
+gather two rows and blend, then two columns and blend. Same numbers as ``grid_sample``
+(bilinear, border padding, ``align_corners=False``) to float rounding, at a fraction of its
+cost on the small maps of a feature pyramid.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from wherewhat.geometry.warp import invert_marginal, is_separable
+
+__all__ = [
+    "AxisTaps",
+    "area_unzoom",
+    "area_unzoom_weights",
+    "bilinear_axis_taps",
+    "bilinear_unzoom_by_axes",
+]
+
+# A footprint whose preimage is shorter than this (normalised units) is read at its midpoint.
+_MIN_LENGTH = 1e-6
+
+
+def _edges(size: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """The ``size + 1`` pixel edges of one axis in normalised coordinates: -1 ... +1."""
+    return torch.linspace(-1.0, 1.0, size + 1, dtype=dtype, device=device)
+
+
+def _axis_weights(marginal: Tensor, original_size: int, zoomed_size: int) -> Tensor:
+    """Overlap weights ``(B, original_size, zoomed_size)`` of one axis.
+
+    ``marginal (B, n)``: original-frame normalised position of each coarse node along the axis
+    (non-decreasing). Row i holds, for each zoomed pixel, the fraction of the preimage of
+    original pixel i that it covers.
+    """
+    batch = marginal.shape[0]
+    edges = _edges(original_size, marginal.dtype, marginal.device).expand(batch, -1)
+    preimage, _ = invert_marginal(marginal, edges.contiguous())  # (B, F + 1) zoomed-frame
+    low, high = preimage[:, :-1], preimage[:, 1:]
+    middle = 0.5 * (low + high)
+    half = torch.clamp(0.5 * (high - low), min=0.5 * _MIN_LENGTH)
+    low, high = (middle - half)[..., None], (middle + half)[..., None]  # (B, F, 1)
+    zoomed_edges = _edges(zoomed_size, marginal.dtype, marginal.device)
+    overlap = torch.minimum(high, zoomed_edges[1:]) - torch.maximum(low, zoomed_edges[:-1])
+    return overlap.clamp(min=0.0) / (high - low)
+
+
+def area_unzoom_weights(
+    coarse_grid: Tensor, feature_size: tuple[int, int], zoomed_size: tuple[int, int]
+) -> tuple[Tensor, Tensor]:
+    """Row and column weights ``(Wy (B, Fh, h), Wx (B, Fw, w))`` that take a zoomed-frame map
+    of ``zoomed_size (h, w)`` to the original frame at ``feature_size (Fh, Fw)``.
+
+    ``coarse_grid (B, gh, gw, 2)`` must be separable (see
+    :func:`~wherewhat.geometry.warp.is_separable`); the non-separable warp has no rectangle
+    preimages, use the bilinear :func:`~wherewhat.geometry.warp.unzoom` there.
+    """
+    if not is_separable(coarse_grid):
+        raise ValueError(
+            "the area unzoom needs a separable warp (separable=True); use the bilinear unzoom "
+            "for a non-separable one"
+        )
+    wy = _axis_weights(coarse_grid[:, :, 0, 1], int(feature_size[0]), int(zoomed_size[0]))
+    wx = _axis_weights(coarse_grid[:, 0, :, 0], int(feature_size[1]), int(zoomed_size[1]))
+    return wy, wx
+
+
+def area_unzoom(features: Tensor, weights: tuple[Tensor, Tensor]) -> Tensor:
+    """Zoomed-frame ``features (B, C, h, w)`` -> original frame ``(B, C, Fh, Fw)`` with the
+    weights of :func:`area_unzoom_weights` (their batch may be 1)."""
+    wy, wx = (w.to(features.dtype) for w in weights)
+    if wy.shape[-1] != features.shape[-2] or wx.shape[-1] != features.shape[-1]:
+        raise ValueError(
+            f"weights for a {wy.shape[-1]} x {wx.shape[-1]} map, got features "
+            f"{tuple(features.shape)}"
+        )
+    if wy.shape[0] == 1:
+        # one warp for the whole batch: two matrix products over the stacked maps
+        return torch.matmul(torch.matmul(wy[0], features), wx[0].transpose(0, 1))
+    return torch.einsum("bih,bchw,bjw->bcij", wy, features, wx)
+
+
+class AxisTaps(NamedTuple):
+    """Bilinear taps of one axis: read ``low`` and ``high`` ``(F,)`` and blend with ``frac``
+    ``(F,)`` as ``(1 - frac) * low + frac * high``."""
+
+    low: Tensor
+    high: Tensor
+    frac: Tensor
+
+
+def bilinear_axis_taps(positions: Tensor, size: int) -> AxisTaps:
+    """Taps that sample an axis of ``size`` pixels at normalised ``positions (F,)`` the way
+    ``grid_sample`` does (align_corners=False, border padding: clamped to the outer centres)."""
+    pixel = ((positions + 1.0) * size - 1.0) / 2.0
+    pixel = pixel.clamp(0.0, size - 1.0)
+    low = pixel.detach().floor().long().clamp(max=size - 1)
+    high = (low + 1).clamp(max=size - 1)
+    return AxisTaps(low, high, pixel - low.to(pixel.dtype))
+
+
+def bilinear_unzoom_by_axes(features: Tensor, rows: AxisTaps, cols: AxisTaps) -> Tensor:
+    """``features (B, C, h, w)`` -> ``(B, C, Fh, Fw)`` by the taps of
+    :func:`bilinear_axis_taps` along the rows (``Fh`` of them) and the columns (``Fw``)."""
+    fy = rows.frac.to(features.dtype)[:, None]
+    out = features.index_select(-2, rows.low) * (1 - fy) + features.index_select(-2, rows.high) * fy
+    fx = cols.frac.to(features.dtype)
+    return out.index_select(-1, cols.low) * (1 - fx) + out.index_select(-1, cols.high) * fx
