@@ -17,12 +17,7 @@ from wherewhat.geometry.saliency import (
     boxes_saliency,
     dataset_saliency,
 )
-from wherewhat.geometry.separable_unzoom import (
-    area_unzoom,
-    area_unzoom_weights,
-    bilinear_axis_taps,
-    bilinear_unzoom_by_axes,
-)
+from wherewhat.geometry.separable_unzoom import area_unzoom, area_unzoom_weights
 from wherewhat.geometry.warp import identity_grid, saliency_to_grid, unzoom, unzoom_grid
 from wherewhat.methods.lzu.arms import make_detector, make_segmenter, output_stride_for
 from wherewhat.methods.lzu.magnification import small_object_magnification
@@ -261,21 +256,3 @@ def test_run_records_round_trip_through_json():
     assert again.key == ("detection", "lzu_fixed", 1, '{"unzoom": "area"}')
     blank = dataclasses.replace(record, step_fraction_of_peak=math.nan)
     assert math.isnan(RunRecord.from_dict(blank.to_dict()).step_fraction_of_peak)
-
-
-def test_bilinear_unzoom_by_axes_equals_grid_sample_on_a_separable_warp():
-    coarse = saliency_to_grid(_band_saliency(), separable=True, fwhm=13.0)
-    features = torch.randn(3, 5, 16, 32)
-    for size in ((16, 32), (40, 70), (8, 12)):
-        grid = unzoom_grid(coarse, size).grid
-        rows = bilinear_axis_taps(grid[0, :, 0, 1], 16)
-        cols = bilinear_axis_taps(grid[0, 0, :, 0], 32)
-        fast = bilinear_unzoom_by_axes(features, rows, cols)
-        assert torch.allclose(fast, unzoom(features, grid), atol=1e-5)
-    # and the wrapper takes that path for a fixed separable warp, with the same result
-    backbone = torch.nn.Conv2d(1, 4, 3, stride=2, padding=1)
-    fixed = LZU(backbone, FixedSaliency(_band_saliency()), (32, 64))
-    image = torch.rand(2, 1, 128, 256)
-    zoomed, coarse = fixed.zoom_image(image)
-    expected = unzoom(backbone(zoomed), unzoom_grid(coarse, (16, 32)).grid)
-    assert torch.allclose(fixed(image), expected, atol=1e-5)

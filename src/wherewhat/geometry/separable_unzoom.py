@@ -1,7 +1,6 @@
-"""Unzoom of a separable warp one axis at a time: the area (box-filter) unzoom, and a fast
-bilinear one.
+"""Area (box-filter) unzoom of a separable warp, one axis at a time.
 
-**Area unzoom.** Each unwarped feature pixel averages the zoomed features over the whole
+Each unwarped feature pixel averages the zoomed features over the whole
 interval its footprint maps to, instead of reading them at one point.
 
 :func:`~wherewhat.geometry.warp.unzoom` samples the zoomed map bilinearly at the inverse of each
@@ -16,31 +15,16 @@ footprint ``[i, i + 1) x [j, j + 1)`` to a rectangle), so
 For a uniform warp whose zoomed and unwarped maps have the same size the weights are the
 identity, so the area unzoom is then a no-op, like the bilinear one. Differentiable in the
 features and in the coarse grid.
-
-**Bilinear, by axes.** For a separable warp the bilinear unzoom of
-:func:`~wherewhat.geometry.warp.unzoom` reads row ``iy`` and column ``ix`` of the zoomed map
-at positions that depend on the row / the column alone, so it is two 1-D interpolations:
-gather two rows and blend, then two columns and blend. Same numbers as ``grid_sample``
-(bilinear, border padding, ``align_corners=False``) to float rounding, at a fraction of its
-cost on the small maps of a feature pyramid.
 """
 
 from __future__ import annotations
-
-from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
 from wherewhat.geometry.warp import invert_marginal, is_separable
 
-__all__ = [
-    "AxisTaps",
-    "area_unzoom",
-    "area_unzoom_weights",
-    "bilinear_axis_taps",
-    "bilinear_unzoom_by_axes",
-]
+__all__ = ["area_unzoom", "area_unzoom_weights"]
 
 # A footprint whose preimage is shorter than this (normalised units) is read at its midpoint.
 _MIN_LENGTH = 1e-6
@@ -103,31 +87,3 @@ def area_unzoom(features: Tensor, weights: tuple[Tensor, Tensor]) -> Tensor:
         # one warp for the whole batch: two matrix products over the stacked maps
         return torch.matmul(torch.matmul(wy[0], features), wx[0].transpose(0, 1))
     return torch.einsum("bih,bchw,bjw->bcij", wy, features, wx)
-
-
-class AxisTaps(NamedTuple):
-    """Bilinear taps of one axis: read ``low`` and ``high`` ``(F,)`` and blend with ``frac``
-    ``(F,)`` as ``(1 - frac) * low + frac * high``."""
-
-    low: Tensor
-    high: Tensor
-    frac: Tensor
-
-
-def bilinear_axis_taps(positions: Tensor, size: int) -> AxisTaps:
-    """Taps that sample an axis of ``size`` pixels at normalised ``positions (F,)`` the way
-    ``grid_sample`` does (align_corners=False, border padding: clamped to the outer centres)."""
-    pixel = ((positions + 1.0) * size - 1.0) / 2.0
-    pixel = pixel.clamp(0.0, size - 1.0)
-    low = pixel.detach().floor().long().clamp(max=size - 1)
-    high = (low + 1).clamp(max=size - 1)
-    return AxisTaps(low, high, pixel - low.to(pixel.dtype))
-
-
-def bilinear_unzoom_by_axes(features: Tensor, rows: AxisTaps, cols: AxisTaps) -> Tensor:
-    """``features (B, C, h, w)`` -> ``(B, C, Fh, Fw)`` by the taps of
-    :func:`bilinear_axis_taps` along the rows (``Fh`` of them) and the columns (``Fw``)."""
-    fy = rows.frac.to(features.dtype)[:, None]
-    out = features.index_select(-2, rows.low) * (1 - fy) + features.index_select(-2, rows.high) * fy
-    fx = cols.frac.to(features.dtype)
-    return out.index_select(-1, cols.low) * (1 - fx) + out.index_select(-1, cols.high) * fx

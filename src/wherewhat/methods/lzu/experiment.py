@@ -469,8 +469,9 @@ def run_lzu_bench(
 
     saliency, zoom_settings = example_saliencies(settings, data)
     checks = warp_checks(
-        saliency, zoom_settings.fwhm, level_sizes(settings, data), tuple(settings.inverse_map_size)
-    )
+        saliency, zoom_settings.fwhm, level_sizes(settings, data),
+        tuple(settings.inverse_map_size), repeats=settings.latency_timing[1],
+    )  # fmt: skip
     log(f"warps: round trip {checks.roundtrip_max_err_px}, coverage {checks.coverage}, "
         f"1-D inverse {checks.inverse_speedup_1d_vs_tile:.0f}x faster than tiles")  # fmt: skip
     scene = data.detection[1][settings.figure_scene]

@@ -182,7 +182,9 @@ HEADLINE_METRICS = (
     "ap50_large", "small_iou",
 )  # fmt: skip
 # Settings that may differ between commands whose runs are merged (they do not change a run).
-MERGEABLE_SETTINGS = {"seeds", "seeds_2x", "tasks", "arms", "ablations", "progress_bar"}
+MERGEABLE_SETTINGS = {
+    "seeds", "seeds_2x", "tasks", "arms", "ablations", "progress_bar", "latency_timing",
+}  # fmt: skip
 
 
 @dataclass

@@ -21,12 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from wherewhat.geometry.saliency import SaliencySource
-from wherewhat.geometry.separable_unzoom import (
-    area_unzoom,
-    area_unzoom_weights,
-    bilinear_axis_taps,
-    bilinear_unzoom_by_axes,
-)
+from wherewhat.geometry.separable_unzoom import area_unzoom, area_unzoom_weights
 from wherewhat.geometry.warp import (
     InverseMethod,
     saliency_to_grid,
@@ -159,19 +154,7 @@ class LZU(nn.Module):
         own ``(h, w)``), by this wrapper's ``unzoom_mode``; weights / grids cached when fixed."""
         size = tuple(features.shape[-2:]) if size is None else (int(size[0]), int(size[1]))
         if self.unzoom_mode == "bilinear":
-            grid = self.inverse_grid(coarse, size, features.dtype)
-            if self.cacheable and self.warp_options["separable"]:
-                # one separable warp for the batch: two 1-D interpolations, ~3x cheaper
-                zoomed_size = (int(features.shape[-2]), int(features.shape[-1]))
-                rows, cols = self._cached(
-                    ("taps", size, zoomed_size, features.dtype, coarse.device),
-                    lambda: (
-                        bilinear_axis_taps(grid[0, :, 0, 1], zoomed_size[0]),
-                        bilinear_axis_taps(grid[0, 0, :, 0], zoomed_size[1]),
-                    ),
-                )
-                return bilinear_unzoom_by_axes(features, rows, cols)
-            return unzoom(features, grid)
+            return unzoom(features, self.inverse_grid(coarse, size, features.dtype))
         zoomed_size = (int(features.shape[-2]), int(features.shape[-1]))
         weights = self._cached(
             ("area", size, zoomed_size, features.dtype, coarse.device),
