@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from wherewhat.data.scatter import ScatterConfig
+from wherewhat.methods.lzu.region_metrics import in_band as region_in_band
 
 __all__ = ["band_rows", "in_band", "street_scene_config"]
 
@@ -69,14 +70,9 @@ def band_rows(config: ScatterConfig) -> tuple[float, float]:
 def in_band(boxes: Tensor | np.ndarray, config: ScatterConfig) -> Tensor | np.ndarray:
     """Whether each box's centre row lies in the band (ends included): ``boxes`` (n, 4) XYXY in
     original pixels -> (n,) bool, a tensor for a tensor input, else a numpy array."""
-    y0, y1 = band_rows(config)
-    if isinstance(boxes, Tensor):
-        if boxes.ndim != 2 or boxes.shape[-1] != 4:
-            raise ValueError(f"in_band: expected boxes of shape (n, 4), got {tuple(boxes.shape)}")
-        centre = (boxes[:, 1] + boxes[:, 3]).to(torch.float64) / 2
-        return (centre >= y0) & (centre <= y1)
-    boxes = np.asarray(boxes, dtype=np.float64)
-    if boxes.ndim != 2 or boxes.shape[-1] != 4:
-        raise ValueError(f"in_band: expected boxes of shape (n, 4), got {boxes.shape}")
-    centre = (boxes[:, 1] + boxes[:, 3]) / 2
-    return (centre >= y0) & (centre <= y1)
+    as_tensor = isinstance(boxes, Tensor)
+    values = boxes if as_tensor else torch.from_numpy(np.asarray(boxes, dtype=np.float64))
+    if values.ndim != 2 or values.shape[-1] != 4:
+        raise ValueError(f"in_band: expected boxes of shape (n, 4), got {tuple(values.shape)}")
+    inside = region_in_band(values.to(torch.float64), band_rows(config))
+    return inside if as_tensor else inside.numpy()
