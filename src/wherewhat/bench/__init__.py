@@ -4,7 +4,12 @@ MACs = FLOPs / 2 as counted by ``torch.utils.flop_counter.FlopCounterMode``; eve
 records its thread count and can be read against this machine's measured matmul peak.
 """
 
-from wherewhat.bench.counting import MACS_CONVENTION, count_macs, count_parameters
+from wherewhat.bench.counting import (
+    MACS_CONVENTION,
+    count_macs,
+    count_parameters,
+    training_step_flops,
+)
 from wherewhat.bench.latency import (
     LatencyResult,
     ThroughputResult,
@@ -38,6 +43,7 @@ __all__ = [
     "benchmark_model_by_name",
     "count_macs",
     "count_parameters",
+    "training_step_flops",
     "export_checkpoint_to_onnx",
     "export_onnx",
     "format_markdown_table",

@@ -9,7 +9,9 @@ operators FlopCounterMode knows are counted (matmul/linear/conv/attention); elem
 
 from __future__ import annotations
 
+import warnings
 from collections import defaultdict
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -18,7 +20,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from wherewhat.bench.runtime import as_input_tuple
 
-__all__ = ["count_parameters", "count_macs", "MACS_CONVENTION"]
+__all__ = ["count_parameters", "count_macs", "training_step_flops", "MACS_CONVENTION"]
 
 MACS_CONVENTION = (
     "MACs = FLOPs / 2 as counted by torch.utils.flop_counter.FlopCounterMode "
@@ -87,3 +89,26 @@ def count_macs(model: nn.Module, example_inputs: Any) -> dict[str, Any]:
         "by_operator": dict(by_operator),
         "convention": MACS_CONVENTION,
     }
+
+
+def training_step_flops(
+    module: nn.Module, batch: Any, step: Callable[[Any], torch.Tensor] | None = None
+) -> float:
+    """FLOPs (FlopCounterMode's, 2 per multiply-add) of one training step of ``module`` on
+    ``batch``: forward and loss (``step(batch)``, default the Lightning ``training_step``; pass
+    e.g. the model's loss function when a trainer is attached and ``self.log`` would need its
+    loop) and the backward pass. No optimizer step is taken and the gradients are cleared
+    afterwards; outside a trainer the step's ``self.log`` warnings are silenced."""
+    step = step or (lambda b: module.training_step(b, 0))
+    was_training = module.training
+    module.train()
+    counter = FlopCounterMode(display=False)
+    try:
+        with counter, warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*self.log.*")  # no trainer attached
+            loss = step(batch)
+            loss.backward()
+    finally:
+        module.zero_grad(set_to_none=True)
+        module.train(was_training)
+    return float(counter.get_total_flops())

@@ -29,8 +29,11 @@ def peak_matmul_gflops(
     sizes: tuple[int, ...] = (256, 512, 1024),
     time_budget_s: float = 1.5,
     min_repeats: int = 3,
+    dtype: torch.dtype = torch.float32,
 ) -> float:
-    """Measured peak float32 GFLOP/s of this machine with ``threads`` torch threads.
+    """Measured peak GFLOP/s of this machine with ``threads`` torch threads, for matrix products
+    in ``dtype`` (float32; ``torch.bfloat16`` for what bf16 mixed precision can reach: on CPUs
+    with AMX or AVX-512 BF16 several times the float32 peak).
 
     The best over many timed square products ``n x n @ n x n`` (2 n^3 FLOPs each), each size
     in ``sizes`` sampled for an equal share of ``time_budget_s`` (at least ``min_repeats``
@@ -40,12 +43,16 @@ def peak_matmul_gflops(
     ``threads=None`` uses the current ``torch.get_num_threads()``.
     """
     used = torch.get_num_threads() if threads is None else threads
-    return _peak_matmul_gflops_cached(used, tuple(sizes), time_budget_s, min_repeats)
+    return _peak_matmul_gflops_cached(used, tuple(sizes), time_budget_s, min_repeats, dtype)
 
 
 @cache
 def _peak_matmul_gflops_cached(
-    threads: int, sizes: tuple[int, ...], time_budget_s: float, min_repeats: int
+    threads: int,
+    sizes: tuple[int, ...],
+    time_budget_s: float,
+    min_repeats: int,
+    dtype: torch.dtype = torch.float32,
 ) -> float:
     if not sizes or min_repeats < 1:
         raise ValueError(f"need at least one size and min_repeats >= 1, got {sizes}")
@@ -54,9 +61,9 @@ def _peak_matmul_gflops_cached(
     best = 0.0
     with torch_num_threads(threads), torch.inference_mode():
         for n in sizes:
-            a = torch.rand(n, n, generator=generator)
-            b = torch.rand(n, n, generator=generator)
-            out = torch.empty(n, n)
+            a = torch.rand(n, n, generator=generator).to(dtype)
+            b = torch.rand(n, n, generator=generator).to(dtype)
+            out = torch.empty(n, n, dtype=dtype)
             torch.mm(a, b, out=out)  # warm-up: page in memory, pick kernels
             start, calls = time.perf_counter(), 0
             while calls < min_repeats or time.perf_counter() - start < share:

@@ -353,7 +353,20 @@ class FaceLandmarkDataset(Dataset):
 
 def batch_images_and_points(batch: object, batch_idx: int) -> tuple[Tensor, Tensor]:
     """Images ``(B, C, S, S)`` and crop points ``(B, K, 2)`` of a collated
-    :class:`FaceLandmarkDataset` batch; a clear error naming the batch otherwise."""
+    :class:`FaceLandmarkDataset` batch; a clear error naming the batch otherwise.
+
+    A fast-path batch (:class:`~wherewhat.data.face_batches.FaceCanvasItems`: ``canvas``,
+    ``crop_from_canvas``, ``crop_size``) gets its augmented crops built here with one
+    ``grid_sample`` (no photo is decoded), so models that need whole crops train on either path.
+    """
+    if isinstance(batch, dict) and "image" not in batch and "canvas" in batch:
+        from wherewhat.data.face_batches import crops_from_canvas  # face_batches imports us
+
+        size = int(batch["crop_size"].reshape(-1)[0])
+        batch = {
+            **batch,
+            "image": crops_from_canvas(batch["canvas"], batch["crop_from_canvas"], size),
+        }
     if not isinstance(batch, dict) or not {"image", "points"} <= set(batch):
         raise ValueError(f"batch {batch_idx}: expected a dict with 'image' and 'points'")
     images, points = batch["image"], batch["points"]

@@ -36,6 +36,7 @@ __all__ = [
     "load_image_folder",
     "balanced_subset",
     "ImageArrayDataset",
+    "BatchTransformCollate",
     "SelfSupervisedDataModule",
 ]
 
@@ -202,6 +203,9 @@ class ImageArrayDataset(Dataset):
     :class:`~wherewhat.data.loader.ResumableDataLoader` with ``sample_seeds=True``), a transform
     that takes a ``generator`` argument draws from a generator seeded with ``sample_seed``: the
     views then depend on the epoch and index only, so a resumed run sees the same views.
+
+    ``defer_transform=True`` leaves the transform to a :class:`BatchTransformCollate`: items are
+    ``(image uint8 (C, H, W), sample_seed, label)`` (``sample_seed`` -1 for a bare index).
     """
 
     def __init__(
@@ -209,17 +213,21 @@ class ImageArrayDataset(Dataset):
         images: np.ndarray,
         labels: np.ndarray,
         transform: Callable[[Tensor], object] | None = None,
+        defer_transform: bool = False,
     ):
         self.images = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
         self.labels = torch.from_numpy(np.asarray(labels, dtype=np.int64))
-        self.transform = transform
-        self._seedable = transform is not None and _takes_generator(transform)
+        self.transform = None if defer_transform else transform
+        self.defer_transform = defer_transform
+        self._seedable = self.transform is not None and _takes_generator(self.transform)
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def __getitem__(self, key: int | SampleKey):
         index, seed = key if isinstance(key, tuple) else (key, None)
+        if self.defer_transform:
+            return self.images[index], -1 if seed is None else seed, self.labels[index]
         image = self.images[index].float().div_(255.0)
         if self.transform is not None:
             if seed is not None and self._seedable:
@@ -227,6 +235,33 @@ class ImageArrayDataset(Dataset):
             else:
                 image = self.transform(image)
         return image, self.labels[index]
+
+
+class BatchTransformCollate:
+    """``collate_fn`` applying a batched transform to a whole batch of seeded images.
+
+    Items are ``(image uint8 (C, H, W), sample_seed, label)`` (an :class:`ImageArrayDataset`
+    with ``defer_transform=True``); returns ``(transform.batch(images, generators), labels)``
+    with one generator per image seeded with its ``sample_seed`` (torch's global RNG for -1),
+    i.e. the same output a per-sample transform with those generators gives, in one call.
+    """
+
+    def __init__(self, transform: object):
+        if not callable(getattr(transform, "batch", None)):
+            raise ConfigError(
+                f"{type(transform).__name__} has no batch(images, generators) method; "
+                "use it as a per-sample transform"
+            )
+        self.transform = transform
+
+    def __call__(self, items: list[tuple[Tensor, int, Tensor]]) -> tuple[object, Tensor]:
+        images = torch.stack([item[0] for item in items])
+        generators = [
+            None if int(seed) < 0 else torch.Generator().manual_seed(int(seed))
+            for _, seed, _ in items
+        ]
+        labels = torch.stack([item[2] for item in items])
+        return self.transform.batch(images, generators), labels
 
 
 def _takes_generator(transform: Callable) -> bool:
@@ -243,6 +278,9 @@ class SelfSupervisedDataModule(L.LightningDataModule):
         npz_path: CIFAR-style ``.npz`` (see module docstring); or
         image_folder: a folder with ``train/`` and ``test/`` class folders. Exactly one is given.
         train_transform: callable on a float ``(C, H, W)`` image, e.g. the SSL view sampler.
+        batch_transform: when ``train_transform`` also has ``batch(images, generators)`` (the
+            view sampler has), apply it once per batch (:class:`BatchTransformCollate`): the
+            same views as per image, drawn with batched tensor ops. ``False``: per image.
         probe_per_class: labelled training examples per class for linear / k-NN probes
             (``None``: all training images).
         train_limit / test_limit: use only N images for quick runs: a class-balanced subset
@@ -261,6 +299,7 @@ class SelfSupervisedDataModule(L.LightningDataModule):
         test_limit: int | None = None,
         num_workers: int = 0,
         seed: int = 0,
+        batch_transform: bool = True,
     ):
         super().__init__()
         if (npz_path is None) == (image_folder is None):
@@ -287,6 +326,7 @@ class SelfSupervisedDataModule(L.LightningDataModule):
             )
         self.npz_path, self.image_folder = npz_path, image_folder
         self.train_transform = train_transform
+        self.batch_transform = batch_transform
         self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
         self.probe_per_class, self.train_limit, self.test_limit = (
             probe_per_class,
@@ -324,9 +364,17 @@ class SelfSupervisedDataModule(L.LightningDataModule):
             persistent_workers=self.num_workers > 0,
         )
 
+    def _transform_per_batch(self) -> bool:
+        return self.batch_transform and callable(getattr(self.train_transform, "batch", None))
+
     def train_dataset(self) -> ImageArrayDataset:
         self.setup()
-        return ImageArrayDataset(self.arrays.x_train, self.arrays.y_train, self.train_transform)
+        return ImageArrayDataset(
+            self.arrays.x_train,
+            self.arrays.y_train,
+            self.train_transform,
+            defer_transform=self._transform_per_batch(),
+        )
 
     def probe_train_dataset(self) -> ImageArrayDataset:
         """Labelled, un-augmented training images for fitting probes."""
@@ -353,6 +401,9 @@ class SelfSupervisedDataModule(L.LightningDataModule):
             sample_seeds=True,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
+            collate_fn=BatchTransformCollate(self.train_transform)
+            if self._transform_per_batch()
+            else None,
         )
 
     def probe_train_dataloader(self) -> DataLoader:

@@ -32,14 +32,13 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 
 import lightning.pytorch as pl
 import torch
 from torch import Tensor
-from torch.utils.flop_counter import FlopCounterMode
 
+from wherewhat.bench.counting import training_step_flops
 from wherewhat.bench.machine import peak_matmul_gflops
 from wherewhat.bench.runtime import torch_num_threads
 from wherewhat.data.scatter import collate_scenes
@@ -129,23 +128,6 @@ class _EvaluateAt(pl.Callback):
             self.points[step] = self.evaluate()
             self.seconds += time.perf_counter() - wall
             self.cpu_seconds += time.process_time() - cpu
-
-
-def training_step_flops(module: LZUTask, batch: dict) -> float:
-    """FLOPs of one training step (forward, loss and backward) of ``module`` on ``batch``;
-    the gradients are cleared afterwards and no optimizer step is taken."""
-    was_training = module.training
-    module.train()
-    counter = FlopCounterMode(display=False)
-    try:
-        with counter, warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*self.log.*")  # no trainer yet
-            loss = module.training_step(batch, 0)
-            loss.backward()
-    finally:
-        module.zero_grad(set_to_none=True)
-        module.train(was_training)
-    return float(counter.get_total_flops())
 
 
 # -- training ----------------------------------------------------------------------------------

@@ -5,9 +5,10 @@ The networks, losses and view sampling here are plain PyTorch (no Lightning), sm
 testable parts in lightly's style::
 
     sp = SpatialPredictionConfig(weight=0.5, num_pairs=2)
-    sampler = ViewSampler(sp.view_sampler_config())          # DataLoader transform
+    sampler = ViewSampler(sp.view_sampler_config())
+    batch = sampler.batch(images, generators)                  # (B, C, H, W), one per image
     model = build_ssl_method("simclr", cifar_resnet18(width=32), spatial_prediction=sp)
-    losses = model.loss(batch)                                 # batch = collated sampler output
+    losses = model.loss(batch)
 
 Above them: :mod:`.task` (the LightningModule, ``SelfSupervisedTask(model, ...)``; configs in
 ``configs/spatial_prediction/``), :mod:`.probes` (frozen-feature probes), the benchmark

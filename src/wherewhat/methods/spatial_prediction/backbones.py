@@ -111,7 +111,12 @@ class ResNetBackbone(nn.Module):
                     nn.init.zeros_(module.bn2.weight)
 
     def forward(self, images: Tensor, return_map: bool = False) -> Tensor | tuple[Tensor, Tensor]:
-        feature_map = self.stages(self.stem(self.normalize(images)))
+        images = self.normalize(images)
+        # Inputs follow the weights' layout: after ``.to(memory_format=torch.channels_last)``
+        # every convolution runs channels-last (1.2-1.5x faster on CPU), whatever the caller's.
+        if self.stem[0].weight.is_contiguous(memory_format=torch.channels_last):
+            images = images.contiguous(memory_format=torch.channels_last)
+        feature_map = self.stages(self.stem(images))
         pooled = self.pool(feature_map).flatten(1)
         return (pooled, feature_map) if return_map else pooled
 

@@ -33,6 +33,12 @@ from wherewhat.models.spec import configurable
 __all__ = ["SSLMethod", "SimCLR", "BYOL", "build_ssl_method"]
 
 
+def _float32(reference: Tensor) -> torch.autocast:
+    """Autocast off on ``reference``'s device: under bf16 mixed precision the losses (cosine
+    similarities over a temperature, a few hundredths apart) are computed in float32."""
+    return torch.autocast(device_type=reference.device.type, enabled=False)
+
+
 def _feature_dim(backbone: nn.Module, feature_dim: int | None) -> int:
     if feature_dim is not None:
         return feature_dim
@@ -138,7 +144,8 @@ class SimCLR(SSLMethod):
         # One backbone pass over both views so BatchNorm normalises them with shared statistics.
         z = self.projector(self.backbone(torch.cat([view_a, view_b])))
         z_a, z_b = z.chunk(2)
-        return self.criterion(z_a, z_b)
+        with _float32(z):
+            return self.criterion(z_a.float(), z_b.float())
 
 
 @configurable
@@ -191,7 +198,9 @@ class BYOL(SSLMethod):
         with torch.no_grad():
             z_a, z_b = self.target_projector(self.target_backbone(both)).chunk(2)
         # criterion = -mean cos, so 2 + criterion(a) + criterion(b) = mean of the two 2 - 2 cos.
-        return 2 + self.criterion(p_a, z_b) + self.criterion(p_b, z_a)
+        with _float32(p_a):
+            p_a, p_b, z_a, z_b = p_a.float(), p_b.float(), z_a.float(), z_b.float()
+            return 2 + self.criterion(p_a, z_b) + self.criterion(p_b, z_a)
 
     def momentum(self, step: int, max_steps: int) -> float:
         """EMA momentum at ``step`` of ``max_steps`` (cosine from base to end)."""

@@ -16,31 +16,50 @@ images (labels unused), then probe the frozen backbone
 * landmark probe (SimCLR vs SimCLR+SP): pre-train on 68-point face crops without labels, then a
   ridge regression from frozen features to the landmarks, NME on faces of held-out photos.
 
-All arms of one seed see the same images in the same order; only lambda differs. Timing per
-epoch (wall and this process's CPU) comes from the task's ``history``. :func:`run_bench` runs
-everything and returns a :class:`~wherewhat.methods.spatial_prediction.records.BenchResult`;
-the ``quick`` preset is the few-minute version (the tour runs an even smaller one).
+All arms of one seed see the same images in the same order; only lambda (or the SP local view
+size) differs. Timing per epoch (wall and this process's CPU) comes from the task's
+``history``; FLOPs of one training step are counted on the first training batch and read
+against this machine's measured matmul peak.
+
+Every run also evaluates the *untrained* network of each seed (:func:`run_random_init`, the
+``random_init`` row): an arm is valid only when its linear probe clears that floor by
+``valid_margin``, and no gain is read from a base arm that does not
+(:func:`~wherewhat.methods.spatial_prediction.records.bench_result`). The arms run in this
+process one after the other, or ``parallel`` at a time in child processes
+(:func:`arm_child_main`); runs with the same settings merge (``merge_with``).
+:func:`run_bench` runs everything and returns a
+:class:`~wherewhat.methods.spatial_prediction.records.BenchResult`; the ``quick`` preset is the
+few-minute version (the tour runs an even smaller one).
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+import json
 import math
+import os
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
-from lightning.pytorch import seed_everything
+from lightning.pytorch import Callback, seed_everything
 from torch import Tensor
 
-from wherewhat.bench.machine import machine_info
+from wherewhat.bench.counting import training_step_flops
+from wherewhat.bench.machine import machine_info, peak_matmul_gflops
 from wherewhat.bench.runtime import torch_num_threads
 from wherewhat.data.face_crops import FaceLandmarkDataset
 from wherewhat.data.faces import load_pts_folder, split_by_name
 from wherewhat.data.images import SelfSupervisedDataModule
+from wherewhat.io import write_atomic
 from wherewhat.methods.spatial_prediction.backbones import build_backbone
 from wherewhat.methods.spatial_prediction.bases import SSLMethod, build_ssl_method
 from wherewhat.methods.spatial_prediction.figures import bench_figures, relative_position_png
@@ -60,25 +79,44 @@ from wherewhat.methods.spatial_prediction.probes import (
 )
 from wherewhat.methods.spatial_prediction.records import (
     ArmResult,
-    ArmSummary,
     BenchResult,
     ClassEvaluation,
     FaceArmResult,
-    overhead,
-    summarise_arms,
+    bench_result,
+    check_mergeable,
+    load_earlier_run,
+    pool,
 )
-from wherewhat.methods.spatial_prediction.settings import BenchSettings, TaskArg, arm_name
+from wherewhat.methods.spatial_prediction.settings import (
+    RANDOM_INIT,
+    BenchSettings,
+    TaskArg,
+    arm_name,
+    parse_arm,
+)
 from wherewhat.methods.spatial_prediction.task import SelfSupervisedTask
 from wherewhat.metrics.probe import knn_probe
-from wherewhat.metrics.summary import mean_std
 from wherewhat.training.fit import fit
 
-__all__ = ["FaceCrops", "build_task", "face_crop_arrays", "run_arm", "run_bench", "run_face_arm"]
+__all__ = [
+    "FaceCrops",
+    "arm_child_main",
+    "build_task",
+    "face_crop_arrays",
+    "model_step_flops",
+    "run_arm",
+    "run_bench",
+    "run_face_arm",
+    "run_named_arm",
+    "run_random_init",
+]
 
 # ``BenchSettings.task_args`` keys that describe the network (the rest go to the task).
 MODEL_KEYS = ("backbone", "backbone_width", "sp_pairs", "sp_local_scale", "sp_local_size",
               "sp_hidden_dim")  # fmt: skip
 Log = Callable[[str], None]
+# A training batch as ``training_step`` receives it: the view sampler's dict, or (views, labels).
+ViewBatch = Mapping[str, Tensor] | Sequence[Any]
 
 
 # -- networks and data ------------------------------------------------------------------------
@@ -202,8 +240,12 @@ def _evaluate_classes(
     }
     sp = model.spatial_prediction
     if sp is not None and sp.enabled:
+        # The arm's own head on the views it trained on (another local size: its own pairs).
+        own_pairs = test_pairs
+        if tuple(sp.config.local_size) != tuple(config.local_size):
+            own_pairs = sample_view_pairs(test.images[test_idx], sp.config, seed=200)
         where["native"] = {
-            **sp_pair_error(model, test_pairs),
+            **sp_pair_error(model, own_pairs),
             **_reorder_scores(model, reorder_images, sp.config.local_size),
         }
     return ClassEvaluation(
@@ -219,28 +261,70 @@ def _evaluate_classes(
     )
 
 
+class _FirstBatch(Callback):
+    """Keeps the first training batch exactly as ``training_step`` receives it."""
+
+    def __init__(self) -> None:
+        self.batch: Any = None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self.batch is None:
+            self.batch = batch
+
+
+def model_step_flops(model: SSLMethod, batch: ViewBatch) -> float:
+    """FLOPs of one training step of ``model``: forward and backward of ``model.loss`` on a
+    training ``batch`` (the sampler's views dict, or ``(views, labels)``), counted by
+    :func:`wherewhat.bench.counting.training_step_flops` on a copy (the model's weights,
+    batch-norm statistics and gradients are left as they were; no optimizer step)."""
+    views = batch[0] if isinstance(batch, list | tuple) else batch
+    if not isinstance(views, Mapping) or "global_views" not in views:
+        raise ValueError(
+            "model_step_flops expects a training batch of view-sampler output (a dict with "
+            f"'global_views'), got {type(views).__name__}"
+        )
+    clone = copy.deepcopy(model)
+    return training_step_flops(clone, views, step=lambda v: clone.loss(v)["loss"])
+
+
 def run_arm(
-    base: str, sp_lambda: float, seed: int, s: BenchSettings, log: Log
+    base: str,
+    sp_lambda: float,
+    seed: int,
+    s: BenchSettings,
+    log: Log,
+    local_size: int | None = None,
 ) -> tuple[ArmResult, SelfSupervisedTask]:
-    """Pre-train one CIFAR arm and probe it; returns the result and the trained task."""
-    name = arm_name(base, sp_lambda, s.sp_lambda)
+    """Pre-train one CIFAR arm and probe it; returns the result and the trained task.
+    ``local_size``: SP local view side (``None``: the settings' ``sp_local_size``)."""
+    size = s.sp_local_size if local_size is None else local_size
+    name = arm_name(base, sp_lambda, s.sp_lambda, size, s.sp_local_size)
     seed_everything(seed, verbose=False)
-    task = build_task(base, sp_lambda, s)
+    task = build_task(base, sp_lambda, s, sp_local_size=size)
     data = _cifar_data(s, seed)
-    record = fit(task, data, max_epochs=s.epochs, progress=s.progress_bar)
+    first = _FirstBatch()
+    record = fit(
+        task, data, max_epochs=s.epochs, progress=s.progress_bar, callbacks=[first],
+        precision=s.precision,
+    )  # fmt: skip
     start, cpu = time.perf_counter(), time.process_time()
     evaluation = _evaluate_classes(task.model, data, s, seed)
     eval_seconds, eval_cpu = time.perf_counter() - start, time.process_time() - cpu
     history = [dict(h) for h in task.history]
     # Epoch 0 also starts the loader worker: the median of the later epochs is the rate.
     later = history[1:] or history
+    epoch_seconds = float(np.median([h["seconds"] for h in later]))
+    step_flops = model_step_flops(task.model, first.batch)
+    steps_per_epoch = record.steps / max(1, len(history))
+    dtype = torch.bfloat16 if s.precision == "bf16-mixed" else torch.float32
+    peak = peak_matmul_gflops(torch.get_num_threads(), dtype=dtype)
     arm = ArmResult(
         arm=name,
         base=base,
         sp_lambda=sp_lambda,
         seed=seed,
         **vars(evaluation),  # ClassEvaluation's fields are ArmResult's probe fields
-        epoch_seconds=float(np.median([h["seconds"] for h in later])),
+        epoch_seconds=epoch_seconds,
         epoch_cpu_seconds=float(np.median([h["cpu_seconds"] for h in later])),
         train_minutes=record.seconds / 60,
         train_cpu_minutes=record.cpu_seconds / 60,
@@ -250,14 +334,54 @@ def run_arm(
         eval_cpu_minutes=eval_cpu / 60,
         history=history,
         step_losses=_smoothed_steps(task.step_losses),
+        epochs=len(history),
+        steps=record.steps,
+        sp_local_size=size if sp_lambda > 0 else None,
+        step_gflop=step_flops / 1e9,
+        train_tflop=step_flops * record.steps / 1e12,
+        step_fraction_of_peak=step_flops / 1e9 / (epoch_seconds / steps_per_epoch) / peak,
+        peak_gflops=peak,
+        torch_threads=torch.get_num_threads(),
+        precision=s.precision,
     )
     log(
         f"{name} seed {seed}: linear {arm.linear_probe:.3f}, k-NN {arm.knn:.3f}, "
         f"reorder 2x2 {arm.reorder_accuracy_2x2:.3f}, SP ratio {arm.sp_error_ratio:.2f}, "
-        f"{arm.epoch_seconds:.0f} s/epoch, train {arm.train_minutes:.1f} min, "
+        f"{arm.epoch_seconds:.0f} s/epoch, {arm.step_gflop:.1f} GFLOP/step at "
+        f"{arm.step_fraction_of_peak:.0%} of peak, train {arm.train_minutes:.1f} min, "
         f"eval {arm.eval_minutes:.1f} min"
     )
     return arm, task
+
+
+def run_named_arm(
+    name: str, seed: int, s: BenchSettings, log: Log
+) -> tuple[ArmResult, SelfSupervisedTask]:
+    """:func:`run_arm` for an arm name (``simclr_sp_l0.1``, ``simclr_sp_s12``, ...)."""
+    spec = parse_arm(name, s.sp_lambda, s.sp_local_size)
+    return run_arm(spec.base, spec.sp_lambda, seed, s, log, local_size=spec.local_size)
+
+
+def run_random_init(seed: int, s: BenchSettings, log: Log) -> ArmResult:
+    """The untrained SimCLR network of ``seed`` (same architecture and initialisation as the
+    trained arms of that seed) through the same evaluation: the floor of every table. No
+    training, so timing and compute are NaN and ``epochs`` 0."""
+    seed_everything(seed, verbose=False)
+    task = build_task("simclr", 0.0, s)
+    data = _cifar_data(s, seed)
+    start, cpu = time.perf_counter(), time.process_time()
+    evaluation = _evaluate_classes(task.model, data, s, seed)
+    nan = math.nan
+    arm = ArmResult(
+        arm=RANDOM_INIT, base="simclr", sp_lambda=0.0, seed=seed, **vars(evaluation),
+        epoch_seconds=nan, epoch_cpu_seconds=nan, train_minutes=0.0, train_cpu_minutes=0.0,
+        worker_cpu_minutes=0.0, eval_minutes=(time.perf_counter() - start) / 60,
+        eval_cpu_minutes=(time.process_time() - cpu) / 60, history=[], step_losses={},
+        train_tflop=0.0, torch_threads=torch.get_num_threads(),
+    )  # fmt: skip
+    log(f"random init seed {seed}: linear {arm.linear_probe:.3f}, k-NN {arm.knn:.3f}, "
+        f"reorder 2x2 {arm.reorder_accuracy_2x2:.3f}, eval {arm.eval_minutes:.1f} min")  # fmt: skip
+    return arm
 
 
 # -- faces ------------------------------------------------------------------------------------
@@ -376,104 +500,160 @@ def _face_arms(s: BenchSettings, work_dir: Path, log: Log) -> list[FaceArmResult
     ]
 
 
+# -- running the arms: in this process, or side by side in child processes -------------------
+
+
+def _figure_arm(plan: Sequence[tuple[str, int]]) -> tuple[str, int] | None:
+    """The plan's first SimCLR + SP arm (default lambda and views): it draws the held-out pairs
+    figure."""
+    return next(((name, seed) for name, seed in plan if name == "simclr_sp"), None)
+
+
+def _run_in_process(
+    plan: Sequence[tuple[str, int]], s: BenchSettings, log: Log, tmp: Path
+) -> tuple[list[ArmResult], bytes | None]:
+    """Every arm of ``plan`` one after the other here; the trained figure arm's pairs PNG."""
+    arms, positions = [], None
+    figure_arm = _figure_arm(plan)
+    for name, seed in plan:
+        arm, task = run_named_arm(name, seed, s, log)
+        arms.append(arm)
+        if (name, seed) == figure_arm:
+            positions = relative_position_png(task.model, s.cifar_npz)
+    return arms, positions
+
+
+_CHILD = (
+    "from wherewhat.methods.spatial_prediction.experiment import arm_child_main; arm_child_main()"
+)
+
+
+def arm_child_main(argv: Sequence[str] | None = None) -> None:
+    """Child process of a parallel run: ``SETTINGS_JSON ARM SEED OUT_JSON [FIGURE_PNG]``.
+
+    Runs one arm with the settings' torch threads and writes its
+    :class:`~wherewhat.methods.spatial_prediction.records.ArmResult` JSON to ``OUT_JSON`` (and
+    the held-out pairs figure to ``FIGURE_PNG`` when given)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if len(args) not in (4, 5):
+        raise SystemExit("usage: SETTINGS_JSON ARM SEED OUT_JSON [FIGURE_PNG]")
+    s = BenchSettings.from_dict(json.loads(Path(args[0]).read_text()))
+    log = lambda message: print(message, flush=True)  # noqa: E731
+    with torch_num_threads(s.threads):
+        arm, task = run_named_arm(args[1], int(args[2]), s, log)
+        if len(args) == 5:
+            write_atomic(args[4], relative_position_png(task.model, s.cifar_npz))
+    write_atomic(args[3], json.dumps(arm.to_dict(), allow_nan=True))
+
+
+def _run_in_subprocesses(
+    plan: Sequence[tuple[str, int]], s: BenchSettings, log: Log, tmp: Path
+) -> tuple[list[ArmResult], bytes | None]:
+    """The arms of ``plan`` in child processes (:func:`arm_child_main`), ``s.parallel`` at a
+    time, started in plan order (a pair base / base + SP side by side, one core each). Each
+    child has ``s.threads`` torch threads; a failed child stops the run once the running ones
+    have finished (their results are lost with it: rerun and merge)."""
+    settings_path = tmp / "settings.json"
+    settings_path.write_text(json.dumps(dataclasses.asdict(s)))
+    env = {**os.environ, "OMP_NUM_THREADS": str(s.threads), "MKL_NUM_THREADS": str(s.threads)}
+    figure_arm = _figure_arm(plan)
+    figure = tmp / "relative-positions.png"
+    pending = list(enumerate(plan))
+    running: dict[int, subprocess.Popen] = {}
+    failed: list[str] = []
+    try:
+        while pending or running:
+            while pending and len(running) < s.parallel and not failed:
+                index, (name, seed) = pending.pop(0)
+                command = [sys.executable, "-c", _CHILD, str(settings_path), name, str(seed),
+                           str(tmp / f"arm-{index}.json")]  # fmt: skip
+                if (name, seed) == figure_arm:
+                    command.append(str(figure))
+                log(f"start {name} seed {seed} (process {index + 1} of {len(plan)})")
+                running[index] = subprocess.Popen(command, env=env)
+            if failed:
+                pending.clear()
+            time.sleep(0.5)
+            for index, child in list(running.items()):
+                code = child.poll()
+                if code is None:
+                    continue
+                del running[index]
+                if code != 0:
+                    name, seed = plan[index]
+                    failed.append(f"{name} seed {seed} (exit code {code})")
+    finally:
+        for child in running.values():  # only on an interrupt: stop our own children
+            child.terminate()
+            child.wait()
+    if failed:
+        raise RuntimeError(
+            f"arm(s) failed: {', '.join(failed)}; their errors are printed above. The arms that "
+            "finished are not kept: rerun the failed ones with --arms / --seeds and --merge-with."
+        )
+    arms = [ArmResult.from_dict(json.loads((tmp / f"arm-{i}.json").read_text()))
+            for i in range(len(plan))]  # fmt: skip
+    return arms, figure.read_bytes() if figure.is_file() else None
+
+
 # -- the run ----------------------------------------------------------------------------------
-
-
-def _by_arm(
-    summary: Mapping[str, ArmSummary], key: str, names: Sequence[str]
-) -> dict[str, float | None]:
-    """``{arm: mean of key}`` (``None``: arm not run) with ``<arm>_std`` for several seeds."""
-    out: dict[str, float | None] = {}
-    for name in names:
-        row = summary.get(name)
-        out[name] = None if row is None else row.mean(key)
-        if row is not None and len(row.seeds) > 1:
-            out[f"{name}_std"] = row.std(key)
-    return out
-
-
-def _measured(value: float | None) -> bool:
-    return value is not None and math.isfinite(value)
 
 
 def run_bench(
     settings: BenchSettings | None = None,
     log: Log = print,
     work_dir: str | Path | None = None,
+    merge_with: str | Path | None = None,
 ) -> BenchResult:
     """Run the benchmark (module docstring) with ``settings`` (default: the ``full`` preset).
 
-    The headline numbers (the issue's) are ``linear_probe`` and ``knn`` for ``simclr``,
-    ``simclr_sp``, ``byol``, ``byol_sp``, ``landmark_probe_nme`` and ``reorder_accuracy_2x2``
-    for ``simclr`` / ``simclr_sp``, ``sp_time_overhead`` and the ``lambda_sweep``; see
-    :class:`~wherewhat.methods.spatial_prediction.records.BenchResult` for the rest.
+    The arms of ``settings.plan()`` run ``settings.parallel`` at a time (1: here, in order;
+    more: one child process each, without loader workers); then the random-init network of
+    every seed present and, when asked (``face_seeds`` and ``faces_root``), the face arms,
+    here. ``merge_with``: an earlier results file made with the same settings except seeds and
+    arms (refused otherwise); its arms are pooled with this run's, keyed by (arm, seed), this
+    run winning. See :class:`~wherewhat.methods.spatial_prediction.records.BenchResult` for
+    what comes back.
     """
     s = settings or BenchSettings.preset("full")
     s.check()
+    if s.parallel > 1 and s.num_workers:
+        log(f"parallel {s.parallel}: each arm runs in its own process, without loader workers")
+        s = dataclasses.replace(s, num_workers=0)
+    with_faces = bool(s.faces_root and s.face_seeds)
+    earlier = None
+    if merge_with is not None:
+        earlier = load_earlier_run(merge_with)
+        check_mergeable(earlier, s, with_faces)
     start = time.perf_counter()
-    arms: list[ArmResult] = []
-    face_arms: list[FaceArmResult] = []
-    kept_task = None
+    plan = s.plan()
     with (
         torch_num_threads(s.threads),
         tempfile.TemporaryDirectory(prefix="spatial-prediction-bench-", dir=work_dir) as tmp,
     ):
-        plan = [("simclr", lam, seed) for seed in s.seeds for lam in (0.0, s.sp_lambda)]
-        plan += [("byol", lam, seed) for seed in s.byol_seeds for lam in (0.0, s.sp_lambda)]
-        plan += [
-            ("simclr", lam, s.seeds[0]) for lam in s.lambda_sweep if lam not in (0.0, s.sp_lambda)
-        ]
-        for base, lam, seed in plan:
-            arm, task = run_arm(base, lam, seed, s, log)
-            arms.append(arm)
-            if kept_task is None and base == "simclr" and lam > 0:
-                kept_task = task
-        if s.faces_root and s.face_seeds:
-            face_arms = _face_arms(s, Path(tmp), log)
-    summary = summarise_arms(arms)
-    main = ("simclr", "simclr_sp", "byol", "byol_sp")
-    landmark: dict[str, float] = {}
-    for name in ("simclr", "simclr_sp"):
-        mine = [a for a in face_arms if a.arm == name]
-        if mine:
-            landmark[name], std = mean_std([a.landmark_nme for a in mine])
-            if len(mine) > 1:
-                landmark[f"{name}_std"] = std
-    sweep_arms = [a for a in arms if a.base == "simclr" and a.seed == s.seeds[0]]
-    lambda_sweep = [
-        {"sp_lambda": a.sp_lambda, "linear_probe": a.linear_probe, "knn": a.knn,
-         "reorder_accuracy_2x2": a.reorder_accuracy_2x2, "sp_error_ratio": a.sp_error_ratio,
-         "corruption_accuracy": a.corruption_accuracy, "epoch_seconds": a.epoch_seconds}
-        for a in sorted(sweep_arms, key=lambda a: a.sp_lambda)
-        if a.sp_lambda in s.lambda_sweep or a.sp_lambda in (0.0, s.sp_lambda)
-    ]  # fmt: skip
-    result = BenchResult(
-        linear_probe=_by_arm(summary, "linear_probe", main),
-        knn=_by_arm(summary, "knn", main),
-        landmark_probe_nme=landmark,
-        reorder_accuracy_2x2=_by_arm(summary, "reorder_accuracy_2x2", ("simclr", "simclr_sp")),
-        sp_time_overhead=overhead(summary, "simclr", "epoch_seconds"),
-        sp_time_overhead_byol=overhead(summary, "byol", "epoch_seconds"),
-        sp_cpu_overhead=overhead(summary, "simclr", "epoch_cpu_seconds"),
-        lambda_sweep=lambda_sweep,
-        epochs=s.epochs,
-        seeds=list(s.seeds),
-        byol_seeds=list(s.byol_seeds),
-        quick=s.quick,
-        summary=summary,
-        arms=arms,
-        face_arms=face_arms,
-        settings=s,
-        machine=machine_info(),
-        torch_threads=s.threads,
-        seconds=time.perf_counter() - start,
+        log(f"{len(plan)} arm(s), {s.parallel} at a time: "
+            + ", ".join(f"{name}/{seed}" for name, seed in plan))  # fmt: skip
+        run = _run_in_subprocesses if s.parallel > 1 else _run_in_process
+        arms, positions = run(plan, s, log, Path(tmp))
+        random_init = earlier.random_init if earlier else []
+        seeds = sorted({a.seed for a in arms} | {a.seed for a in (earlier.arms if earlier else [])})
+        have = {a.seed for a in random_init}
+        random_init = random_init + [run_random_init(seed, s, log) for seed in seeds
+                                     if seed not in have]  # fmt: skip
+        face_arms = _face_arms(s, Path(tmp), log) if with_faces else []
+    seconds = time.perf_counter() - start
+    total = seconds
+    merged_from: list[str] = []
+    if earlier is not None:
+        arms = pool(earlier.arms, arms, key=lambda a: (a.arm, a.seed))
+        face_arms = pool(earlier.face_arms, face_arms, key=lambda a: (a.arm, a.seed))
+        merged_from = [*earlier.merged_from, earlier.path]
+        total += earlier.seconds
+    result = bench_result(
+        arms, sorted(random_init, key=lambda a: a.seed), face_arms, s, machine_info(), seconds
     )
-    gains = result.linear_probe
-    if _measured(gains.get("simclr")) and _measured(gains.get("simclr_sp")):
-        result.linear_probe_gain_simclr = 100 * (gains["simclr_sp"] - gains["simclr"])
-    if _measured(landmark.get("simclr")) and _measured(landmark.get("simclr_sp")):
-        result.landmark_nme_gain_simclr = landmark["simclr"] - landmark["simclr_sp"]
-    result.figures = bench_figures(arms)
-    if kept_task is not None:
-        result.figures["relative-positions"] = relative_position_png(kept_task.model, s.cifar_npz)
+    result.total_seconds, result.merged_from = total, merged_from
+    result.figures = bench_figures(result.arms, result.random_init, s.valid_margin)
+    if positions is not None:
+        result.figures["relative-positions"] = positions
     return result

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
+from matplotlib.ticker import MaxNLocator
 from torch import Tensor
 
 from wherewhat.data.images import load_cifar_npz
@@ -20,7 +21,12 @@ from wherewhat.methods.spatial_prediction.records import ArmResult
 from wherewhat.methods.spatial_prediction.views import mirror_boxes
 from wherewhat.report.figures import line_chart, new_figure, show_image
 
-__all__ = ["bench_figures", "relative_position_figure", "relative_position_png"]
+__all__ = [
+    "bench_figures",
+    "knn_curves_figure",
+    "relative_position_figure",
+    "relative_position_png",
+]
 
 # name -> (x, y) of one line.
 Curves = dict[str, tuple[np.ndarray, np.ndarray]]
@@ -52,16 +58,53 @@ def _step_curves(arms: Sequence[ArmResult], names: Sequence[str], key: str) -> C
     return out
 
 
-def bench_figures(arms: Sequence[ArmResult]) -> dict[str, bytes]:
-    """Per base method: k-NN accuracy per epoch, base loss and SP loss per step (PNG bytes,
-    keyed ``<base>-knn``, ``<base>-loss``, ``<base>-sp-loss``), for the arms that ran."""
+def knn_curves_figure(
+    curves: Curves, random_knn: float | None, margin: float, title: str
+) -> Figure:
+    """k-NN accuracy per epoch (``{arm: (epochs, accuracy)}``) with the random-init level
+    ``random_knn`` as a dashed line and ``random_knn + margin`` (the validity bar's distance,
+    drawn on the k-NN scale) as a dotted one."""
+    fig = new_figure(5.2, 3.2)
+    ax = fig.add_subplot()
+    for name, (x, y) in curves.items():
+        ax.plot(x, y, label=name, linewidth=1.2, marker="." if len(x) < 30 else None)
+    if random_knn is not None and math.isfinite(random_knn):
+        ax.axhline(random_knn, color="grey", linestyle="--", linewidth=1, label="random init")
+        ax.axhline(random_knn + margin, color="grey", linestyle=":", linewidth=1.2,
+                   label=f"random init + {100 * margin:.0f} points")  # fmt: skip
+    ax.set_title(title, fontsize=9)
+    ax.set_xlabel("epoch", fontsize=8)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylabel("k-NN accuracy", fontsize=8)
+    ax.tick_params(labelsize=7)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6, loc="best")
+    fig.tight_layout()
+    return fig
+
+
+def bench_figures(
+    arms: Sequence[ArmResult], random_init: Sequence[ArmResult] = (), margin: float = 0.25
+) -> dict[str, bytes]:
+    """PNG bytes of the run's figures, for the arms that ran: ``knn-curves`` (k-NN accuracy per
+    epoch of every arm, mean over seeds, with the random-init level of ``random_init`` dashed
+    and that + ``margin`` dotted; the level is the final k-NN probe of the untrained network,
+    on the whole test split, while the curves use the task's per-epoch test subset), then per
+    base method ``<base>-knn`` (the same for base and base + SP), ``<base>-loss`` and
+    ``<base>-sp-loss`` (window means over steps)."""
     figures = {}
+    random_knn = float(np.mean([a.knn for a in random_init])) if random_init else None
+    everything = _curves(arms, list(dict.fromkeys(a.arm for a in arms)), "knn_acc")
+    if everything:
+        fig = knn_curves_figure(everything, random_knn, margin,
+                                "k-NN accuracy (test subset) per epoch, mean over seeds")  # fmt: skip
+        figures["knn-curves"] = png_bytes(fig)
     for base in ("simclr", "byol"):
         names = [base, f"{base}_sp"]
         knn = _curves(arms, names, "knn_acc")
         if knn:
-            fig = line_chart(knn, title=f"{base}: k-NN accuracy (test subset) per epoch",
-                             xlabel="epoch", ylabel="k-NN accuracy")  # fmt: skip
+            fig = knn_curves_figure(knn, random_knn, margin,
+                                    f"{base}: k-NN accuracy (test subset) per epoch")  # fmt: skip
             figures[f"{base}-knn"] = png_bytes(fig)
         losses = _step_curves(arms, names, "base_loss")
         if losses:

@@ -128,6 +128,7 @@ def spatial_prediction_loss(
     """Mean over pairs and the 3 components of smooth-L1 (``beta``) or L1; ``(N, 3)`` -> ``()``."""
     if prediction.shape != target.shape:
         raise ValueError(f"prediction {prediction.shape} and target {target.shape} differ")
+    prediction, target = prediction.float(), target.float()  # bf16 under mixed precision
     if kind == "smooth_l1":
         return F.smooth_l1_loss(prediction, target, beta=beta)
     if kind == "l1":

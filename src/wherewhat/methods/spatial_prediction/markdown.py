@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 
 from wherewhat.bench.tables import format_markdown_table, target_rows
 from wherewhat.methods.spatial_prediction.records import ArmSummary, BenchResult
+from wherewhat.methods.spatial_prediction.settings import RANDOM_INIT
 
-__all__ = ["bench_markdown", "summary_rows"]
+__all__ = ["bench_markdown", "summary_rows", "validity_banner"]
+
+# How the untrained network's row is labelled in the tables.
+RANDOM_INIT_LABEL = "random init"
 
 FACE_COLUMNS = [
     "arm", "seed", "landmark_nme", "landmark_nme_map", "landmark_nme_random_init",
@@ -27,12 +31,24 @@ def _pm(row: ArmSummary, key: str, scale: float = 1.0, digits: int = 1) -> str:
     return f"{scale * mean:.{digits}f}"
 
 
-def summary_rows(summary: Mapping[str, ArmSummary]) -> list[dict[str, str | int]]:
-    """One row per arm: probes (accuracy in %), "where" read-out, timing."""
+def summary_rows(
+    summary: Mapping[str, ArmSummary], valid: Collection[str] | None = None
+) -> list[dict[str, str | int]]:
+    """One row per arm: probes (accuracy in %), "where" read-out, timing and compute; the
+    random-init row first, labelled "random init". With ``valid`` (the arms that cleared the
+    validity bar) a ``valid`` column says "yes" or "**NO**" for every trained arm."""
     rows: list[dict[str, str | int]] = []
-    for name, row in summary.items():
+    order = sorted(summary, key=lambda name: name != RANDOM_INIT)  # stable: the rest in order
+    for name in order:
+        row = summary[name]
+        label = RANDOM_INIT_LABEL if name == RANDOM_INIT else name
+        validity = {}
+        if valid is not None:
+            validity["valid"] = (
+                "-" if name == RANDOM_INIT else ("yes" if name in valid else "**NO**")
+            )
         rows.append({
-            "arm": name, "seeds": len(row.seeds),
+            "arm": label, **validity, "seeds": len(row.seeds),
             "linear probe %": _pm(row, "linear_probe", 100), "k-NN %": _pm(row, "knn", 100),
             "corrupted %": _pm(row, "corruption_accuracy", 100),
             "reorder 2x2 %": _pm(row, "reorder_accuracy_2x2", 100),
@@ -41,15 +57,64 @@ def summary_rows(summary: Mapping[str, ArmSummary]) -> list[dict[str, str | int]
             "own head: SP loss / zero": _pm(row, "native_ratio", 1, 3),
             "own head: reorder 2x2 %": _pm(row, "native_reorder_2x2", 100),
             "s / epoch": _pm(row, "epoch_seconds", 1, 0),
+            "GFLOP / step": _pm(row, "step_gflop", 1, 1),
+            "% of peak": _pm(row, "step_fraction_of_peak", 100, 0),
         })  # fmt: skip
     return rows
+
+
+def validity_banner(result: BenchResult) -> str:
+    """Loud lines naming every arm below the validity bar (linear probe >= random init +
+    margin) and by how much, and every face arm that does not beat its untrained backbone;
+    empty when every arm cleared its bar."""
+    s = result.settings
+    floor = result.random_init_linear
+    below = [name for name in result.linear_probe_above_random if name not in result.valid_arms]
+    faces = [n for n in dict.fromkeys(a.arm for a in result.face_arms)
+             if n not in result.valid_face_arms]  # fmt: skip
+    if not below and not faces:
+        return ""
+    bar = "!" * 78
+    lines = [bar]
+    if below:
+        lines.append(
+            f"!!! BELOW THE VALIDITY BAR: linear probe >= random init {100 * floor:.1f} % + "
+            f"{100 * s.valid_margin:.0f} points = {100 * (floor + s.valid_margin):.1f} %"
+        )
+        for name in below:
+            above = result.linear_probe_above_random[name]
+            short = 100 * s.valid_margin - above
+            lines.append(f"!!!   {name}: {100 * result.summary[name].mean('linear_probe'):.1f} % "
+                         f"({above:+.1f} points over random init, {short:.1f} short)")  # fmt: skip
+    if faces:
+        lines.append(f"!!! FACE ARMS NOT BEATING THE UNTRAINED BACKBONE (NME at least "
+                     f"{s.face_valid_margin:g} lower): {', '.join(faces)}")  # fmt: skip
+    lines.append("!!! No gain is read from a base arm below its bar (see gain_notes).")
+    lines.append(bar)
+    return "\n".join(lines)
 
 
 def _robustness_rows(summary: Mapping[str, ArmSummary]) -> list[dict[str, str | float]]:
     rows: list[dict[str, str | float]] = []
     for name, row in summary.items():
-        rows.append({"arm": name, **{k: 100 * v for k, v in row.robustness.items()
+        label = RANDOM_INIT_LABEL if name == RANDOM_INIT else name
+        rows.append({"arm": label, **{k: 100 * v for k, v in row.robustness.items()
                                      if math.isfinite(v)}})  # fmt: skip
+    return rows
+
+
+def _compute_rows(result: BenchResult) -> list[dict[str, float | int | str]]:
+    rows: list[dict[str, float | int | str]] = []
+    for name, row in result.summary.items():
+        if name == RANDOM_INIT:
+            continue
+        rows.append({
+            "arm": name, "epochs": result.epochs,
+            "s / epoch": row.mean("epoch_seconds"), "CPU s / epoch": row.mean("epoch_cpu_seconds"),
+            "GFLOP / step": row.mean("step_gflop"), "train TFLOP": row.mean("train_tflop"),
+            "% of peak": 100 * row.mean("step_fraction_of_peak"),
+            "train min": row.mean("train_minutes"), "eval min": row.mean("eval_minutes"),
+        })  # fmt: skip
     return rows
 
 
@@ -76,17 +141,40 @@ def bench_markdown(result: BenchResult) -> str:
         "11 %). Mean ± sample std over seeds.",
         "",
     ]
-    rows = summary_rows(result.summary)
+    floor = result.random_init_linear
+    lines += [
+        f"Validity: an arm counts only when its mean linear probe is >= the random-init row "
+        f"({100 * floor:.1f} %: the untrained network of each seed, same architecture and "
+        f"probes) + {100 * s.valid_margin:.0f} points; SP's gain over a base method is read "
+        f"only when the base arm is valid. Valid arms: "
+        f"{', '.join(result.valid_arms) if result.valid_arms else 'none'}.",
+        "",
+    ]
+    banner = validity_banner(result)
+    if banner:
+        lines += ["```", banner, "```", ""]
+    rows = summary_rows(result.summary, result.valid_arms)
     lines.append(format_markdown_table(rows, list(rows[0])))
     lines += ["", format_markdown_table(target_rows(result.targets, result.to_dict()),
                                         ["quantity", "target", "measured", "met"])]  # fmt: skip
-    if result.lambda_sweep:
-        lines += [
-            "",
-            f"Lambda sweep (SimCLR, seed {result.seeds[0]}):",
-            "",
-            format_markdown_table(result.lambda_sweep, list(result.lambda_sweep[0])),
-        ]
+    if result.gain_notes:
+        lines += [""] + [f"- `{key}`: {note}" for key, note in result.gain_notes.items()]
+    compute = _compute_rows(result)
+    if compute:
+        lines += ["", "Compute per arm (mean over seeds; step = forward + backward of one "
+                  "batch, FLOPs counted by torch.utils.flop_counter; peak = this machine's "
+                  "measured matmul GFLOP/s at the same threads):", "",
+                  format_markdown_table(compute, list(compute[0]))]  # fmt: skip
+    for rows, what in ((result.lambda_sweep, "Lambda sweep"),
+                       (result.sp_local_size_sweep, "SP local view size")):  # fmt: skip
+        if rows:
+            lines += [
+                "",
+                f"{what} (SimCLR, seed {rows[0]['seed']}; delta = linear probe minus SimCLR's, "
+                "points, read only when SimCLR is valid):",
+                "",
+                format_markdown_table(rows, list(rows[0])),
+            ]
     robustness = _robustness_rows(result.summary)
     if robustness:
         lines += ["", "Linear-probe accuracy (%) per corruption and severity:", "",
@@ -101,12 +189,23 @@ def bench_markdown(result: BenchResult) -> str:
             f"{s.face_split_seed}). Mean over seeds: {result.landmark_probe_nme}.",
             "",
             format_markdown_table([a.to_dict() for a in result.face_arms], FACE_COLUMNS),
+            "",
+            f"Face arms that beat their untrained backbone's NME by >= {s.face_valid_margin:g}: "
+            f"{', '.join(result.valid_face_arms) if result.valid_face_arms else 'none'}.",
         ]
     lines += [
         "",
         f"Machine: {machine.get('cpu', '?')}, load average "
         f"{machine.get('load_average_1_5_15min', '?')}; torch threads {result.torch_threads}, "
-        f"{s.num_workers} loader worker(s). Run time {result.seconds / 60:.1f} min.",
+        f"{s.num_workers} loader worker(s), {s.parallel} arm(s) at a time. Run time "
+        f"{result.seconds / 60:.1f} min"
+        + (
+            f" (with the merged runs {result.total_seconds / 60:.1f} min; merged from "
+            f"{', '.join(result.merged_from)})"
+            if result.merged_from
+            else ""
+        )
+        + ".",
         "",
     ]
     return "\n".join(lines)

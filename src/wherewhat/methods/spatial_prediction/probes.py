@@ -30,7 +30,6 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression, RidgeCV
 from sklearn.preprocessing import StandardScaler
 from torch import Tensor, nn
-from torch.utils.data import default_collate
 from torchvision.transforms.functional import gaussian_blur
 
 from wherewhat.methods.spatial_prediction.head import (
@@ -254,6 +253,13 @@ class ViewPairs:
         return len(self.views)
 
 
+_PAIR_CHUNK = 1024
+
+
+def _image_generator(seed: int, index: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed * 1_000_003 + index)
+
+
 def sample_view_pairs(
     images: Tensor,
     config: SpatialPredictionConfig,
@@ -269,10 +275,23 @@ def sample_view_pairs(
     sampler_config.num_pairs = pairs_per_image
     if photometric is not None:
         sampler_config.local_photometric = photometric
+    if len(images) == 0:
+        raise ValueError("sample_view_pairs needs at least one image")
     sampler = ViewSampler(sampler_config)
-    generator = torch.Generator().manual_seed(seed)
-    items = [sampler(image, generator) for image in _as_float_images(images)]
-    batch = default_collate(items)
+    # One generator per image, seeded from (seed, index): the views of an image do not depend
+    # on which other images are drawn with it; chunks bound the memory of one batched call.
+    floats = _as_float_images(images)
+    chunks = [
+        sampler.batch(
+            floats[start : start + _PAIR_CHUNK],
+            [
+                _image_generator(seed, i)
+                for i in range(start, min(len(floats), start + _PAIR_CHUNK))
+            ],
+        )
+        for start in range(0, len(floats), _PAIR_CHUNK)
+    ]
+    batch = {key: torch.cat([chunk[key] for chunk in chunks]) for key in chunks[0]}
     k = pairs_per_image
     return ViewPairs(
         views=batch["local_views"].flatten(0, 1),

@@ -6,8 +6,9 @@
 (:mod:`wherewhat.methods.spatial_prediction`), already built. It
 
 * installs a :class:`~wherewhat.methods.spatial_prediction.views.ViewSampler` as the data
-  module's ``train_transform`` at ``setup`` (unless the user set a sampler of their own), so
-  views are drawn inside DataLoader workers (torch runs each worker with one thread). The local
+  module's ``train_transform`` at ``setup`` (unless the user set a sampler of their own); the
+  data module draws each batch's views in one batched call (in its loader workers if it has
+  any, else in this process), the same views per-image drawing gives for the same seeds. The local
   views come from the model's SP configuration (``model.spatial_prediction.config``, the one
   source of the SP settings); the two global views from this task's ``global_scale``,
   ``global_size`` and ``flip_p``;
@@ -89,6 +90,8 @@ class SelfSupervisedTask(pl.LightningModule):
         schedule: ``cosine`` (to 0 at the last planned step) or ``constant`` after warm-up.
         knn_every_n_epochs: k-NN probe every N epochs (0: never) on ``knn_train_limit``
             probe-training and ``knn_test_limit`` test images (seeded subsets), ``k = knn_k``.
+        channels_last: store the network's 4-D weights channels-last (backbones that follow
+            their weights' layout then run every convolution that way: faster on CPU).
     """
 
     def __init__(
@@ -107,6 +110,7 @@ class SelfSupervisedTask(pl.LightningModule):
         knn_k: int = 20,
         knn_train_limit: int | None = 5000,
         knn_test_limit: int | None = 2000,
+        channels_last: bool = True,
     ):
         super().__init__()
         if optimizer not in ("adamw", "sgd", "lars"):
@@ -142,6 +146,8 @@ class SelfSupervisedTask(pl.LightningModule):
         return ViewSampler(self.view_sampler_config())
 
     def setup(self, stage: str) -> None:
+        if self.hparams.channels_last:
+            self.model.to(memory_format=torch.channels_last)
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer else None
         if stage == "fit" and datamodule is not None and hasattr(datamodule, "train_transform"):
             current = datamodule.train_transform

@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from wherewhat.geometry import normalized_to_pixel, pixel_to_normalized
 from wherewhat.methods.worldcomp2d.parts import (
     ContrastiveViews,
+    FixationWalk,
     PWConLoss,
     extract_views,
     grid_fixations,
@@ -58,6 +59,8 @@ __all__ = [
     "WorldComp2D",
     "mean_shape_from_points",
     "sample_landmark_subset",
+    "CodeBank",
+    "build_code_bank",
     # re-exported from wherewhat.methods.worldcomp2d.parts
     "ContrastiveViews",
     "PWConLoss",
@@ -67,6 +70,7 @@ __all__ = [
     "heatmap_peak_offsets",
     "heatmap_targets",
     "jitter_fixations",
+    "FixationWalk",
     "proximity_weights",
     "sample_contrastive_views",
     "view_offsets",
@@ -423,6 +427,7 @@ class WorldComp2D(nn.Module):
             else None
         )
         self.use_refiner = refiner
+        self.channels_last = False
 
     # -- stages, for training and inspection --------------------------------------------
 
@@ -441,9 +446,17 @@ class WorldComp2D(nn.Module):
         )
 
     def encode(self, observations: Tensor) -> Tensor:
-        """``(B, N, V * C, n, n)`` -> codes ``(B, N, D)``."""
+        """``(B, N, V * C, n, n)`` -> codes ``(B, N, D)``.
+
+        With ``channels_last`` set (a run-time switch, e.g. the training task's; not part of the
+        model's spec) the observations are made ``channels_last`` first, which is faster on CPU
+        when the encoder's weights are too (``encoder.to(memory_format=torch.channels_last)``).
+        """
         batch, num = observations.shape[:2]
-        return self.encoder(observations.flatten(0, 1)).view(batch, num, -1)
+        flat = observations.flatten(0, 1)
+        if self.channels_last and not _is_exporting():
+            flat = flat.contiguous(memory_format=torch.channels_last)
+        return self.encoder(flat).view(batch, num, -1)
 
     def localize(self, image: Tensor, fixations: Tensor | None = None) -> Tensor:
         """Coarse landmarks ``(B, K, 2)`` px from a normalised image, at ``fixations``
@@ -467,3 +480,80 @@ class WorldComp2D(nn.Module):
         if self.refiner is not None and self.use_refiner:
             landmarks = self.refiner(image, landmarks, self.crop_hw)
         return landmarks
+
+
+class CodeBank(nn.Module):
+    """The frozen encoder's codes for K augmentations of every training face, computed once.
+
+    ``codes`` ``(N, K, F, D)``: face i, augmentation k (the data's draws of epoch k), the F
+    fixations of ``fixations``; ``points`` ``(N, K, L, 2)`` the landmarks in that augmented crop
+    (crop px, relabelled after a flip). A localizer epoch then costs its MLP only: look up
+    ``codes[index, epoch % K]``. The codes are at the fixed ``fixations`` (the nominal grid), so
+    fixation jitter does not apply to a banked localizer; the augmentation variety is K.
+    """
+
+    codes: Tensor
+    points: Tensor
+    fixations: Tensor
+
+    def __init__(self, codes: Tensor, points: Tensor, fixations: Tensor):
+        super().__init__()
+        self.register_buffer("codes", codes, persistent=False)
+        self.register_buffer("points", points, persistent=False)
+        self.register_buffer("fixations", fixations, persistent=False)
+
+    @property
+    def num_augmentations(self) -> int:
+        return self.codes.shape[1]
+
+    def lookup(self, index: Tensor, augmentation: int) -> tuple[Tensor, Tensor]:
+        """``(codes (B, F, D), points (B, L, 2))`` of faces ``index`` in augmentation k."""
+        k = augmentation % self.num_augmentations
+        index = index.to(self.codes.device)
+        return self.codes[index, k], self.points[index, k]
+
+
+@torch.no_grad()
+def build_code_bank(
+    model: WorldComp2D,
+    items,
+    num_augmentations: int,
+    batch_size: int = 128,
+    fixations: Tensor | None = None,
+) -> CodeBank:
+    """Encode every face of ``items`` (a :class:`~wherewhat.data.face_batches.FaceCanvasItems`)
+    in the draws of epochs ``0 .. num_augmentations - 1`` with the fast view sampler.
+
+    The encoder runs in eval mode (frozen BatchNorm statistics), as in the localizer stage.
+    """
+    from wherewhat.data.face_batches import sample_crop_views
+
+    if num_augmentations < 1:
+        raise ValueError(f"num_augmentations must be >= 1, got {num_augmentations}")
+    device = model.fixations.device
+    grid = model.fixations if fixations is None else fixations.to(device)
+    was_training = model.encoder.training
+    model.encoder.eval()
+    codes, points = [], []
+    for k in range(num_augmentations):
+        per_k_codes, per_k_points = [], []
+        for start in range(0, len(items), batch_size):
+            batch = [items[(i, k)] for i in range(start, min(start + batch_size, len(items)))]
+            canvas = torch.stack([b["canvas"] for b in batch]).to(device)
+            crop_from_canvas = torch.stack([b["crop_from_canvas"] for b in batch]).to(device)
+            views = sample_crop_views(
+                canvas,
+                crop_from_canvas,
+                grid.expand(len(batch), -1, -1),
+                model.view_sides,
+                model.view_size,
+                model.crop_size,
+                model.mean,
+                model.std,
+            )
+            per_k_codes.append(model.encode(views))
+            per_k_points.append(torch.stack([b["points"] for b in batch]).to(device))
+        codes.append(torch.cat(per_k_codes))
+        points.append(torch.cat(per_k_points))
+    model.encoder.train(was_training)
+    return CodeBank(torch.stack(codes, dim=1), torch.stack(points, dim=1), grid.clone())

@@ -39,6 +39,7 @@ __all__ = [
     "extract_views",
     "grid_fixations",
     "jitter_fixations",
+    "FixationWalk",
     "ContrastiveViews",
     "proximity_weights",
     "sample_contrastive_views",
@@ -143,10 +144,11 @@ def jitter_fixations(
 
     ``fixations`` ``(F, 2)`` -> ``(batch_size, F, 2)``: the nominal grid plus independent
     integer offsets uniform in [-max_shift, max_shift] per image, fixation and axis, drawn
-    afresh from the *nominal* grid at every call. (The reference adds its +-5 px steps in place
-    across steps, so its fixations random-walk without bound; here the displacement is bounded
-    by ``max_shift``.) Whole pixels keep native views exact pixel copies. Drawn on the
-    fixations' device (``generator``, if given, must live there).
+    afresh from the *nominal* grid at every call: i.i.d., bounded by ``max_shift``. This is
+    *not* the reference's jitter, which is :class:`FixationWalk` (a random walk of +-5 px steps
+    reset every epoch, so bounded by ``steps_per_epoch * 5`` px). Whole pixels keep native views
+    exact pixel copies. Drawn on the fixations' device (``generator``, if given, must live
+    there).
     """
     if max_shift < 0:
         raise ValueError(f"max_shift must be >= 0, got {max_shift}")
@@ -158,6 +160,55 @@ def jitter_fixations(
         device=fixations.device,
     )
     return fixations[None] + shifts.to(fixations)
+
+
+class FixationWalk:
+    """The reference's localizer jitter: the fixation grid random-walks during an epoch.
+
+    At every training step each fixation moves, in place, by an integer step uniform in
+    ``[-max_step, max_step]`` per axis (one grid for the whole batch, as the reference's single
+    grid); :meth:`reset` (call it at every epoch start: the reference rebuilds the grid inside
+    its ``train()``) puts it back on the nominal grid. After t steps of an epoch each coordinate
+    is within ``t * max_step`` px of the nominal grid, so the walk is bounded by
+    ``steps_per_epoch * max_step`` px (``ceil(1074 / 50) * 5 = 110`` px for 1,074 faces at
+    batch 50, but its typical excursion is ~10 px RMS per axis). The reference feeds the
+    localizer the *nominal* positions: the views are cut at the walked points, the localizer is
+    told the grid.
+
+    Args:
+        fixations: ``(F, 2)`` the nominal grid (px).
+        max_step: largest step per axis and training step (px).
+    """
+
+    def __init__(self, fixations: Tensor, max_step: int = 5):
+        if max_step < 0:
+            raise ValueError(f"max_step must be >= 0, got {max_step}")
+        self.nominal = fixations.detach().clone()
+        self.max_step = int(max_step)
+        self.offset = torch.zeros_like(self.nominal)
+        self.steps = 0
+
+    def reset(self) -> None:
+        """Back to the nominal grid (epoch start)."""
+        self.offset = torch.zeros_like(self.nominal)
+        self.steps = 0
+
+    def bound(self, steps_per_epoch: int) -> int:
+        """The largest displacement per axis an epoch of ``steps_per_epoch`` steps can reach."""
+        return steps_per_epoch * self.max_step
+
+    def step(self, generator: torch.Generator | None = None) -> Tensor:
+        """Move every fixation by one step; returns the walked grid ``(F, 2)``."""
+        shifts = torch.randint(
+            -self.max_step,
+            self.max_step + 1,
+            tuple(self.nominal.shape),
+            generator=generator,
+            device=self.nominal.device,
+        )
+        self.offset = self.offset + shifts.to(self.nominal)
+        self.steps += 1
+        return self.nominal + self.offset
 
 
 # --------------------------------------------------------------------------------------------

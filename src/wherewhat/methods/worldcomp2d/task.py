@@ -8,7 +8,7 @@ stage       loss                                                trains       fro
 =========== =================================================== ============ ===============
 encoder     PWConLoss (tau 0.05) on proximity-weighted views    encoder      (nothing used)
 localizer   MSE on normalised crop coordinates, fixations       localizer    encoder
-            jittered by at most ``fixation_jitter`` px
+            jittered (``jitter_mode``: the reference's walk)
 refiner     heatmap MSE on native views around the coarse       refiner      encoder,
             prediction plus up to ``refiner_noise`` px noise                 localizer
 =========== =================================================== ============ ===============
@@ -43,7 +43,12 @@ deltas ``localizer.yaml`` and ``refiner.yaml`` (``base: default.yaml``). The com
 
 Batches: dicts of :class:`~wherewhat.data.face_datamodule.FaceLandmarkDataModule` (``image``
 ``(B, C, S, S)`` in [0, 1], ``points`` ``(B, K, 2)`` crop px, ``affine`` ``(B, 3, 3)`` original
--> crop, optionally ``original_points`` ``(B, K, 2)``). Evaluation maps predictions back to
+-> crop, optionally ``original_points`` ``(B, K, 2)``). Training batches of the fast data path
+(``data.batched_views: true``, :mod:`wherewhat.data.face_batches`) carry ``canvas`` +
+``crop_from_canvas`` instead of ``image``: the views are then cut from the canvases with one
+``grid_sample`` per batch and no crop is built (the refiner stage builds its crops the same
+way). ``code_bank`` (stage localizer, fast path only) encodes the training faces once and
+trains the localizer on looked-up codes. Evaluation maps predictions back to
 original-image pixels with :func:`~wherewhat.data.face_crops.uncrop_points` and accumulates
 inter-ocular NME over every face. Logged (fractions, 0.05 = 5 %): ``train/loss``,
 ``val/loss``, and for stages localizer / refiner ``val/nme``, ``val/fr10``, ``val/auc10``,
@@ -63,6 +68,12 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
+from wherewhat.data.face_batches import (
+    FaceCanvasItems,
+    canvas_batch,
+    crops_from_canvas,
+    sample_crop_views,
+)
 from wherewhat.data.face_crops import (
     batch_images_and_points,
     prediction_record,
@@ -72,8 +83,11 @@ from wherewhat.errors import ConfigError
 from wherewhat.geometry import pixel_to_normalized
 from wherewhat.methods.worldcomp2d.differences import setting_differences
 from wherewhat.methods.worldcomp2d.model import (
+    CodeBank,
+    FixationWalk,
     PWConLoss,
     WorldComp2D,
+    build_code_bank,
     jitter_fixations,
     sample_contrastive_views,
 )
@@ -127,10 +141,23 @@ class WorldComp2DTask(pl.LightningModule):
         views_per_image: contrastive pairs (anchor on a landmark, random view) drawn per image
             and step (the reference: 1). More pairs per decoded image is cheap on a CPU, where
             loading faces costs more than encoding 27 x 27 views.
-        fixation_jitter: stages localizer / refiner: each image's fixations move by whole
-            pixels, uniformly in +-``fixation_jitter`` around the grid, drawn afresh per step
-            (the reference's in-place +-5 px steps random-walk without bound; this is bounded).
-            The localizer receives the jittered positions (it knows where it looked).
+        fixation_jitter: stages localizer / refiner: the jitter's step in whole pixels (5).
+        jitter_mode: ``"walk"`` (default, the reference): one fixation grid for the batch
+            random-walks by +-``fixation_jitter`` px per step and is reset to the nominal grid
+            at every epoch start (:class:`~wherewhat.methods.worldcomp2d.parts.FixationWalk`,
+            bounded by ``steps_per_epoch * fixation_jitter`` px); views are cut at the walked
+            points and the localizer is given the *nominal* grid. ``"iid"``: each image's
+            fixations move by i.i.d. offsets in +-``fixation_jitter`` around the grid, drawn
+            afresh per step, and the localizer is given the jittered positions.
+        code_bank: stage localizer: encode every training face once in this many augmentations
+            (the data's draws of epochs 0 .. K-1) at the nominal fixations before training
+            (:func:`~wherewhat.methods.worldcomp2d.model.build_code_bank`), then train the
+            localizer on ``codes[index, epoch % K]``: an epoch costs the MLP only. Needs the
+            fast data path (``data.batched_views: true``); no fixation jitter applies.
+            ``None`` (default): encode every step.
+        channels_last: run the encoder on ``channels_last`` observations and weights (faster on
+            CPU: 1 thread, 1,024 views, about 15 % off an encoder step); numerics equal up to
+            float round-off.
         refiner_noise: stage refiner: views are centred on the coarse prediction plus uniform
             noise in +-``refiner_noise`` px per axis (the reference: integer offsets in +-5).
         refiner_landmarks_per_step: stage refiner: train on this many randomly chosen landmarks
@@ -155,6 +182,9 @@ class WorldComp2DTask(pl.LightningModule):
         proximity_decay: float = 0.025,
         views_per_image: int = 1,
         fixation_jitter: int = 5,
+        jitter_mode: Literal["walk", "iid"] = "walk",
+        code_bank: int | None = None,
+        channels_last: bool = False,
         refiner_noise: float = 5.0,
         refiner_landmarks_per_step: int | None = None,
     ):
@@ -169,6 +199,10 @@ class WorldComp2DTask(pl.LightningModule):
             raise ConfigError(f"model.views_per_image must be >= 1, got {views_per_image}")
         if lr_decay_at is not None and not 0.0 < lr_decay_at <= 1.0:
             raise ConfigError(f"model.lr_decay_at must be in (0, 1] or null, got {lr_decay_at}")
+        if jitter_mode not in ("walk", "iid"):
+            raise ConfigError(f"model.jitter_mode must be 'walk' or 'iid', got {jitter_mode!r}")
+        if code_bank is not None and code_bank < 1:
+            raise ConfigError(f"model.code_bank must be >= 1 or null, got {code_bank}")
         if refiner_noise < 0:
             raise ConfigError(f"model.refiner_noise must be >= 0, got {refiner_noise}")
         if refiner_landmarks_per_step is not None and not (
@@ -182,6 +216,9 @@ class WorldComp2DTask(pl.LightningModule):
         self.hparams["model"] = module_spec(self.model)
         # The refiner is used only once it has been trained (stage refiner).
         self.model.use_refiner = stage == "refiner"
+        if channels_last:
+            self.model.channels_last = True
+            self.model.encoder.to(memory_format=torch.channels_last)
         self.stage = stage
         self.contrastive = PWConLoss(temperature)
         for part in self.frozen_parts():
@@ -191,6 +228,8 @@ class WorldComp2DTask(pl.LightningModule):
         self.test_nme = LandmarkNME(threshold=_FAILURE_THRESHOLD)
         self.test_nme_coarse = LandmarkNME(threshold=_FAILURE_THRESHOLD)
         self.loaded_parts: tuple[str, ...] = ()
+        self.walk: FixationWalk | None = None
+        self.bank: CodeBank | None = None
         self._resumed = False
         self.example_input_array = torch.zeros(
             1, self.model.image_channels, self.model.crop_size, self.model.crop_size
@@ -222,6 +261,11 @@ class WorldComp2DTask(pl.LightningModule):
         # Lightning restores per-module modes itself (it does not call train()); re-assert.
         if self.training:
             self.train()
+        self.reset_walk()
+
+    def reset_walk(self) -> None:
+        """Put the fixation walk back on the nominal grid (every epoch start, as the reference)."""
+        self.walk = FixationWalk(self.model.fixations, self.hparams.fixation_jitter)
 
     def load_stage_weights(self, path: str | Path) -> tuple[str, ...]:
         """Load the parts :func:`parts_loaded_from` names from checkpoint ``path``; returns them.
@@ -295,6 +339,19 @@ class WorldComp2DTask(pl.LightningModule):
                 f"WorldComp2D stage {self.stage!r} without model.init_from: the frozen encoder "
                 "is untrained (random)"
             )
+        if self.stage == "localizer" and self.hparams.code_bank:
+            train_set = getattr(getattr(self.trainer, "datamodule", None), "train_set", None)
+            if not isinstance(train_set, FaceCanvasItems):
+                raise ConfigError(
+                    "model.code_bank needs the fast data path: set data.init_args.batched_views "
+                    "true (FaceLandmarkDataModule)"
+                )
+            self.build_bank(train_set)
+
+    def build_bank(self, items: FaceCanvasItems) -> CodeBank:
+        """Encode ``items`` once in ``code_bank`` augmentations (see ``code_bank``)."""
+        self.bank = build_code_bank(self.model, items, self.hparams.code_bank)
+        return self.bank
 
     # -- inference -----------------------------------------------------------------------------
     def forward(self, crops: Tensor) -> Tensor:
@@ -307,12 +364,37 @@ class WorldComp2DTask(pl.LightningModule):
         return copy.deepcopy(self.model).eval()
 
     # -- losses --------------------------------------------------------------------------------
+    def _observer(self, batch: dict[str, Tensor], image: Tensor | None):
+        """``centres (B, N, 2) -> observations``: of the normalised crops ``image``, or, for a
+        fast-path batch (``canvas``), sampled from the canvases in one ``grid_sample``."""
+        canvas = canvas_batch(batch)
+        if canvas is None or image is not None:
+            assert image is not None
+            return lambda centres: self.model.observe(image, centres)
+        model = self.model
+
+        def observe(centres: Tensor) -> Tensor:
+            return sample_crop_views(
+                canvas[0],
+                canvas[1],
+                centres,
+                model.view_sides,
+                model.view_size,
+                model.crop_size,
+                model.mean,
+                model.std,
+            )
+
+        return observe
+
     def _contrastive_loss(
-        self, image: Tensor, points: Tensor, generator: torch.Generator | None = None
+        self, image, points: Tensor, generator: torch.Generator | None = None
     ) -> Tensor:
-        """PWConLoss of ``views_per_image`` (anchor, random) pairs per image of ``image``."""
+        """PWConLoss of ``views_per_image`` (anchor, random) pairs per image; ``image`` is the
+        normalised crops or an observer (:meth:`_observer`)."""
+        observe = image if callable(image) else (lambda c: self.model.observe(image, c))
         repeats = self.hparams.views_per_image
-        batch = image.shape[0]
+        batch = points.shape[0]
         repeated = points.repeat_interleave(repeats, dim=0)  # pair r of image b is row b*R + r
         views = sample_contrastive_views(
             repeated,
@@ -322,16 +404,30 @@ class WorldComp2DTask(pl.LightningModule):
             decay=self.hparams.proximity_decay,
         )
         centres = views.centres.reshape(batch, repeats * 2, 2)
-        codes = self.model.encode(self.model.observe(image, centres))  # (B, 2R, D)
+        codes = self.model.encode(observe(centres))  # (B, 2R, D)
         return self.contrastive(codes.reshape(batch * repeats, 2, -1), views.weights)
 
-    def _jittered_fixations(self, batch: int) -> Tensor:
-        return jitter_fixations(self.model.fixations, batch, self.hparams.fixation_jitter)
+    def _jittered_fixations(self, batch: int) -> tuple[Tensor, Tensor]:
+        """(where the views are cut, what the localizer is told), both ``(B, F, 2)``."""
+        if self.hparams.jitter_mode == "iid":
+            seen = jitter_fixations(self.model.fixations, batch, self.hparams.fixation_jitter)
+            return seen, seen
+        if self.walk is None or self.walk.nominal.device != self.model.fixations.device:
+            self.reset_walk()
+        assert self.walk is not None
+        seen = self.walk.step().expand(batch, -1, -1)
+        return seen, self.model.fixations.expand(batch, -1, -1)
 
-    def _localizer_loss(self, image: Tensor, points: Tensor, fixations: Tensor) -> Tensor:
+    def _localizer_loss(
+        self, image, points: Tensor, fixations: Tensor, told: Tensor | None = None
+    ) -> Tensor:
+        """MSE of the localizer on codes cut at ``fixations``, told ``told`` (default the same
+        positions); ``image``: normalised crops or an observer (:meth:`_observer`)."""
+        observe = image if callable(image) else (lambda c: self.model.observe(image, c))
         with torch.no_grad():  # frozen encoder
-            codes = self.model.encode(self.model.observe(image, fixations))
-        predicted = self.model.localizer.forward_normalized(codes, fixations)
+            codes = self.model.encode(observe(fixations))
+        told = fixations if told is None else told
+        predicted = self.model.localizer.forward_normalized(codes, told)
         target = pixel_to_normalized(points.to(predicted.dtype), self.model.crop_hw)
         return F.mse_loss(predicted, target)
 
@@ -349,16 +445,49 @@ class WorldComp2DTask(pl.LightningModule):
         return self.model.refiner.loss(image, centres, points, landmarks_per_image)
 
     # -- steps ---------------------------------------------------------------------------------
+    def _banked_localizer_loss(self, index: Tensor) -> Tensor:
+        """Localizer MSE on the bank's codes of faces ``index`` in this epoch's augmentation."""
+        assert self.bank is not None
+        codes, points = self.bank.lookup(index, self.current_epoch)
+        told = self.bank.fixations.expand(len(codes), -1, -1)
+        predicted = self.model.localizer.forward_normalized(codes, told)
+        target = pixel_to_normalized(points.to(predicted.dtype), self.model.crop_hw)
+        return F.mse_loss(predicted, target)
+
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        images, points = batch_images_and_points(batch, batch_idx)
-        image = self.model.normalize(images)
-        if self.stage == "encoder":
-            loss = self._contrastive_loss(image, points)
-        elif self.stage == "localizer":
-            loss = self._localizer_loss(image, points, self._jittered_fixations(len(image)))
+        if self.stage == "localizer" and self.bank is not None:
+            loss = self._banked_localizer_loss(batch["index"])
+            self.log(
+                "train/loss",
+                loss,
+                prog_bar=True,
+                on_step=True,
+                on_epoch=True,
+                batch_size=len(batch["index"]),
+            )
+            return loss
+        canvas = canvas_batch(batch)
+        if canvas is not None:  # fast path: no crop unless the stage needs a whole one
+            points = batch["points"]
+            image = None
+            if self.stage == "refiner":
+                crops = crops_from_canvas(canvas[0], canvas[1], self.model.crop_size)
+                image = self.model.normalize(crops)
         else:
+            images, points = batch_images_and_points(batch, batch_idx)
+            image = self.model.normalize(images)
+        observe = self._observer(batch, image)
+        if self.stage == "encoder":
+            loss = self._contrastive_loss(observe, points)
+        elif self.stage == "localizer":
+            seen, told = self._jittered_fixations(len(points))
+            loss = self._localizer_loss(observe, points, seen, told)
+        else:
+            assert image is not None
             with torch.no_grad():
-                coarse = self.model.localize(image, self._jittered_fixations(len(image)))
+                seen, told = self._jittered_fixations(len(points))
+                codes = self.model.encode(observe(seen))
+                coarse = self.model.localizer(codes, told)
             loss = self._refiner_loss(
                 image,
                 points,
@@ -367,7 +496,7 @@ class WorldComp2DTask(pl.LightningModule):
                 self.hparams.refiner_landmarks_per_step,
             )
         self.log(
-            "train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(images)
+            "train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(points)
         )
         return loss
 
