@@ -90,9 +90,9 @@ class BenchSettings:
     byol_seeds: tuple[int, ...] = (0,)
     sp_lambda: float = 0.5
     lambda_sweep: tuple[float, ...] = (0.0, 0.1, 0.5, 1.0)
-    epochs: int = 4
+    epochs: int = 40
     batch_size: int = 256
-    train_images: int | None = 10000
+    train_images: int | None = None
     test_images: int | None = None
     corruption_images: int = 2000
     num_workers: int = 1
@@ -105,7 +105,7 @@ class BenchSettings:
             "sp_local_size": 16,
             "sp_hidden_dim": 256,
             "optimizer": "adamw",
-            "lr": 2e-3,
+            "lr": 4e-3,
             "weight_decay": 1e-4,
             "knn_every_n_epochs": 1,
             "knn_train_limit": 5000,
@@ -128,7 +128,7 @@ class BenchSettings:
     face_batch_size: int = 128
     max_faces: int | None = None
     progress_bar: bool = False
-    precision: str = "32-true"
+    precision: str = "bf16-mixed"
     arms: tuple[str, ...] | None = None
     sp_local_size_sweep: tuple[int, ...] = (12,)
     parallel: int = 1
