@@ -17,7 +17,8 @@ def test_walk_stays_within_its_stated_bound_and_moves_like_a_walk():
     steps = 22
     previous = grid.clone()
     for _ in range(steps):
-        walked = walk.step(generator)
+        walked = walk.step(4, generator)  # (4 slots, F, 2)
+        assert walked.shape == (4, *grid.shape)
         assert ((walked - previous).abs() <= 5).all()  # one step at most
         assert torch.equal(walk.offset, walk.offset.round())  # whole pixels
         previous = walked
@@ -26,7 +27,8 @@ def test_walk_stays_within_its_stated_bound_and_moves_like_a_walk():
     # A walk, not i.i.d.: its excursion grows beyond one step's range on average.
     many = FixationWalk(grid_fixations(256, 30), max_step=5)
     for _ in range(steps):
-        out = many.step(generator)
+        out = many.step(2, generator)
+    assert not torch.equal(out[0], out[1])  # each batch slot walks on its own, as the reference
     rms = (out - many.nominal).pow(2).mean().sqrt()
     assert 10 < rms < 20  # sqrt(22 * 10) = 14.8
 

@@ -142,7 +142,7 @@ class WorldComp2DTask(pl.LightningModule):
             and step (the reference: 1). More pairs per decoded image is cheap on a CPU, where
             loading faces costs more than encoding 27 x 27 views.
         fixation_jitter: stages localizer / refiner: the jitter's step in whole pixels (5).
-        jitter_mode: ``"walk"`` (default, the reference): one fixation grid for the batch
+        jitter_mode: ``"walk"`` (default, the reference): one fixation grid per batch slot
             random-walks by +-``fixation_jitter`` px per step and is reset to the nominal grid
             at every epoch start (:class:`~wherewhat.methods.worldcomp2d.parts.FixationWalk`,
             bounded by ``steps_per_epoch * fixation_jitter`` px); views are cut at the walked
@@ -415,7 +415,7 @@ class WorldComp2DTask(pl.LightningModule):
         if self.walk is None or self.walk.nominal.device != self.model.fixations.device:
             self.reset_walk()
         assert self.walk is not None
-        seen = self.walk.step().expand(batch, -1, -1)
+        seen = self.walk.step(batch)
         return seen, self.model.fixations.expand(batch, -1, -1)
 
     def _localizer_loss(
