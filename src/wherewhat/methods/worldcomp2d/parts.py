@@ -40,6 +40,7 @@ __all__ = [
     "grid_fixations",
     "jitter_fixations",
     "FixationWalk",
+    "walk_offsets",
     "ContrastiveViews",
     "proximity_weights",
     "sample_contrastive_views",
@@ -214,6 +215,31 @@ class FixationWalk:
         self.offset = self.offset + shifts.to(self.nominal)
         self.steps += 1
         return self.nominal + self.offset[:batch_size]
+
+
+def walk_offsets(
+    shape: tuple[int, ...],
+    max_step: int,
+    steps_per_epoch: int,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Fixation offsets ``(*shape, F, 2)`` (``shape`` ends with F; float px) drawn from the
+    marginal of :class:`FixationWalk`: for each leading index a step count t uniform in
+    ``1 .. steps_per_epoch`` (the walk at a random step of an epoch, one t for all F fixations
+    of a slot, as they walk together in time), then the sum of t integer steps uniform in
+    ``[-max_step, max_step]`` per fixation and axis. What a code bank cuts its views at, so a
+    banked localizer sees the reference's jitter without running the encoder each step."""
+    if max_step < 0 or steps_per_epoch < 1:
+        raise ValueError(f"need max_step >= 0 and steps_per_epoch >= 1, got {max_step}, "
+                         f"{steps_per_epoch}")  # fmt: skip
+    *lead, fixations = shape
+    t = torch.randint(1, steps_per_epoch + 1, tuple(lead), generator=generator)
+    steps = torch.randint(
+        -max_step, max_step + 1, (*lead, steps_per_epoch, fixations, 2), generator=generator,
+        dtype=torch.int16,
+    )  # fmt: skip
+    taken = torch.arange(steps_per_epoch).view(*([1] * len(lead)), -1) < t[..., None]
+    return (steps * taken[..., None, None]).sum(-3).float()
 
 
 # --------------------------------------------------------------------------------------------
