@@ -37,7 +37,7 @@ from wherewhat.bench.machine import machine_info, peak_matmul_gflops
 from wherewhat.bench.runtime import torch_num_threads
 from wherewhat.bench.tables import format_markdown_table, write_results
 from wherewhat.data.images import SelfSupervisedDataModule
-from wherewhat.methods.spatial_prediction.experiment import build_task
+from wherewhat.methods.spatial_prediction.arms import build_task
 from wherewhat.methods.spatial_prediction.settings import BenchSettings
 from wherewhat.training.fit import fit
 

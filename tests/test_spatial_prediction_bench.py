@@ -11,13 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from wherewhat.methods.spatial_prediction.experiment import (
-    arm_child_main,
-    build_task,
-    model_step_flops,
-    run_bench,
-    run_random_init,
-)
+from wherewhat.methods.spatial_prediction.arm_processes import arm_child_main
+from wherewhat.methods.spatial_prediction.arms import build_task, model_step_flops, run_random_init
+from wherewhat.methods.spatial_prediction.experiment import run_bench
 from wherewhat.methods.spatial_prediction.markdown import bench_markdown, validity_banner
 from wherewhat.methods.spatial_prediction.records import (
     ArmResult,

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from wherewhat.methods.worldcomp2d.model import WorldComp2D
-from wherewhat.methods.worldcomp2d.parts import FixationWalk, grid_fixations
+from wherewhat.methods.worldcomp2d.parts import FixationWalk, grid_fixations, walk_offsets
 from wherewhat.methods.worldcomp2d.task import WorldComp2DTask
 
 
@@ -17,7 +17,8 @@ def test_walk_stays_within_its_stated_bound_and_moves_like_a_walk():
     steps = 22
     previous = grid.clone()
     for _ in range(steps):
-        walked = walk.step(generator)
+        walked = walk.step(4, generator)  # (4 slots, F, 2)
+        assert walked.shape == (4, *grid.shape)
         assert ((walked - previous).abs() <= 5).all()  # one step at most
         assert torch.equal(walk.offset, walk.offset.round())  # whole pixels
         previous = walked
@@ -26,7 +27,8 @@ def test_walk_stays_within_its_stated_bound_and_moves_like_a_walk():
     # A walk, not i.i.d.: its excursion grows beyond one step's range on average.
     many = FixationWalk(grid_fixations(256, 30), max_step=5)
     for _ in range(steps):
-        out = many.step(generator)
+        out = many.step(2, generator)
+    assert not torch.equal(out[0], out[1])  # each batch slot walks on its own, as the reference
     rms = (out - many.nominal).pow(2).mean().sqrt()
     assert 10 < rms < 20  # sqrt(22 * 10) = 14.8
 
@@ -83,3 +85,16 @@ def test_iid_mode_tells_the_localizer_the_jittered_positions():
     assert ((seen - task.model.fixations).abs() <= 5).all()
     with pytest.raises(Exception, match="jitter_mode"):
         WorldComp2DTask(WorldComp2D(crop_size=64, refiner=False), jitter_mode="bad")
+
+
+def test_walk_offsets_follow_the_walks_marginal():
+    """A bank's offsets: the walk at a uniformly random step of an epoch (hand-computed moments:
+    one step has variance ((2 * 5 + 1) ** 2 - 1) / 12 = 10 px^2, the mean step count of an
+    epoch of 20 steps is 10.5, so the mean square offset is 105 px^2)."""
+    generator = torch.Generator().manual_seed(0)
+    offsets = walk_offsets((4000, 9), max_step=5, steps_per_epoch=20, generator=generator)
+    assert offsets.shape == (4000, 9, 2)
+    assert torch.equal(offsets, offsets.round())
+    assert (offsets.abs() <= 20 * 5).all()
+    assert 95 < float(offsets.pow(2).mean()) < 115
+    assert abs(float(offsets.mean())) < 0.5

@@ -12,8 +12,9 @@ testable parts in lightly's style::
 
 Above them: :mod:`.task` (the LightningModule, ``SelfSupervisedTask(model, ...)``; configs in
 ``configs/spatial_prediction/``), :mod:`.probes` (frozen-feature probes), the benchmark
-pipeline :mod:`.experiment` (:mod:`.settings`, :mod:`.records`, :mod:`.tables`,
-:mod:`.figures`) and the tour page :mod:`.tour`.
+pipeline :mod:`.experiment` (one arm: :mod:`.arms`, :mod:`.face_arms`; how arms run:
+:mod:`.arm_processes`; :mod:`.settings`, :mod:`.records`, :mod:`.markdown`, :mod:`.figures`) and
+the tour page :mod:`.tour`.
 """
 
 from wherewhat.methods.spatial_prediction.backbones import (

@@ -128,7 +128,8 @@ def bench_markdown(result: BenchResult) -> str:
         "",
         f"Pre-training: {t['backbone']} width {t['backbone_width']}, {result.epochs} epochs "
         f"of {s.train_images or 20000:,} training images (batch {s.batch_size}), "
-        f"{t['optimizer']} lr {t['lr']:g}, same images, order and epochs for every arm of a seed; "
+        f"{t['optimizer']} lr {t['lr']:g}, precision {s.precision}, same images, order and "
+        "epochs for every arm of a seed; "
         f"SP: lambda {s.sp_lambda:g}, {t['sp_pairs']} pair(s) of {t['sp_local_size']} px "
         f"local views per image. SimCLR seeds {result.seeds}, BYOL seeds "
         f"{result.byol_seeds}. Probes on frozen pooled features: logistic regression "
@@ -163,7 +164,9 @@ def bench_markdown(result: BenchResult) -> str:
     if compute:
         lines += ["", "Compute per arm (mean over seeds; step = forward + backward of one "
                   "batch, FLOPs counted by torch.utils.flop_counter; peak = this machine's "
-                  "measured matmul GFLOP/s at the same threads):", "",
+                  "measured matmul GFLOP/s at the same threads in the arm's precision: "
+                  "bfloat16 for bf16-mixed, which AMX units run about 8x faster than "
+                  "float32):", "",
                   format_markdown_table(compute, list(compute[0]))]  # fmt: skip
     for rows, what in ((result.lambda_sweep, "Lambda sweep"),
                        (result.sp_local_size_sweep, "SP local view size")):  # fmt: skip

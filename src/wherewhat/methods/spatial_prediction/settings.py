@@ -60,7 +60,7 @@ class BenchSettings:
     ``task_args``: what every arm shares, keyed as in the results files. The network keys
     (``backbone``, ``backbone_width``, ``sp_pairs``, ``sp_local_scale``, ``sp_local_size``,
     ``sp_hidden_dim``) build the arm's SimCLR / BYOL (``byol_args`` go to BYOL; the SP weight
-    is set per arm), see :func:`~wherewhat.methods.spatial_prediction.experiment.build_task`;
+    is set per arm), see :func:`~wherewhat.methods.spatial_prediction.arms.build_task`;
     the rest go to :class:`~wherewhat.methods.spatial_prediction.task.SelfSupervisedTask`.
     ``train_images``: a class-balanced subset of the training split drawn with each seed
     (``None``: all 20,000); ``test_images``: a fixed subset of the test split (``None``: all

@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from wherewhat.bench.runtime import torch_num_threads
-from wherewhat.methods.spatial_prediction.experiment import run_arm, run_bench
+from wherewhat.methods.spatial_prediction.arms import run_arm
+from wherewhat.methods.spatial_prediction.experiment import run_bench
 from wherewhat.methods.spatial_prediction.figures import relative_position_png
 from wherewhat.methods.spatial_prediction.markdown import summary_rows
 from wherewhat.methods.spatial_prediction.records import summarise_arms

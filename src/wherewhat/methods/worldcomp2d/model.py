@@ -488,8 +488,9 @@ class CodeBank(nn.Module):
     ``codes`` ``(N, K, F, D)``: face i, augmentation k (the data's draws of epoch k), the F
     fixations of ``fixations``; ``points`` ``(N, K, L, 2)`` the landmarks in that augmented crop
     (crop px, relabelled after a flip). A localizer epoch then costs its MLP only: look up
-    ``codes[index, epoch % K]``. The codes are at the fixed ``fixations`` (the nominal grid), so
-    fixation jitter does not apply to a banked localizer; the augmentation variety is K.
+    ``codes[index, epoch % K]``. ``fixations`` is the nominal grid, what the localizer is told;
+    the views may have been cut around it (``build_code_bank``'s ``offsets``: the reference's
+    walk jitter, drawn once per face and augmentation).
     """
 
     codes: Tensor
@@ -520,9 +521,15 @@ def build_code_bank(
     num_augmentations: int,
     batch_size: int = 128,
     fixations: Tensor | None = None,
+    offsets: Tensor | None = None,
 ) -> CodeBank:
     """Encode every face of ``items`` (a :class:`~wherewhat.data.face_batches.FaceCanvasItems`)
     in the draws of epochs ``0 .. num_augmentations - 1`` with the fast view sampler.
+
+    ``offsets`` ``(N, K, F, 2)`` (optional): cut face i's views of augmentation k at the grid
+    plus ``offsets[i, k]`` (e.g. :func:`~wherewhat.methods.worldcomp2d.parts.walk_offsets`, the
+    reference's jitter); the bank's ``fixations`` stay the nominal grid, what the localizer is
+    told.
 
     The encoder runs in eval mode (frozen BatchNorm statistics), as in the localizer stage.
     """
@@ -532,6 +539,11 @@ def build_code_bank(
         raise ValueError(f"num_augmentations must be >= 1, got {num_augmentations}")
     device = model.fixations.device
     grid = model.fixations if fixations is None else fixations.to(device)
+    if offsets is not None and offsets.shape != (len(items), num_augmentations, *grid.shape):
+        raise ValueError(
+            f"offsets must be (faces, augmentations, F, 2) = "
+            f"{(len(items), num_augmentations, *grid.shape)}, got {tuple(offsets.shape)}"
+        )
     was_training = model.encoder.training
     model.encoder.eval()
     codes, points = [], []
@@ -541,10 +553,13 @@ def build_code_bank(
             batch = [items[(i, k)] for i in range(start, min(start + batch_size, len(items)))]
             canvas = torch.stack([b["canvas"] for b in batch]).to(device)
             crop_from_canvas = torch.stack([b["crop_from_canvas"] for b in batch]).to(device)
+            centres = grid.expand(len(batch), -1, -1)
+            if offsets is not None:
+                centres = centres + offsets[start : start + len(batch), k].to(device)
             views = sample_crop_views(
                 canvas,
                 crop_from_canvas,
-                grid.expand(len(batch), -1, -1),
+                centres,
                 model.view_sides,
                 model.view_size,
                 model.crop_size,

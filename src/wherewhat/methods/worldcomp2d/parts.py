@@ -40,6 +40,7 @@ __all__ = [
     "grid_fixations",
     "jitter_fixations",
     "FixationWalk",
+    "walk_offsets",
     "ContrastiveViews",
     "proximity_weights",
     "sample_contrastive_views",
@@ -163,17 +164,17 @@ def jitter_fixations(
 
 
 class FixationWalk:
-    """The reference's localizer jitter: the fixation grid random-walks during an epoch.
+    """The reference's localizer jitter: fixation grids that random-walk during an epoch.
 
-    At every training step each fixation moves, in place, by an integer step uniform in
-    ``[-max_step, max_step]`` per axis (one grid for the whole batch, as the reference's single
-    grid); :meth:`reset` (call it at every epoch start: the reference rebuilds the grid inside
-    its ``train()``) puts it back on the nominal grid. After t steps of an epoch each coordinate
-    is within ``t * max_step`` px of the nominal grid, so the walk is bounded by
-    ``steps_per_epoch * max_step`` px (``ceil(1074 / 50) * 5 = 110`` px for 1,074 faces at
-    batch 50, but its typical excursion is ~10 px RMS per axis). The reference feeds the
-    localizer the *nominal* positions: the views are cut at the walked points, the localizer is
-    told the grid.
+    As the reference code (``Networks/Localizer/Train.py``): one grid per batch slot, and at
+    every training step each fixation of each slot moves, in place, by an integer step uniform
+    in ``[-max_step, max_step]`` per axis; :meth:`reset` (every epoch start: the reference
+    rebuilds the grid inside its ``train()``) puts every slot back on the nominal grid. After t
+    steps of an epoch a coordinate is within ``t * max_step`` px of the nominal grid, so the walk
+    is bounded by ``steps_per_epoch * max_step`` px (``ceil(1074 / 50) * 5 = 110`` px for 1,074
+    faces at batch 50); its typical excursion is ~10 px RMS per axis (``max_step * sqrt(t / 3)``
+    at step t). The reference feeds the localizer the *nominal* positions: the views are cut at
+    the walked points, the localizer is told the grid.
 
     Args:
         fixations: ``(F, 2)`` the nominal grid (px).
@@ -185,30 +186,60 @@ class FixationWalk:
             raise ValueError(f"max_step must be >= 0, got {max_step}")
         self.nominal = fixations.detach().clone()
         self.max_step = int(max_step)
-        self.offset = torch.zeros_like(self.nominal)
+        self.offset = torch.zeros(0, *self.nominal.shape).to(self.nominal)  # (slots, F, 2)
         self.steps = 0
 
     def reset(self) -> None:
         """Back to the nominal grid (epoch start)."""
-        self.offset = torch.zeros_like(self.nominal)
+        self.offset = torch.zeros(0, *self.nominal.shape).to(self.nominal)
         self.steps = 0
 
     def bound(self, steps_per_epoch: int) -> int:
         """The largest displacement per axis an epoch of ``steps_per_epoch`` steps can reach."""
         return steps_per_epoch * self.max_step
 
-    def step(self, generator: torch.Generator | None = None) -> Tensor:
-        """Move every fixation by one step; returns the walked grid ``(F, 2)``."""
+    def step(self, batch_size: int, generator: torch.Generator | None = None) -> Tensor:
+        """Move every fixation of every slot by one step; returns the walked grids of the first
+        ``batch_size`` slots ``(batch_size, F, 2)`` (a smaller last batch uses the first slots,
+        which keep walking; a larger batch adds slots that start on the grid)."""
+        if batch_size > len(self.offset):
+            extra = torch.zeros(batch_size - len(self.offset), *self.nominal.shape)
+            self.offset = torch.cat([self.offset, extra.to(self.offset)])
         shifts = torch.randint(
             -self.max_step,
             self.max_step + 1,
-            tuple(self.nominal.shape),
+            tuple(self.offset.shape),
             generator=generator,
             device=self.nominal.device,
         )
         self.offset = self.offset + shifts.to(self.nominal)
         self.steps += 1
-        return self.nominal + self.offset
+        return self.nominal + self.offset[:batch_size]
+
+
+def walk_offsets(
+    shape: tuple[int, ...],
+    max_step: int,
+    steps_per_epoch: int,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Fixation offsets ``(*shape, F, 2)`` (``shape`` ends with F; float px) drawn from the
+    marginal of :class:`FixationWalk`: for each leading index a step count t uniform in
+    ``1 .. steps_per_epoch`` (the walk at a random step of an epoch, one t for all F fixations
+    of a slot, as they walk together in time), then the sum of t integer steps uniform in
+    ``[-max_step, max_step]`` per fixation and axis. What a code bank cuts its views at, so a
+    banked localizer sees the reference's jitter without running the encoder each step."""
+    if max_step < 0 or steps_per_epoch < 1:
+        raise ValueError(f"need max_step >= 0 and steps_per_epoch >= 1, got {max_step}, "
+                         f"{steps_per_epoch}")  # fmt: skip
+    *lead, fixations = shape
+    t = torch.randint(1, steps_per_epoch + 1, tuple(lead), generator=generator)
+    steps = torch.randint(
+        -max_step, max_step + 1, (*lead, steps_per_epoch, fixations, 2), generator=generator,
+        dtype=torch.int16,
+    )  # fmt: skip
+    taken = torch.arange(steps_per_epoch).view(*([1] * len(lead)), -1) < t[..., None]
+    return (steps * taken[..., None, None]).sum(-3).float()
 
 
 # --------------------------------------------------------------------------------------------

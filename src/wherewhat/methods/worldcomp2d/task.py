@@ -91,6 +91,7 @@ from wherewhat.methods.worldcomp2d.model import (
     jitter_fixations,
     sample_contrastive_views,
 )
+from wherewhat.methods.worldcomp2d.parts import walk_offsets
 from wherewhat.metrics.landmarks import LandmarkNME
 from wherewhat.models.spec import build_module, module_spec
 from wherewhat.training.schedules import step_decay
@@ -142,7 +143,7 @@ class WorldComp2DTask(pl.LightningModule):
             and step (the reference: 1). More pairs per decoded image is cheap on a CPU, where
             loading faces costs more than encoding 27 x 27 views.
         fixation_jitter: stages localizer / refiner: the jitter's step in whole pixels (5).
-        jitter_mode: ``"walk"`` (default, the reference): one fixation grid for the batch
+        jitter_mode: ``"walk"`` (default, the reference): one fixation grid per batch slot
             random-walks by +-``fixation_jitter`` px per step and is reset to the nominal grid
             at every epoch start (:class:`~wherewhat.methods.worldcomp2d.parts.FixationWalk`,
             bounded by ``steps_per_epoch * fixation_jitter`` px); views are cut at the walked
@@ -153,8 +154,12 @@ class WorldComp2DTask(pl.LightningModule):
             (the data's draws of epochs 0 .. K-1) at the nominal fixations before training
             (:func:`~wherewhat.methods.worldcomp2d.model.build_code_bank`), then train the
             localizer on ``codes[index, epoch % K]``: an epoch costs the MLP only. Needs the
-            fast data path (``data.batched_views: true``); no fixation jitter applies.
-            ``None`` (default): encode every step.
+            fast data path (``data.batched_views: true``). With the walk jitter each face and
+            augmentation is cut at the grid plus an offset drawn from the walk's marginal
+            (:func:`~wherewhat.methods.worldcomp2d.parts.walk_offsets`, seeded by
+            ``bank_seed``) and the localizer is told the nominal grid; with ``iid`` the views
+            are cut at the nominal grid. ``None`` (default): encode every step.
+        bank_seed: seed of the bank's walk offsets.
         channels_last: run the encoder on ``channels_last`` observations and weights (faster on
             CPU: 1 thread, 1,024 views, about 15 % off an encoder step); numerics equal up to
             float round-off.
@@ -184,6 +189,7 @@ class WorldComp2DTask(pl.LightningModule):
         fixation_jitter: int = 5,
         jitter_mode: Literal["walk", "iid"] = "walk",
         code_bank: int | None = None,
+        bank_seed: int = 0,
         channels_last: bool = False,
         refiner_noise: float = 5.0,
         refiner_landmarks_per_step: int | None = None,
@@ -348,9 +354,19 @@ class WorldComp2DTask(pl.LightningModule):
                 )
             self.build_bank(train_set)
 
-    def build_bank(self, items: FaceCanvasItems) -> CodeBank:
-        """Encode ``items`` once in ``code_bank`` augmentations (see ``code_bank``)."""
-        self.bank = build_code_bank(self.model, items, self.hparams.code_bank)
+    def build_bank(self, items: FaceCanvasItems, batch_size: int | None = None) -> CodeBank:
+        """Encode ``items`` once in ``code_bank`` augmentations (see ``code_bank``); with the
+        walk jitter each face and augmentation is cut at a grid drawn from the walk's marginal
+        over an epoch of ``len(items) // batch_size`` steps (``batch_size``: the data module's)."""
+        offsets = None
+        if self.hparams.jitter_mode == "walk" and self.hparams.fixation_jitter > 0:
+            batch = batch_size or getattr(self.trainer.datamodule, "batch_size", None) or 1
+            shape = (len(items), self.hparams.code_bank, len(self.model.fixations))
+            generator = torch.Generator().manual_seed(int(self.hparams.bank_seed))
+            offsets = walk_offsets(
+                shape, self.hparams.fixation_jitter, max(1, len(items) // batch), generator
+            )
+        self.bank = build_code_bank(self.model, items, self.hparams.code_bank, offsets=offsets)
         return self.bank
 
     # -- inference -----------------------------------------------------------------------------
@@ -415,7 +431,7 @@ class WorldComp2DTask(pl.LightningModule):
         if self.walk is None or self.walk.nominal.device != self.model.fixations.device:
             self.reset_walk()
         assert self.walk is not None
-        seen = self.walk.step().expand(batch, -1, -1)
+        seen = self.walk.step(batch)
         return seen, self.model.fixations.expand(batch, -1, -1)
 
     def _localizer_loss(
