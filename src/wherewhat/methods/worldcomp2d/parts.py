@@ -186,12 +186,12 @@ class FixationWalk:
             raise ValueError(f"max_step must be >= 0, got {max_step}")
         self.nominal = fixations.detach().clone()
         self.max_step = int(max_step)
-        self.offset = torch.zeros(0, *self.nominal.shape).to(self.nominal)  # (slots, F, 2)
+        self.offset = self.nominal.new_zeros(0, *self.nominal.shape)  # (slots, F, 2)
         self.steps = 0
 
     def reset(self) -> None:
         """Back to the nominal grid (epoch start)."""
-        self.offset = torch.zeros(0, *self.nominal.shape).to(self.nominal)
+        self.offset = self.nominal.new_zeros(0, *self.nominal.shape)
         self.steps = 0
 
     def bound(self, steps_per_epoch: int) -> int:
@@ -203,8 +203,8 @@ class FixationWalk:
         ``batch_size`` slots ``(batch_size, F, 2)`` (a smaller last batch uses the first slots,
         which keep walking; a larger batch adds slots that start on the grid)."""
         if batch_size > len(self.offset):
-            extra = torch.zeros(batch_size - len(self.offset), *self.nominal.shape)
-            self.offset = torch.cat([self.offset, extra.to(self.offset)])
+            extra = self.nominal.new_zeros(batch_size - len(self.offset), *self.nominal.shape)
+            self.offset = torch.cat([self.offset, extra])
         shifts = torch.randint(
             -self.max_step,
             self.max_step + 1,

@@ -360,7 +360,8 @@ class WorldComp2DTask(pl.LightningModule):
         over an epoch of ``len(items) // batch_size`` steps (``batch_size``: the data module's)."""
         offsets = None
         if self.hparams.jitter_mode == "walk" and self.hparams.fixation_jitter > 0:
-            batch = batch_size or getattr(self.trainer.datamodule, "batch_size", None) or 1
+            datamodule = getattr(self._trainer, "datamodule", None) if self._trainer else None
+            batch = batch_size or getattr(datamodule, "batch_size", None) or 1
             shape = (len(items), self.hparams.code_bank, len(self.model.fixations))
             generator = torch.Generator().manual_seed(int(self.hparams.bank_seed))
             offsets = walk_offsets(
