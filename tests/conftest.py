@@ -1,5 +1,5 @@
-"""Shared test set-up: a headless plotting backend, the location of ../shared/data, the GPU
-skip, and synthetic scenes several test modules draw."""
+"""Shared test set-up: a headless plotting backend, one torch thread on request, the location of
+../shared/data, the GPU skip, and synthetic scenes several test modules draw."""
 
 from __future__ import annotations
 
@@ -15,6 +15,17 @@ matplotlib.use("Agg")
 os.environ.setdefault("WHEREWHAT_CACHE", str(Path(__file__).parent / ".cache"))
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture
+def one_torch_thread():
+    """One intra-op thread for the test (tiny tensors: more threads only add overhead, a lot
+    of it on a shared machine); the previous count is restored afterwards. Modules use it with
+    ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")

@@ -34,13 +34,7 @@ from wherewhat.methods.spatial_prediction.settings import (
     parse_arm,
 )
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def blob_images(n: int, seed: int, size: int = 32) -> tuple[np.ndarray, np.ndarray]:

@@ -30,14 +30,7 @@ from wherewhat.methods.spatial_prediction import (
     spatial_targets,
 )
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: intra-op threads only add overhead (a lot of it on a shared machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def random_boxes(n: int, size: tuple[int, int], seed: int) -> torch.Tensor:

@@ -20,13 +20,7 @@ from wherewhat.methods.spatial_prediction.probes import (
 )
 from wherewhat.metrics.probe import knn_probe
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def separable(n_per_class: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -29,12 +29,7 @@ SMALL_HEADS = {
 }
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny_model(base: str = "simclr", sp_lambda: float = 0.5, sp_pairs: int = 1) -> SSLMethod:
