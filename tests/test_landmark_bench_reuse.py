@@ -14,9 +14,11 @@ import shutil
 import warnings
 
 import pytest
+import torch
 
 from wherewhat.errors import ConfigError
 from wherewhat.methods.worldcomp2d import experiment as landmarks
+from wherewhat.methods.worldcomp2d import training_runs
 from wherewhat.methods.worldcomp2d.experiment import run_landmark_bench
 from wherewhat.methods.worldcomp2d.markdown import landmark_markdown
 from wherewhat.methods.worldcomp2d.records import CostsAndSpeed
@@ -95,20 +97,20 @@ def no_training(monkeypatch):
     def refuse(task, *args, **kwargs):
         raise AssertionError(f"trained {getattr(task, 'stage', type(task).__name__)}")
 
-    monkeypatch.setattr(landmarks, "_train", refuse)
+    monkeypatch.setattr(training_runs, "_train", refuse)
 
 
 @pytest.fixture
 def fitted_runs(monkeypatch) -> list[str]:
     """Records which runs ``_train`` trains (WorldComp2D: the stage, else the task class)."""
     fitted: list[str] = []
-    real_fit = landmarks._train
+    real_fit = training_runs._train
 
     def recording(task, *args, **kwargs):
         fitted.append(getattr(task, "stage", type(task).__name__))
         return real_fit(task, *args, **kwargs)
 
-    monkeypatch.setattr(landmarks, "_train", recording)
+    monkeypatch.setattr(training_runs, "_train", recording)
     return fitted
 
 
@@ -191,3 +193,55 @@ def test_retrain_replaces_saved_runs(first, settings, tmp_path, fitted_runs):
 def test_train_only_needs_a_trained_dir(settings):
     with pytest.raises(ValueError, match="trained_dir"):
         run_landmark_bench(settings, train_only=True)
+
+
+def test_runs_record_their_compute_and_the_default_path(first):
+    _, result = first
+    for record in result.training.values():
+        assert record.step_gflop > 0 and record.peak_gflops > 0
+        total = record.steps * record.step_gflop / 1e3 + record.extra_tflop
+        assert record.train_tflop == pytest.approx(total)
+    decision = result.refiner
+    assert decision["default_model"] in ("worldcomp2d", "worldcomp2d_no_refiner")
+    shipped = result.models[decision["default_model"]]
+    assert shipped.default_path == (list(STAGES) if decision["on_default_path"] else
+                                    list(STAGES[:2]))  # fmt: skip
+    assert result.models["pfld_baseline"].default_path == ["pfld_baseline"]
+    assert any(decision["default_model"] in t.target for t in result.targets)
+
+
+def test_ablations_train_variants_next_to_the_saved_model(first, settings, tmp_path, fitted_runs):
+    trained_dir = tmp_path / "trained"
+    shutil.copytree(first[0], trained_dir)
+    variants = dataclasses.replace(
+        settings, models=("worldcomp2d",), ablations=("jitter_iid", "pairs_4")
+    )
+    result = run_landmark_bench(variants, log=lambda m: None, trained_dir=trained_dir)
+    assert fitted_runs == ["localizer", "encoder", "localizer"]  # the model itself is reused
+    assert set(result.ablations) == {"worldcomp2d_no_refiner", "jitter_iid", "pairs_4"}
+    assert all(0 < value < 10 for value in result.ablations.values())
+    assert not (trained_dir / "ablation-jitter_iid-encoder.json").exists()
+    entry = _entry(trained_dir, "ablation-pairs_4-encoder")
+    assert entry["settings"]["ablation"] == {"encoder": {"views_per_image": 4}}
+    assert "Ablations" in landmark_markdown(result)
+
+
+def test_budgeted_stages_keep_snapshots_and_curves(settings, patched, tmp_path):
+    runs = {run: {**args, "epochs": 5} if run in STAGES else args
+            for run, args in settings.runs.items()}  # fmt: skip
+    budgeted = dataclasses.replace(
+        settings, models=("worldcomp2d",), runs=runs, max_steps=None, max_epochs=2,
+        budget_minutes=30.0, calibration_steps=2, encoder_snapshots=(0.5,),
+        encoder_curve=True, probe_epochs=1, probe_bank=2,
+        data_overrides={**settings.data_overrides, "batched_views": True},
+    )  # fmt: skip
+    result = run_landmark_bench(budgeted, log=lambda m: None, trained_dir=tmp_path)
+    encoder, localizer = result.training["encoder"], result.training["localizer"]
+    assert encoder.epochs == 2 and encoder.fraction_of_schedule == pytest.approx(0.4)
+    assert not encoder.curve  # no landmarks before the localizer
+    assert [row["epoch"] for row in localizer.curve] == [1, 2]
+    assert localizer.seconds_per_step > 0
+    snapshot = torch.load(tmp_path / "worldcomp2d-encoder-at0.5.pt", weights_only=True)
+    assert snapshot["epoch"] == 1
+    assert [row["encoder_epoch"] for row in result.encoder_curve] == [1, 2]
+    assert all(0 < row["nme"] < 10 for row in result.encoder_curve)

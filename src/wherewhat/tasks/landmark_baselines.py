@@ -67,8 +67,10 @@ class LandmarkBaselineTask(pl.LightningModule):
     ``model`` maps crops ``(B, C, S, S)`` in [0, 1] to landmarks ``(B, K, 2)`` crop px and has
     ``set_mean_shape(points)``, ``image_channels`` and ``crop_size``. Optimiser: Adam (``lr``,
     ``weight_decay``), the learning rate multiplied by ``lr_decay`` once after the fraction
-    ``lr_decay_at`` of the planned steps (``None``: constant). A subclass saves its
-    hyper-parameters (``save_hyperparameters(ignore=["model"])``, the model as its spec).
+    ``lr_decay_at`` of the planned steps (``None``: constant). ``channels_last``: train on
+    ``channels_last`` weights and images (faster on CPU; same numbers up to round-off). A
+    subclass saves its hyper-parameters (``save_hyperparameters(ignore=["model"])``, the model
+    as its spec).
     """
 
     model: LandmarkBaseline
@@ -80,6 +82,7 @@ class LandmarkBaselineTask(pl.LightningModule):
         weight_decay: float,
         lr_decay: float,
         lr_decay_at: float | None,
+        channels_last: bool = False,
     ):
         super().__init__()
         if lr <= 0:
@@ -87,6 +90,9 @@ class LandmarkBaselineTask(pl.LightningModule):
         if lr_decay_at is not None and not 0.0 < lr_decay_at <= 1.0:
             raise ConfigError(f"model.lr_decay_at must be in (0, 1] or null, got {lr_decay_at}")
         self.model = model
+        self.channels_last = channels_last
+        if channels_last:  # faster convolutions on CPU (oneDNN's preferred layout)
+            self.model.to(memory_format=torch.channels_last)
         self.val_nme = LandmarkNME(threshold=_FAILURE_THRESHOLD)
         self.test_nme = LandmarkNME(threshold=_FAILURE_THRESHOLD)
         size = model.crop_size
@@ -118,10 +124,19 @@ class LandmarkBaselineTask(pl.LightningModule):
         """The inference network (crop -> landmarks in crop pixels), a copy in eval mode."""
         return copy.deepcopy(self.model).eval()
 
-    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+    def _training_losses(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
         images, points = batch_images_and_points(batch, batch_idx)
-        parts = self.losses(images, points)
-        size = len(images)
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return self.losses(images, points)
+
+    def training_loss(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        """The training loss on ``batch`` (no logging)."""
+        return self._training_losses(batch, batch_idx)["loss"]
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        parts = self._training_losses(batch, batch_idx)
+        size = len(batch["points"])
         self.log("train/loss", parts["loss"], prog_bar=True, on_step=True, on_epoch=True,
                  batch_size=size)  # fmt: skip
         for name, value in parts.items():
@@ -191,7 +206,7 @@ class PFLDTask(LandmarkBaselineTask):
             ``PFLDRegressor()``.
         loss: ``"l2"`` (PFLD: squared error per landmark, mean over landmarks and faces) or
             ``"l1"``, on normalised crop coordinates.
-        lr, weight_decay, lr_decay, lr_decay_at: the optimiser (see the base class).
+        lr, weight_decay, lr_decay, lr_decay_at, channels_last: see the base class.
     """
 
     model: PFLDRegressor
@@ -204,9 +219,10 @@ class PFLDTask(LandmarkBaselineTask):
         weight_decay: float = 1e-6,
         lr_decay: float = 0.1,
         lr_decay_at: float | None = 0.7,
+        channels_last: bool = False,
     ):
         network = build_module(model if model is not None else PFLDRegressor(), PFLDRegressor)
-        super().__init__(network, lr, weight_decay, lr_decay, lr_decay_at)
+        super().__init__(network, lr, weight_decay, lr_decay, lr_decay_at, channels_last)
         if loss not in ("l2", "l1"):
             raise ConfigError(f"model.loss must be 'l2' or 'l1', got {loss!r}")
         self.save_hyperparameters(ignore=["model"])
@@ -231,7 +247,7 @@ class PIPHeatmapTask(LandmarkBaselineTask):
             ``PIPHeatmapNet()`` (ResNet-18, stride 32, 10 neighbours).
         score_weight, offset_weight, neighbor_weight: loss weights (PIPNet: 10, 1, 1); the
             offset terms are x + y, each an L1 mean, as in PIPNet.
-        lr, weight_decay, lr_decay, lr_decay_at: the optimiser (see the base class).
+        lr, weight_decay, lr_decay, lr_decay_at, channels_last: see the base class.
     """
 
     model: PIPHeatmapNet
@@ -246,9 +262,10 @@ class PIPHeatmapTask(LandmarkBaselineTask):
         weight_decay: float = 0.0,
         lr_decay: float = 0.1,
         lr_decay_at: float | None = 0.7,
+        channels_last: bool = False,
     ):
         network = build_module(model if model is not None else PIPHeatmapNet(), PIPHeatmapNet)
-        super().__init__(network, lr, weight_decay, lr_decay, lr_decay_at)
+        super().__init__(network, lr, weight_decay, lr_decay, lr_decay_at, channels_last)
         self.save_hyperparameters(ignore=["model"])
         self.hparams["model"] = module_spec(self.model)
 

@@ -4,6 +4,7 @@
   annotation (green dots) and the model's landmarks (red crosses), each titled with its NME;
 - :func:`ced_figure`: cumulative error distribution (fraction of faces with NME <= e) up to
   FR@10's threshold, one line per model, AUC@10 in the legend;
+- :func:`nme_curve_figure`: validation NME during training against epochs and minutes;
 - :func:`latent_codes_by_nearest_landmark` + :func:`latent_embedding_figure`: WorldComp2D's
   codes of views centred anywhere on validation faces, embedded in 2-D (PCA and t-SNE) and
   coloured by the facial part of the landmark nearest to each view's centre: if PWConLoss
@@ -21,6 +22,7 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.ticker import ScalarFormatter
 from sklearn.decomposition import PCA
 from torch import Tensor
 
@@ -44,6 +46,7 @@ __all__ = [
     "face_part_of",
     "prediction_panels",
     "ced_figure",
+    "nme_curve_figure",
     "latent_codes_by_nearest_landmark",
     "latent_embedding_figure",
 ]
@@ -130,6 +133,29 @@ def ced_figure(nmes: Mapping[str, ArrayLike], threshold: float = 0.10) -> Figure
     )
     figure.axes[0].set_ylim(0.0, 1.0)  # a fraction: a curve at 0 must look like one
     return figure
+
+
+def nme_curve_figure(curves: Mapping[str, Sequence[Mapping[str, float]]]) -> Figure:
+    """Validation NME (%) per training run against its epochs (left) and its training minutes
+    (right); ``curves``: run -> rows ``{"epoch", "minutes", "nme"}``."""
+    fig = new_figure(8.0, 3.0)
+    axes = fig.subplots(1, 2, sharey=True)
+    for run, rows in curves.items():
+        nmes = [100 * row["nme"] for row in rows]
+        axes[0].plot([row["epoch"] for row in rows], nmes, marker=".", linewidth=1.2, label=run)
+        axes[1].plot([row["minutes"] for row in rows], nmes, marker=".", linewidth=1.2)
+    for ax, label in zip(axes, ("epoch", "training minutes"), strict=True):
+        ax.set_xlabel(label, fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("validation NME (%)", fontsize=8)
+    axes[0].set_yscale("log")
+    axes[0].yaxis.set_major_formatter(ScalarFormatter())  # 4, 6, 10: not 4 x 10^0
+    axes[0].yaxis.set_minor_formatter(ScalarFormatter())
+    axes[0].legend(fontsize=7)
+    fig.suptitle("Validation NME while training", fontsize=9)
+    fig.tight_layout()
+    return fig
 
 
 @torch.no_grad()

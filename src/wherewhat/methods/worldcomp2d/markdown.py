@@ -27,10 +27,15 @@ def training_markdown(training: Mapping[str, TrainingRecord]) -> str:
             ("run", "run"),
             ("budget_minutes", "budget min"),
             ("minutes", "minutes"),
-            ("calibrated_seconds_per_step", "s/step"),
+            ("seconds_per_step", "s/step"),
             ("steps_per_epoch", "steps/epoch"),
             ("epochs", "epochs"),
+            ("schedule_epochs", "schedule"),
+            ("fraction_of_schedule", "share of schedule"),
             ("steps", "steps"),
+            ("step_gflop", "GFLOP/step"),
+            ("train_tflop", "TFLOP"),
+            ("step_fraction_of_peak", "fraction of peak"),
             ("trained_at", "trained at"),
             ("reused", "this run"),
         ],
@@ -51,6 +56,7 @@ def landmark_markdown(result: LandmarkBenchResult, command: str | None = None) -
             "ort_faces_per_s_2threads": m.costs.ort_faces_per_s_2threads,
             "torch_faces_per_s_1thread": m.costs.torch_faces_per_s_1thread,
             "train_minutes": m.train_minutes,
+            "train_tflop": m.train_tflop,
         }
         for name, m in result.models.items()
     ]
@@ -81,6 +87,7 @@ def landmark_markdown(result: LandmarkBenchResult, command: str | None = None) -
                 ("ort_faces_per_s_2threads", "ORT 2 thr faces/s"),
                 ("torch_faces_per_s_1thread", "torch 1 thr faces/s"),
                 ("train_minutes", "train min"),
+                ("train_tflop", "train TFLOP"),
             ],
         ),  # fmt: skip
         "Ratios to each baseline (baseline / model for size and work: > 1 means the model is "
@@ -104,10 +111,12 @@ def landmark_markdown(result: LandmarkBenchResult, command: str | None = None) -
             [("target", "target"), ("value", "measured"), ("needed", "needed"), ("met", "met")],
         ),
     ]
+    lines += _refiner_lines(result) + _ablation_lines(result)
     machine = result.machine
     lines += [
-        "Training runs (epochs set from the measured step time to fill each budget; "
-        "`max_time` caps it). A reused run was trained by an earlier invocation with the same "
+        "Training runs (WorldComp2D's stages run their schedule, or the epochs of it that fit "
+        "their cap; the baselines the epochs that fill their budget; both from a measured step "
+        "time, and `max_time` stops a run at its budget in any case). A reused run was trained by an earlier invocation with the same "
         f"settings (fingerprint checked) and loaded from `{result.trained_dir}`; its minutes "
         "are the recorded ones:",
         "",
@@ -117,3 +126,45 @@ def landmark_markdown(result: LandmarkBenchResult, command: str | None = None) -
         "",
     ]
     return "\n".join(lines)
+
+
+def _refiner_lines(result: LandmarkBenchResult) -> list[str]:
+    decision = result.refiner
+    if not decision:
+        return []
+    verdict = "stays on" if decision["on_default_path"] else "leaves"
+    return [
+        f"Refiner: NME gain {100 * decision['nme_gain']:+.3f} points (needed "
+        f"{100 * decision['min_gain']:.2f}), so it {verdict} the default path; shipped model "
+        f"`{decision['default_model']}` (ORT 1 thread: {decision['speed_with_refiner']:.0f} "
+        f"faces/s with the refiner, {decision['speed_without_refiner']:.0f} without).",
+        "",
+    ]
+
+
+def _ablation_lines(result: LandmarkBenchResult) -> list[str]:
+    lines = []
+    if result.ablations:
+        rows = [{"variant": name, "nme": 100 * value} for name, value in result.ablations.items()]
+        lines += [
+            "Ablations (validation NME without the refiner; `worldcomp2d_no_refiner` is the "
+            "benchmarked model: walk jitter, one pair per face):",
+            "",
+            format_markdown_table(rows, [("variant", "variant"), ("nme", "NME %")]),
+        ]
+    if result.encoder_curve:
+        rows = [{**row, "nme": 100 * row["nme"]} for row in result.encoder_curve]
+        lines += [
+            f"Encoder length: a localizer probe ({result.settings.probe_epochs} epochs on a "
+            f"bank of {result.settings.probe_bank} augmentations) on encoder snapshots:",
+            "",
+            format_markdown_table(
+                rows,
+                [
+                    ("encoder_epoch", "encoder epochs"),
+                    ("encoder_fraction", "share"),
+                    ("nme", "probe NME %"),
+                ],
+            ),  # fmt: skip
+        ]
+    return lines

@@ -488,20 +488,32 @@ class CodeBank(nn.Module):
     ``codes`` ``(N, K, F, D)``: face i, augmentation k (the data's draws of epoch k), the F
     fixations of ``fixations``; ``points`` ``(N, K, L, 2)`` the landmarks in that augmented crop
     (crop px, relabelled after a flip). A localizer epoch then costs its MLP only: look up
-    ``codes[index, epoch % K]``. ``fixations`` is the nominal grid, what the localizer is told;
-    the views may have been cut around it (``build_code_bank``'s ``offsets``: the reference's
-    walk jitter, drawn once per face and augmentation).
+    ``codes[index, epoch % K]``. ``fixations`` is the nominal grid; the views may have been cut
+    around it (``build_code_bank``'s ``offsets``, drawn once per face and augmentation).
+    ``told`` ``(N, K, F, 2)`` or None: where the localizer is told each entry's views were cut
+    (:meth:`told_positions`); None: the nominal grid (the reference's walk jitter).
     """
 
     codes: Tensor
     points: Tensor
     fixations: Tensor
+    told: Tensor | None
 
-    def __init__(self, codes: Tensor, points: Tensor, fixations: Tensor):
+    def __init__(
+        self, codes: Tensor, points: Tensor, fixations: Tensor, told: Tensor | None = None
+    ):
         super().__init__()
         self.register_buffer("codes", codes, persistent=False)
         self.register_buffer("points", points, persistent=False)
         self.register_buffer("fixations", fixations, persistent=False)
+        self.register_buffer("told", told, persistent=False)
+
+    def told_positions(self, index: Tensor, augmentation: int) -> Tensor:
+        """``(B, F, 2)``: the fixations the localizer is told for faces ``index``."""
+        if self.told is None:
+            return self.fixations.expand(len(index), -1, -1)
+        k = augmentation % self.num_augmentations
+        return self.told[index.to(self.told.device), k]
 
     @property
     def num_augmentations(self) -> int:
@@ -522,14 +534,15 @@ def build_code_bank(
     batch_size: int = 128,
     fixations: Tensor | None = None,
     offsets: Tensor | None = None,
+    tell_offsets: bool = False,
 ) -> CodeBank:
     """Encode every face of ``items`` (a :class:`~wherewhat.data.face_batches.FaceCanvasItems`)
     in the draws of epochs ``0 .. num_augmentations - 1`` with the fast view sampler.
 
     ``offsets`` ``(N, K, F, 2)`` (optional): cut face i's views of augmentation k at the grid
-    plus ``offsets[i, k]`` (e.g. :func:`~wherewhat.methods.worldcomp2d.parts.walk_offsets`, the
-    reference's jitter); the bank's ``fixations`` stay the nominal grid, what the localizer is
-    told.
+    plus ``offsets[i, k]``. ``tell_offsets`` False (the reference's walk jitter,
+    :func:`~wherewhat.methods.worldcomp2d.parts.walk_offsets`): the localizer is told the
+    nominal grid; True (i.i.d. jitter): it is told where the views were cut.
 
     The encoder runs in eval mode (frozen BatchNorm statistics), as in the localizer stage.
     """
@@ -571,4 +584,7 @@ def build_code_bank(
         codes.append(torch.cat(per_k_codes))
         points.append(torch.cat(per_k_points))
     model.encoder.train(was_training)
-    return CodeBank(torch.stack(codes, dim=1), torch.stack(points, dim=1), grid.clone())
+    told = None
+    if tell_offsets and offsets is not None:
+        told = grid.to(offsets.device) + offsets
+    return CodeBank(torch.stack(codes, dim=1), torch.stack(points, dim=1), grid.clone(), told)

@@ -29,11 +29,20 @@ __all__ = [
 
 @dataclass
 class TrainingRecord:
-    """One training run (a WorldComp2D stage or a baseline), trained now or reused.
+    """One training run (a WorldComp2D stage, a baseline or an ablation run), trained now or
+    reused.
 
     ``calibrated_seconds_per_step`` and ``budget_minutes``: budgeted runs only (None with
-    ``max_steps``). ``reused``: loaded from the trained folder; ``trained_at``: when it was
-    trained (ISO 8601, local time with offset).
+    ``max_steps``). ``schedule_epochs``: the run's planned epochs (WorldComp2D's stages: the
+    reference schedule from the config; None when the budget sets them), so
+    ``epochs / schedule_epochs`` is the share of the schedule that was run. Compute:
+    ``seconds_per_step`` (median over the run, data included), ``step_gflop`` (one training
+    step, forward + backward, FlopCounterMode's count), ``extra_tflop`` (one-off work such as
+    the localizer's code bank), ``train_tflop`` (all of it), ``step_fraction_of_peak`` (the
+    step's FLOP rate over ``peak_gflops``, the measured matrix-product peak with the run's
+    threads). ``curve``: validation NME during training, ``{"epoch", "minutes", "nme"}`` rows
+    (models that predict landmarks). ``reused``: loaded from the trained folder;
+    ``trained_at``: when it was trained (ISO 8601, local time with offset).
     """
 
     steps_per_epoch: int
@@ -42,8 +51,31 @@ class TrainingRecord:
     steps: int
     calibrated_seconds_per_step: float | None = None
     budget_minutes: float | None = None
+    schedule_epochs: int | None = None
+    seconds_per_step: float | None = None
+    step_gflop: float | None = None
+    extra_tflop: float = 0.0
+    peak_gflops: float | None = None
+    curve: list[dict[str, float]] = field(default_factory=list)
     reused: bool = False
     trained_at: str = ""
+
+    @property
+    def train_tflop(self) -> float | None:
+        """All training FLOPs (steps x step + one-off work), in TFLOP."""
+        if self.step_gflop is None:
+            return None
+        return self.steps * self.step_gflop / 1e3 + self.extra_tflop
+
+    @property
+    def step_fraction_of_peak(self) -> float | None:
+        if not (self.step_gflop and self.seconds_per_step and self.peak_gflops):
+            return None
+        return self.step_gflop / self.seconds_per_step / self.peak_gflops
+
+    @property
+    def fraction_of_schedule(self) -> float | None:
+        return None if not self.schedule_epochs else self.epochs / self.schedule_epochs
 
     def saved(self) -> dict[str, Any]:
         """What the trained folder's JSON keeps as the run's ``record``."""
@@ -61,10 +93,23 @@ class TrainingRecord:
             "minutes": self.minutes,
             "epochs": self.epochs,
             "steps": self.steps,
+            "schedule_epochs": self.schedule_epochs,
+            "seconds_per_step": self.seconds_per_step,
+            "step_gflop": self.step_gflop,
+            "extra_tflop": self.extra_tflop,
+            "peak_gflops": self.peak_gflops,
+            "curve": self.curve,
         }
 
     def to_dict(self) -> dict[str, Any]:
-        return {**self.saved(), "reused": self.reused, "trained_at": self.trained_at}
+        return {
+            **self.saved(),
+            "train_tflop": self.train_tflop,
+            "step_fraction_of_peak": self.step_fraction_of_peak,
+            "fraction_of_schedule": self.fraction_of_schedule,
+            "reused": self.reused,
+            "trained_at": self.trained_at,
+        }
 
     @classmethod
     def from_saved(cls, record: Mapping[str, Any], trained_at: str) -> TrainingRecord:
@@ -106,13 +151,45 @@ class CostsAndSpeed:
 
 @dataclass
 class ModelResult:
-    """One model's row: accuracy, costs and speed, and its training (summed over its runs)."""
+    """One model's row: accuracy, costs and speed, and its training (summed over its runs).
+
+    ``default_path``: the parts the model runs as shipped (WorldComp2D: its stages; a baseline:
+    its own name); ``epochs`` and ``step_fraction_of_peak`` per training run; ``train_tflop``
+    summed over the runs (None when a run was not counted).
+    """
 
     accuracy: Accuracy
     costs: CostsAndSpeed
     train_minutes: float
     reused: bool
     trained_at: str
+    default_path: list[str] = field(default_factory=list)
+    epochs: dict[str, int] = field(default_factory=dict)
+    step_fraction_of_peak: dict[str, float | None] = field(default_factory=dict)
+    train_tflop: float | None = None
+
+    @classmethod
+    def summed(
+        cls,
+        accuracy: Accuracy,
+        costs: CostsAndSpeed,
+        runs: Mapping[str, TrainingRecord],
+        default_path: list[str],
+    ) -> ModelResult:
+        """The row of a model trained by ``runs`` (run name -> record)."""
+        records = list(runs.values())
+        tflops = [r.train_tflop for r in records]
+        return cls(
+            accuracy=accuracy,
+            costs=costs,
+            train_minutes=sum(r.minutes for r in records),
+            reused=all(r.reused for r in records),
+            trained_at=max(r.trained_at for r in records),
+            default_path=default_path,
+            epochs={name: r.epochs for name, r in runs.items()},
+            step_fraction_of_peak={name: r.step_fraction_of_peak for name, r in runs.items()},
+            train_tflop=None if None in tflops else float(sum(tflops)),  # type: ignore[arg-type]
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -121,6 +198,10 @@ class ModelResult:
             "train_minutes": self.train_minutes,
             "reused": self.reused,
             "trained_at": self.trained_at,
+            "default_path": self.default_path,
+            "epochs": self.epochs,
+            "step_fraction_of_peak": self.step_fraction_of_peak,
+            "train_tflop": self.train_tflop,
         }
 
 
@@ -170,7 +251,10 @@ class LandmarkBenchResult:
 
     After a ``train_only`` run only ``settings``, ``training``, ``trained_dir`` and
     ``seconds`` are filled (``models`` is empty). ``figures``: PNG bytes by figure name (not
-    part of :meth:`to_dict`; the benchmark writes them as files).
+    part of :meth:`to_dict`; the benchmark writes them as files). ``refiner``: its NME gain and
+    whether it stays on the default path; ``ablations``: variant name -> validation NME (the
+    variants' training in ``ablation_details``); ``encoder_curve``: a localizer probe's
+    validation NME on encoder snapshots, ``{"encoder_epoch", "nme"}`` rows.
     """
 
     settings: LandmarkBenchSettings
@@ -183,6 +267,10 @@ class LandmarkBenchResult:
     targets: list[Target] = field(default_factory=list)
     machine: dict[str, Any] = field(default_factory=dict)
     figures: dict[str, bytes] = field(default_factory=dict)
+    refiner: dict[str, Any] = field(default_factory=dict)
+    ablations: dict[str, float] = field(default_factory=dict)
+    ablation_details: dict[str, dict[str, Any]] = field(default_factory=dict)
+    encoder_curve: list[dict[str, float]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """The results file's content (without ``figure_files``, which the writer adds)."""
@@ -195,6 +283,10 @@ class LandmarkBenchResult:
             "trained_dir": self.trained_dir,
             "settings": self.settings.to_dict(),
             "runs": self.settings.runs,
+            "refiner": self.refiner,
+            "ablations": self.ablations,
+            "ablation_details": self.ablation_details,
+            "encoder_curve": self.encoder_curve,
             "machine": self.machine,
             "seconds": self.seconds,
         }

@@ -18,6 +18,7 @@ from wherewhat.methods.worldcomp2d.task import STAGES, WorldComp2DTask
 from wherewhat.tasks.landmark_baselines import LandmarkBaselineTask, PFLDTask, PIPHeatmapTask
 
 __all__ = [
+    "ABLATIONS",
     "BASELINES",
     "MODEL_NAMES",
     "RUNS",
@@ -30,6 +31,13 @@ __all__ = [
 
 MODEL_NAMES = ("worldcomp2d", "worldcomp2d_no_refiner", "heatmap_baseline", "pfld_baseline")
 BASELINES = ("heatmap_baseline", "pfld_baseline")
+# WorldComp2D variants for ablations: stage -> task-argument changes. The first changed stage
+# and every later stage up to the localizer are trained again (earlier ones are shared with the
+# benchmarked model); each is scored without the refiner, against ``worldcomp2d_no_refiner``.
+ABLATIONS: dict[str, dict[str, dict[str, Any]]] = {
+    "jitter_iid": {"localizer": {"jitter_mode": "iid"}},
+    "pairs_4": {"encoder": {"views_per_image": 4}},
+}
 # Training runs (settings key -> task class) in the order they run.
 RUNS: dict[str, type[WorldComp2DTask] | type[LandmarkBaselineTask]] = {
     "encoder": WorldComp2DTask,
@@ -47,10 +55,27 @@ class LandmarkBenchSettings:
     ``runs``: per training run (keys of :data:`RUNS`) the task's and the data module's init
     arguments, ``{"model": {...}, "data": {...}}``; the task's hold its network as a spec
     (``"model": {"class_path": ..., "init_args": {...}}``, see :mod:`wherewhat.models.spec`);
-    ``benchmarks/worldcomp2d.py`` reads them from the configs. ``data_overrides`` apply to every
-    data module (e.g. ``max_faces`` for quick runs). ``budget_minutes`` per model
-    (WorldComp2D's split by ``stage_shares``); with ``max_steps`` every run takes exactly that
-    many steps instead (no budget); ``max_epochs`` replaces the calibrated epochs.
+    ``benchmarks/worldcomp2d.py`` reads them from the configs; a WorldComp2D stage's may add
+    ``"epochs"``, its schedule (the configs' ``trainer.max_epochs``: the reference's 2,000 /
+    1,000 / 1,000). ``data_overrides`` apply to every data module (e.g. ``max_faces`` for quick
+    runs).
+
+    Time: WorldComp2D's stages run their schedule, each capped at its share
+    (``stage_shares``) of ``budget_minutes`` plus what earlier stages left unused; a stage
+    whose schedule does not fit runs the epochs that do (the learning-rate decay moves with
+    them). The baselines fill ``baseline_minutes`` each, by default (None) WorldComp2D's
+    recorded training minutes (equal wall-clock budget; the training TFLOP of every model is
+    recorded too). With ``max_steps`` every run takes exactly that many steps instead (no
+    budget); ``max_epochs`` replaces the schedule and calibrated epochs.
+
+    During training the validation NME is measured ``curve_points`` times per run (models
+    that predict landmarks); the encoder keeps snapshots at the fractions
+    ``encoder_snapshots`` of its epochs. ``ablations`` (names of :data:`ABLATIONS`) are
+    WorldComp2D variants trained on the same faces and scored without the refiner;
+    ``encoder_curve`` fits a short banked localizer probe (``probe_epochs``, bank of
+    ``probe_bank`` augmentations) on every encoder snapshot. The refiner stays on the default
+    path only if it lowers NME by at least ``refiner_min_gain`` (NME as a fraction; 0.001 =
+    0.1 points).
     """
 
     quick: bool = False
@@ -58,8 +83,8 @@ class LandmarkBenchSettings:
     models: tuple[str, ...] = ("worldcomp2d", "heatmap_baseline", "pfld_baseline")
     runs: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
     data_overrides: dict[str, Any] = field(default_factory=dict)
-    budget_minutes: float = 60.0
-    stage_shares: tuple[float, float, float] = (25 / 60, 20 / 60, 15 / 60)
+    budget_minutes: float = 68.0
+    stage_shares: tuple[float, float, float] = (0.62, 0.15, 0.23)
     max_steps: int | None = None
     max_epochs: int | None = None
     calibration_steps: int = 6
@@ -71,6 +96,14 @@ class LandmarkBenchSettings:
     views_per_face: int = 24
     tsne: bool = True
     progress_bar: bool = False
+    baseline_minutes: float | None = None
+    curve_points: int = 16
+    encoder_snapshots: tuple[float, ...] = (0.125, 0.25, 0.5)
+    ablations: tuple[str, ...] = ()
+    encoder_curve: bool = False
+    probe_epochs: int = 100
+    probe_bank: int = 8
+    refiner_min_gain: float = 0.001
 
     @classmethod
     def preset(cls, name: str, **changes: Any) -> LandmarkBenchSettings:
@@ -102,6 +135,13 @@ class LandmarkBenchSettings:
             raise ValueError(f"budget_minutes must be > 0, got {self.budget_minutes}")
         if abs(sum(self.stage_shares) - 1.0) > 1e-6 or min(self.stage_shares) <= 0:
             raise ValueError(f"stage_shares must be positive and sum to 1: {self.stage_shares}")
+        unknown = [a for a in self.ablations if a not in ABLATIONS]
+        if unknown:
+            raise ValueError(f"unknown ablation(s) {unknown}; choose from {sorted(ABLATIONS)}")
+        if self.baseline_minutes is not None and not self.baseline_minutes > 0:
+            raise ValueError(f"baseline_minutes must be > 0, got {self.baseline_minutes}")
+        if not all(0 < f < 1 for f in self.encoder_snapshots):
+            raise ValueError(f"encoder_snapshots must be in (0, 1): {self.encoder_snapshots}")
 
     def to_dict(self) -> dict[str, Any]:
         """The settings as stored in the results file (``runs`` are stored on their own)."""
@@ -132,6 +172,8 @@ def training_settings(settings: LandmarkBenchSettings, model: str) -> dict[str, 
     shares = list(settings.stage_shares) if budgeted and model == "worldcomp2d" else None
     runs = {run: dict(zip(("model", "data"), run_args(settings, run), strict=True))
             for run in runs_of(model)}  # fmt: skip
+    for run in runs_of(model):
+        runs[run]["epochs"] = settings.runs.get(run, {}).get("epochs")
     chosen = {
         "model": model,
         "runs": runs,

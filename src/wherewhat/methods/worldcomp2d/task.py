@@ -157,8 +157,10 @@ class WorldComp2DTask(pl.LightningModule):
             fast data path (``data.batched_views: true``). With the walk jitter each face and
             augmentation is cut at the grid plus an offset drawn from the walk's marginal
             (:func:`~wherewhat.methods.worldcomp2d.parts.walk_offsets`, seeded by
-            ``bank_seed``) and the localizer is told the nominal grid; with ``iid`` the views
-            are cut at the nominal grid. ``None`` (default): encode every step.
+            ``bank_seed``) and the localizer is told the nominal grid; with ``iid`` at the grid
+            plus i.i.d. offsets in +-``fixation_jitter`` px (one draw per face and
+            augmentation), and the localizer is told those positions. ``None`` (default):
+            encode every step.
         bank_seed: seed of the bank's walk offsets.
         channels_last: run the encoder on ``channels_last`` observations and weights (faster on
             CPU: 1 thread, 1,024 views, about 15 % off an encoder step); numerics equal up to
@@ -237,6 +239,7 @@ class WorldComp2DTask(pl.LightningModule):
         self.walk: FixationWalk | None = None
         self.bank: CodeBank | None = None
         self._resumed = False
+        self._saved_walk: dict[str, Any] | None = None
         self.example_input_array = torch.zeros(
             1, self.model.image_channels, self.model.crop_size, self.model.crop_size
         )
@@ -267,7 +270,15 @@ class WorldComp2DTask(pl.LightningModule):
         # Lightning restores per-module modes itself (it does not call train()); re-assert.
         if self.training:
             self.train()
-        self.reset_walk()
+        saved, self._saved_walk = self._saved_walk, None
+        if saved is not None and saved["epoch"] == self.current_epoch:
+            # Resumed in the middle of this epoch: the walk goes on from where it was.
+            self.reset_walk()
+            assert self.walk is not None
+            self.walk.offset = saved["offset"].to(self.model.fixations)
+            self.walk.steps = int(saved["steps"])
+        else:
+            self.reset_walk()
 
     def reset_walk(self) -> None:
         """Put the fixation walk back on the nominal grid (every epoch start, as the reference)."""
@@ -333,8 +344,17 @@ class WorldComp2DTask(pl.LightningModule):
                 "model.localizer.set_mean_shape(points) before fitting"
             )
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.walk is not None:  # so that a run resumed mid-epoch walks on exactly
+            checkpoint["fixation_walk"] = {
+                "epoch": self.current_epoch,
+                "offset": self.walk.offset.detach().cpu().clone(),
+                "steps": self.walk.steps,
+            }
+
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self._resumed = True  # the resumed weights win over init_from
+        self._saved_walk = checkpoint.get("fixation_walk")
 
     def on_fit_start(self) -> None:
         # After the resume restore and before the first step: init_from only for a fresh run.
@@ -352,22 +372,27 @@ class WorldComp2DTask(pl.LightningModule):
                     "model.code_bank needs the fast data path: set data.init_args.batched_views "
                     "true (FaceLandmarkDataModule)"
                 )
-            self.build_bank(train_set)
+            if self.bank is None or self.bank.num_augmentations != self.hparams.code_bank:
+                self.build_bank(train_set)  # (a bank handed over already holds these codes)
 
     def build_bank(self, items: FaceCanvasItems, batch_size: int | None = None) -> CodeBank:
         """Encode ``items`` once in ``code_bank`` augmentations (see ``code_bank``); with the
         walk jitter each face and augmentation is cut at a grid drawn from the walk's marginal
         over an epoch of ``len(items) // batch_size`` steps (``batch_size``: the data module's)."""
         offsets = None
-        if self.hparams.jitter_mode == "walk" and self.hparams.fixation_jitter > 0:
+        jitter = self.hparams.fixation_jitter
+        shape = (len(items), self.hparams.code_bank, len(self.model.fixations))
+        generator = torch.Generator().manual_seed(int(self.hparams.bank_seed))
+        iid = self.hparams.jitter_mode == "iid"
+        if jitter > 0 and iid:
+            offsets = torch.randint(-jitter, jitter + 1, (*shape, 2), generator=generator).float()
+        elif jitter > 0:
             datamodule = getattr(self._trainer, "datamodule", None) if self._trainer else None
             batch = batch_size or getattr(datamodule, "batch_size", None) or 1
-            shape = (len(items), self.hparams.code_bank, len(self.model.fixations))
-            generator = torch.Generator().manual_seed(int(self.hparams.bank_seed))
-            offsets = walk_offsets(
-                shape, self.hparams.fixation_jitter, max(1, len(items) // batch), generator
-            )
-        self.bank = build_code_bank(self.model, items, self.hparams.code_bank, offsets=offsets)
+            offsets = walk_offsets(shape, jitter, max(1, len(items) // batch), generator)
+        self.bank = build_code_bank(
+            self.model, items, self.hparams.code_bank, offsets=offsets, tell_offsets=iid
+        )
         return self.bank
 
     # -- inference -----------------------------------------------------------------------------
@@ -466,23 +491,15 @@ class WorldComp2DTask(pl.LightningModule):
         """Localizer MSE on the bank's codes of faces ``index`` in this epoch's augmentation."""
         assert self.bank is not None
         codes, points = self.bank.lookup(index, self.current_epoch)
-        told = self.bank.fixations.expand(len(codes), -1, -1)
+        told = self.bank.told_positions(index, self.current_epoch)
         predicted = self.model.localizer.forward_normalized(codes, told)
         target = pixel_to_normalized(points.to(predicted.dtype), self.model.crop_hw)
         return F.mse_loss(predicted, target)
 
-    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+    def training_loss(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        """This stage's training loss on ``batch`` (no logging)."""
         if self.stage == "localizer" and self.bank is not None:
-            loss = self._banked_localizer_loss(batch["index"])
-            self.log(
-                "train/loss",
-                loss,
-                prog_bar=True,
-                on_step=True,
-                on_epoch=True,
-                batch_size=len(batch["index"]),
-            )
-            return loss
+            return self._banked_localizer_loss(batch["index"])
         canvas = canvas_batch(batch)
         if canvas is not None:  # fast path: no crop unless the stage needs a whole one
             points = batch["points"]
@@ -495,26 +512,27 @@ class WorldComp2DTask(pl.LightningModule):
             image = self.model.normalize(images)
         observe = self._observer(batch, image)
         if self.stage == "encoder":
-            loss = self._contrastive_loss(observe, points)
-        elif self.stage == "localizer":
+            return self._contrastive_loss(observe, points)
+        if self.stage == "localizer":
             seen, told = self._jittered_fixations(len(points))
-            loss = self._localizer_loss(observe, points, seen, told)
-        else:
-            assert image is not None
-            with torch.no_grad():
-                seen, told = self._jittered_fixations(len(points))
-                codes = self.model.encode(observe(seen))
-                coarse = self.model.localizer(codes, told)
-            loss = self._refiner_loss(
-                image,
-                points,
-                coarse,
-                self.hparams.refiner_noise,
-                self.hparams.refiner_landmarks_per_step,
-            )
-        self.log(
-            "train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(points)
+            return self._localizer_loss(observe, points, seen, told)
+        assert image is not None
+        with torch.no_grad():
+            seen, told = self._jittered_fixations(len(points))
+            codes = self.model.encode(observe(seen))
+            coarse = self.model.localizer(codes, told)
+        return self._refiner_loss(
+            image,
+            points,
+            coarse,
+            self.hparams.refiner_noise,
+            self.hparams.refiner_landmarks_per_step,
         )
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        loss = self.training_loss(batch, batch_idx)
+        size = len(batch["index"]) if "index" in batch else len(batch["points"])
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=size)
         return loss
 
     def _evaluate(self, batch: dict[str, Tensor], batch_idx: int, split: str) -> None:
