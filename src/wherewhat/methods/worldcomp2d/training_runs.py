@@ -372,7 +372,8 @@ def _trained_run(
         task.load_state_dict(state)
         log(f"{plan.run}: reusing {checkpoint} (trained {entry['trained_at']})")
         return task, data, TrainingRecord.from_saved(entry["record"], entry["trained_at"])
-    log(f"{plan.run}: training (budget {plan.budget_s / 60:.1f} min)")
+    budget = "" if settings.max_steps is not None else f" (budget {plan.budget_s / 60:.1f} min)"
+    log(f"{plan.run}: training{budget}")
     schedule = settings.runs.get(plan.kind, {}).get("epochs")
     record, trainer = _train(
         task, data, plan.budget_s, schedule, settings, log, snapshots=plan.snapshots
