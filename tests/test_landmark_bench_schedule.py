@@ -10,6 +10,7 @@ import json
 import pytest
 import torch
 from tests.test_code_bank import _items
+from tests.test_worldcomp2d_task import TINY
 
 from wherewhat.errors import ConfigError
 from wherewhat.io import json_fingerprint
@@ -33,16 +34,7 @@ from wherewhat.methods.worldcomp2d.training_runs import (
 from wherewhat.models.landmark_baselines import PFLDRegressor
 from wherewhat.tasks.landmark_baselines import PFLDTask
 
-TINY_WC = dict(
-    crop_size=64,
-    encoder_channels=(8, 8, 16, 16, 16, 32),
-    encoder_hidden=32,
-    latent=16,
-    localizer_hidden=(64, 64),
-    refiner_width=6,
-    refiner_groups=2,
-    refiner_blocks=1,
-)
+TINY_WC = {**TINY, "crop_size": 64}
 
 
 def test_schedule_runs_whole_when_it_fits_else_what_fits():
