@@ -3,7 +3,7 @@
 On the same faces, photo-disjoint split, 256 px crops, augmentation and data path (every photo
 decoded once, crops and views cut on tensors), each model trains from scratch: WorldComp2D's
 three stages run the reference's schedule (configs: 2,000 / 1,000 / 1,000 epochs), each capped
-by its share of ``--budget-minutes`` (default 68; 62 / 15 / 23 %, what a stage leaves goes to
+by its share of ``--budget-minutes`` (default 68; 66 / 12 / 22 %, what a stage leaves goes to
 the next); each baseline then gets WorldComp2D's recorded training minutes (or
 ``--baseline-minutes``). Then: parameters, MACs, NME / FR@10 / AUC@10 (inter-ocular, original
 pixels, every validation face), batch-1 faces/s from a face crop to landmarks in ONNX Runtime

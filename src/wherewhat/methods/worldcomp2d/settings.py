@@ -84,7 +84,7 @@ class LandmarkBenchSettings:
     runs: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
     data_overrides: dict[str, Any] = field(default_factory=dict)
     budget_minutes: float = 68.0
-    stage_shares: tuple[float, float, float] = (0.62, 0.15, 0.23)
+    stage_shares: tuple[float, float, float] = (0.66, 0.12, 0.22)
     max_steps: int | None = None
     max_epochs: int | None = None
     calibration_steps: int = 6
