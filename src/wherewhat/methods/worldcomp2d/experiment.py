@@ -53,7 +53,6 @@ from typing import Any
 
 import lightning.pytorch as pl
 import numpy as np
-import torch
 from torch import Tensor, nn
 
 from wherewhat.bench import (
@@ -66,8 +65,6 @@ from wherewhat.bench import (
     measure_latency_torch,
 )
 from wherewhat.bench.runtime import torch_num_threads
-from wherewhat.data.face_crops import uncrop_points
-from wherewhat.data.face_datamodule import FaceLandmarkDataModule
 from wherewhat.io import png_bytes
 from wherewhat.methods.worldcomp2d.ablations import encoder_curve, run_ablations
 from wherewhat.methods.worldcomp2d.figures import (
@@ -104,7 +101,7 @@ from wherewhat.methods.worldcomp2d.training_runs import (
     train_baseline,
     train_worldcomp2d,
 )
-from wherewhat.metrics.landmarks import auc, failure_rate, nme
+from wherewhat.metrics.landmarks import auc, failure_rate
 from wherewhat.training.quiet import quiet_lightning
 
 __all__ = ["FIGURE_CAPTIONS", "run_landmark_bench"]
@@ -170,24 +167,10 @@ class _Evaluation:
     truth: Tensor
 
 
-def _evaluate(model: nn.Module, data: FaceLandmarkDataModule) -> _Evaluation:
+def _evaluate(model: nn.Module, faces: ValidationFaces) -> _Evaluation:
     """Per-face NME (original pixels) on every validation face, plus crops and predictions."""
-    model.eval()
-    nmes, crops, predicted, truth_crop = [], [], [], []
-    with torch.no_grad():
-        for batch in data.val_dataloader():
-            crop_points = model(batch["image"])
-            original = uncrop_points(crop_points, batch["affine"])
-            nmes.append(nme(original, batch["original_points"]))
-            crops.append(batch["image"])
-            predicted.append(crop_points)
-            truth_crop.append(batch["points"])
-    return _Evaluation(
-        nmes=torch.cat(nmes),
-        crops=torch.cat(crops),
-        crop_points=torch.cat(predicted),
-        truth=torch.cat(truth_crop),
-    )
+    predicted, errors = faces.predict(model)
+    return _Evaluation(nmes=errors, crops=faces.crops, crop_points=predicted, truth=faces.points)
 
 
 def _accuracy(nmes: Tensor) -> Accuracy:
@@ -448,7 +431,7 @@ def run_landmark_bench(
             for entry in [] if train_only else trained:
                 log(f"evaluating {entry.name}")
                 split = split or split_summary(entry.data)
-                evaluation = _evaluate(entry.model, entry.data)
+                evaluation = _evaluate(entry.model, ValidationFaces.of(entry.data))
                 crop = evaluation.crops[:1].clone()
                 models[entry.name] = ModelResult.summed(
                     accuracy=_accuracy(evaluation.nmes),

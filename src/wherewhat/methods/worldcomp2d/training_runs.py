@@ -116,10 +116,11 @@ class _StepClock(Callback):
 @dataclass
 class ValidationFaces:
     """The validation faces as tensors, decoded once: crops ``(N, C, S, S)``, crop -> original
-    affines ``(N, 3, 3)``, original-pixel landmarks ``(N, K, 2)``."""
+    affines ``(N, 3, 3)``, landmarks in crop pixels ``(N, K, 2)`` and in original pixels."""
 
     crops: Tensor
     affines: Tensor
+    points: Tensor
     original_points: Tensor
 
     @classmethod
@@ -128,21 +129,30 @@ class ValidationFaces:
         return cls(
             crops=torch.cat([b["image"] for b in batches]),
             affines=torch.cat([b["affine"] for b in batches]),
+            points=torch.cat([b["points"] for b in batches]),
             original_points=torch.cat([b["original_points"] for b in batches]),
         )
 
+    def errors(self, crop_points: Tensor) -> Tensor:
+        """Per-face NME ``(N,)`` (original pixels) of landmarks ``(N, K, 2)`` in crop pixels."""
+        return nme(uncrop_points(crop_points, self.affines), self.original_points)
+
     @torch.no_grad()
-    def nme(self, model: nn.Module, batch_size: int = 64) -> float:
-        """Mean NME (original pixels) of ``model`` (crops -> crop-px landmarks), eval mode."""
+    def predict(self, model: nn.Module, batch_size: int = 64) -> tuple[Tensor, Tensor]:
+        """``model``'s landmarks in crop pixels ``(N, K, 2)`` (eval mode) and their per-face
+        NME ``(N,)``."""
         was_training = model.training
         model.eval()
-        errors = []
-        for start in range(0, len(self.crops), batch_size):
-            end = start + batch_size
-            predicted = uncrop_points(model(self.crops[start:end]), self.affines[start:end])
-            errors.append(nme(predicted, self.original_points[start:end]))
+        predicted = torch.cat(
+            [model(self.crops[start : start + batch_size])
+             for start in range(0, len(self.crops), batch_size)]
+        )  # fmt: skip
         model.train(was_training)
-        return float(torch.cat(errors).double().mean())
+        return predicted, self.errors(predicted)
+
+    def nme(self, model: nn.Module) -> float:
+        """Mean NME (original pixels) of ``model`` (crops -> crop-px landmarks)."""
+        return float(self.predict(model)[1].double().mean())
 
 
 class NmeCurve(Callback):
