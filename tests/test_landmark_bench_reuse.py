@@ -245,3 +245,16 @@ def test_budgeted_stages_keep_snapshots_and_curves(settings, patched, tmp_path):
     assert snapshot["epoch"] == 1
     assert [row["encoder_epoch"] for row in result.encoder_curve] == [1, 2]
     assert all(0 < row["nme"] < 10 for row in result.encoder_curve)
+
+
+def test_mean_shape_floor_row_flags_models_that_do_not_clear_it(first):
+    _, result = first
+    floor = result.floor
+    assert floor is not None and 0 < floor.nme < 10 and floor.num_faces == result.split.val_faces
+    bar = (1 - result.settings.floor_margin) * floor.nme
+    expected = [name for name, m in result.models.items() if m.accuracy.nme <= bar]
+    assert result.valid_models == expected
+    text = landmark_markdown(result)
+    assert "mean shape (floor)" in text
+    # One training step per run cannot beat the mean shape by 25 %: flagged.
+    assert len(expected) < len(result.models) and "BELOW THE FLOOR" in text

@@ -65,6 +65,7 @@ from wherewhat.bench import (
     measure_latency_torch,
 )
 from wherewhat.bench.runtime import torch_num_threads
+from wherewhat.data.face_datamodule import FaceLandmarkDataModule
 from wherewhat.io import png_bytes
 from wherewhat.methods.worldcomp2d.ablations import encoder_curve, run_ablations
 from wherewhat.methods.worldcomp2d.figures import (
@@ -171,6 +172,13 @@ def _evaluate(model: nn.Module, faces: ValidationFaces) -> _Evaluation:
     """Per-face NME (original pixels) on every validation face, plus crops and predictions."""
     predicted, errors = faces.predict(model)
     return _Evaluation(nmes=errors, crops=faces.crops, crop_points=predicted, truth=faces.points)
+
+
+def _mean_shape_floor(data: FaceLandmarkDataModule, faces: ValidationFaces) -> Accuracy:
+    """The floor row: the mean training shape (crop pixels) as every validation face's
+    landmarks."""
+    mean = data.train_crop_points().mean(0)
+    return _accuracy(faces.errors(mean.expand(len(faces.crops), -1, -1)))
 
 
 def _accuracy(nmes: Tensor) -> Accuracy:
@@ -414,6 +422,8 @@ def run_landmark_bench(
     curve: list[dict[str, float]] = []
     refiner: dict[str, Any] = {}
     shipped: str | None = None
+    floor: Accuracy | None = None
+    valid: list[str] = []
     # The first task's initial weights come from the global RNG, whose start is random in a
     # fresh process: seed it. Later tasks are built after seeded training runs, and the tour
     # seeds every section with the same seed, so their numbers are as they were.
@@ -441,6 +451,13 @@ def run_landmark_bench(
                 )
                 evaluations[entry.name] = evaluation
             if not train_only:
+                floor = _mean_shape_floor(trained[0].data, ValidationFaces.of(trained[0].data))
+                bar = (1 - settings.floor_margin) * floor.nme
+                valid = [name for name, m in models.items() if m.accuracy.nme <= bar]
+                for name in (n for n in models if n not in valid):
+                    log(f"!!! {name}: NME {100 * models[name].accuracy.nme:.2f} % does not clear "
+                        f"the mean-shape floor {100 * floor.nme:.2f} % by "
+                        f"{settings.floor_margin:.0%} (bar {100 * bar:.2f} %)")  # fmt: skip
                 refiner, shipped = _refiner_decision(models, settings.refiner_min_gain)
                 if "worldcomp2d_no_refiner" in models and ablations:
                     ablations = {"worldcomp2d_no_refiner": models["worldcomp2d_no_refiner"]
@@ -471,6 +488,8 @@ def run_landmark_bench(
         targets=_targets(ordered, shipped),
         machine=machine_info(),
         figures=figures,
+        floor=floor,
+        valid_models=[n for n in ordered if n in valid],
         refiner=refiner,
         ablations=ablations,
         ablation_details=ablation_details,

@@ -60,6 +60,10 @@ def landmark_markdown(result: LandmarkBenchResult, command: str | None = None) -
         }
         for name, m in result.models.items()
     ]
+    floor = result.floor
+    if floor is not None:
+        rows.insert(0, {"model": "mean shape (floor)", "nme": 100 * floor.nme,
+                        "fr10": 100 * floor.fr10, "auc10": floor.auc10})  # fmt: skip
     mode = "quick" if result.settings.quick else "full"
     lines = [f"# Face landmarks: WorldComp2D and baselines ({mode} run)", ""]
     if command:
@@ -111,7 +115,7 @@ def landmark_markdown(result: LandmarkBenchResult, command: str | None = None) -
             [("target", "target"), ("value", "measured"), ("needed", "needed"), ("met", "met")],
         ),
     ]
-    lines += _refiner_lines(result) + _ablation_lines(result)
+    lines += _floor_lines(result) + _refiner_lines(result) + _ablation_lines(result)
     machine = result.machine
     lines += [
         "Training runs (WorldComp2D's stages run their schedule, or the epochs of it that fit "
@@ -166,5 +170,24 @@ def _ablation_lines(result: LandmarkBenchResult) -> list[str]:
                     ("nme", "probe NME %"),
                 ],
             ),  # fmt: skip
+        ]
+    return lines
+
+
+def _floor_lines(result: LandmarkBenchResult) -> list[str]:
+    if result.floor is None:
+        return []
+    margin = result.settings.floor_margin
+    bar = 100 * (1 - margin) * result.floor.nme
+    below = [name for name in result.models if name not in result.valid_models]
+    lines = [
+        f"Floor: the mean training shape in every crop, NME {100 * result.floor.nme:.2f} %; a "
+        f"model counts when its NME is at least {margin:.0%} lower ({bar:.2f} %).",
+        "",
+    ]
+    if below:
+        lines += [
+            f"**BELOW THE FLOOR'S BAR: {', '.join(below)}**: no comparison is read from them.",
+            "",
         ]
     return lines

@@ -251,7 +251,9 @@ class LandmarkBenchResult:
 
     After a ``train_only`` run only ``settings``, ``training``, ``trained_dir`` and
     ``seconds`` are filled (``models`` is empty). ``figures``: PNG bytes by figure name (not
-    part of :meth:`to_dict`; the benchmark writes them as files). ``refiner``: its NME gain and
+    part of :meth:`to_dict`; the benchmark writes them as files). ``floor``: the mean training
+    shape in every validation crop; ``valid_models``: the models that clear it by the settings'
+    ``floor_margin``. ``refiner``: its NME gain and
     whether it stays on the default path; ``ablations``: variant name -> validation NME (the
     variants' training in ``ablation_details``); ``encoder_curve``: a localizer probe's
     validation NME on encoder snapshots, ``{"encoder_epoch", "nme"}`` rows.
@@ -267,6 +269,8 @@ class LandmarkBenchResult:
     targets: list[Target] = field(default_factory=list)
     machine: dict[str, Any] = field(default_factory=dict)
     figures: dict[str, bytes] = field(default_factory=dict)
+    floor: Accuracy | None = None
+    valid_models: list[str] = field(default_factory=list)
     refiner: dict[str, Any] = field(default_factory=dict)
     ablations: dict[str, float] = field(default_factory=dict)
     ablation_details: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -283,6 +287,8 @@ class LandmarkBenchResult:
             "trained_dir": self.trained_dir,
             "settings": self.settings.to_dict(),
             "runs": self.settings.runs,
+            "floor_mean_shape": None if self.floor is None else dataclasses.asdict(self.floor),
+            "valid_models": self.valid_models,
             "refiner": self.refiner,
             "ablations": self.ablations,
             "ablation_details": self.ablation_details,

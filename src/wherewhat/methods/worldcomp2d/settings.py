@@ -75,7 +75,8 @@ class LandmarkBenchSettings:
     ``encoder_curve`` fits a short banked localizer probe (``probe_epochs``, bank of
     ``probe_bank`` augmentations) on every encoder snapshot. The refiner stays on the default
     path only if it lowers NME by at least ``refiner_min_gain`` (NME as a fraction; 0.001 =
-    0.1 points).
+    0.1 points). The floor row is the mean training shape placed in every crop; a model counts
+    only when its NME is at most ``1 - floor_margin`` times the floor's.
     """
 
     quick: bool = False
@@ -104,6 +105,7 @@ class LandmarkBenchSettings:
     probe_epochs: int = 100
     probe_bank: int = 8
     refiner_min_gain: float = 0.001
+    floor_margin: float = 0.25
 
     @classmethod
     def preset(cls, name: str, **changes: Any) -> LandmarkBenchSettings:
