@@ -97,9 +97,12 @@ def load_or_compute_fixed_saliency(
 
 
 def train_boxes_of(datamodule: pl.LightningDataModule | None) -> list[Tensor] | None:
-    """Per-image training boxes of a :class:`~wherewhat.data.scatter.ScatterMNISTDataModule`
-    (after ``setup("fit")``), or None when the data module has no scattered-MNIST training
-    set."""
+    """Per-image training boxes (input pixels) of a data module after ``setup("fit")``: a
+    :class:`~wherewhat.data.scatter.ScatterMNISTDataModule`, or any module with a
+    ``train_boxes()`` method (the COCO / YOLO ones); None for other modules."""
+    train_boxes = getattr(datamodule, "train_boxes", None)
+    if callable(train_boxes):
+        return [torch.as_tensor(b, dtype=torch.float32).reshape(-1, 4) for b in train_boxes()]
     train_set = getattr(datamodule, "train_set", None)
     if not isinstance(train_set, ScatterMNIST):
         return None

@@ -159,8 +159,9 @@ class LZUTaskBase(pl.LightningModule):
     def check_ready(self) -> None:
         if not bool(self.fixed_saliency_ready):
             raise ConfigError(
-                "saliency='fixed' but its map was never set: train with a ScatterMNISTDataModule, "
-                "give fixed_saliency_path, load a checkpoint, or call prepare_fixed_saliency()"
+                "saliency='fixed' but its map was never set: train with a data module that has "
+                "training boxes (scattered MNIST, COCO, YOLO), give fixed_saliency_path, load a "
+                "checkpoint, or call prepare_fixed_saliency()"
             )
 
     def setup(self, stage: str) -> None:
