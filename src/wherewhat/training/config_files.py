@@ -110,7 +110,8 @@ def check_config_files(args: Sequence[str]) -> None:
         if not path.is_file():
             raise ConfigError(
                 f"--config {value}: no such file",
-                hint="give the path of a YAML config, e.g. configs/digits/default.yaml",
+                hint="give the path of a YAML config or a shipped config's name, e.g. "
+                "digits/default (`wherewhat configs` lists them)",
             )
         try:
             document = yaml.safe_load(path.read_text())

@@ -76,6 +76,7 @@ from wherewhat.training.checkpoint_checks import (
 )
 from wherewhat.training.checkpoint_file import read_checkpoint
 from wherewhat.training.checkpoint_io import AtomicCheckpointIO
+from wherewhat.training.config_catalog import resolve_config_names
 from wherewhat.training.config_files import BASE_KEY, check_config_files, expand_config_bases
 from wherewhat.training.plot import METRICS_CSV, write_curves
 from wherewhat.training.progress import ProgressLines, RunRichProgressBar, RunTQDMProgressBar
@@ -485,6 +486,6 @@ def _as_list(value: Any) -> list[Any]:
 
 def run_lightning_cli(args: Sequence[str]) -> WherewhatCLI:
     """Run ``wherewhat <subcommand> ...`` (args include the subcommand) and return the CLI."""
-    expanded = expand_config_bases(expand_resume_args(args))
+    expanded = expand_config_bases(resolve_config_names(expand_resume_args(args)))
     check_config_files(expanded)
     return WherewhatCLI(args=expanded)
