@@ -12,7 +12,7 @@ $(VENV)/bin/python:
 	$(VENV)/bin/python -m pip install --upgrade --quiet pip
 
 $(STAMP): pyproject.toml | $(VENV)/bin/python
-	$(VENV)/bin/python -m pip install --quiet -e '.[dev]'
+	$(VENV)/bin/python -m pip install --quiet -e '.[dev,faces]'
 	touch $(STAMP)
 
 tour: $(STAMP)

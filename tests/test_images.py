@@ -83,3 +83,16 @@ def test_balanced_subset_is_seeded():
     assert np.array_equal(a, b) and np.array_equal(np.bincount(labels[a]), [4, 4, 4])
     with pytest.raises(ValueError, match="class"):
         balanced_subset(labels, 11, seed=0)
+
+
+def test_embedded_digits_as_cifar_arrays(tmp_path):
+    from wherewhat.data.images import write_digits_npz
+    from wherewhat.data.mnist import load_mnist_digits
+
+    arrays = load_cifar_npz(write_digits_npz(tmp_path / "digits.npz"))
+    digits, labels = load_mnist_digits("test")
+    assert arrays.x_train.shape == (4000, 32, 32, 3) and arrays.x_test.shape == (1000, 32, 32, 3)
+    assert arrays.classes == [str(d) for d in range(10)]
+    np.testing.assert_array_equal(arrays.x_test[:, 2:30, 2:30, 1], digits.numpy())
+    assert arrays.x_test[:, :2].max() == 0 and arrays.x_test[:, 30:].max() == 0
+    np.testing.assert_array_equal(arrays.y_test, labels.numpy())

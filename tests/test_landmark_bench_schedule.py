@@ -1,6 +1,6 @@
 """The landmark benchmark's schedule, compute records, refiner decision, release files, walk
 resume and i.i.d. code bank (:mod:`wherewhat.methods.worldcomp2d.training_runs`,
-:mod:`~wherewhat.methods.worldcomp2d.release`)."""
+:mod:`~wherewhat.models.landmark_release`)."""
 
 from __future__ import annotations
 
@@ -22,7 +22,6 @@ from wherewhat.methods.worldcomp2d.records import (
     ModelResult,
     TrainingRecord,
 )
-from wherewhat.methods.worldcomp2d.release import load_release, write_release
 from wherewhat.methods.worldcomp2d.settings import STAGES, LandmarkBenchSettings
 from wherewhat.methods.worldcomp2d.store import TrainedStore
 from wherewhat.methods.worldcomp2d.task import WorldComp2DTask
@@ -32,6 +31,7 @@ from wherewhat.methods.worldcomp2d.training_runs import (
     worldcomp2d_settings,
 )
 from wherewhat.models.landmark_baselines import PFLDRegressor
+from wherewhat.models.landmark_release import load_release, write_release
 from wherewhat.tasks.landmark_baselines import PFLDTask
 
 TINY_WC = {**TINY, "crop_size": 64}

@@ -11,8 +11,11 @@
     wherewhat bench MODEL_NAME [--input 1x3x128x128] [--threads N ...] [--onnx] [--json]
     wherewhat export onnx CHECKPOINT --out FILE.onnx [--input 1x1x28x28]
     wherewhat plot     RUN_DIR [--out FILE.png]   # loss and validation curves -> RUN_DIR/curves.png
+    wherewhat configs  [METHOD]                   # the shipped configs, by name
+    wherewhat landmarks PATH... [--faces opencv|whole|pts] [--format pts|json|csv] [--out P] [--overlay DIR]
 
-``fit/validate/test/predict`` are LightningCLI commands (``wherewhat fit --help`` lists every
+``--config`` takes a file or the name of a shipped config (``ssdir/default``: ``wherewhat
+configs`` lists them). ``fit/validate/test/predict`` are LightningCLI commands (``wherewhat fit --help`` lists every
 option); see :mod:`wherewhat.training.harness`. Every other command imports its machinery only
 when it runs, so ``wherewhat --help`` is instant.
 
@@ -119,6 +122,35 @@ def build_parser() -> argparse.ArgumentParser:
     )
     plot.add_argument("run_dir", help="run directory of `wherewhat fit` (or its metrics.csv)")
     plot.add_argument("--out", default=None, help="PNG file (default: RUN_DIR/curves.png)")
+
+    configs = commands.add_parser(
+        "configs", help="list the shipped configs (`--config NAME` takes these names)"
+    )
+    configs.add_argument("method", nargs="?", default=None, help="only this method's configs")
+    configs.add_argument("--paths", action="store_true", help="also print each file's path")
+
+    marks = commands.add_parser(
+        "landmarks", help="68 face landmarks on photos, with the shipped model (offline)"
+    )
+    marks.add_argument("paths", nargs="+", metavar="PATH", help="photos or folders of photos")
+    marks.add_argument(
+        "--faces",
+        choices=["opencv", "whole", "pts"],
+        default="opencv",
+        help="where faces are: OpenCV's bundled detector (default; needs the [faces] extra), "
+        "the whole photo, or the box of a same-stem .pts file",
+    )
+    marks.add_argument("--boxes", default=None, help="boxes file: '<image> x1 y1 x2 y2' lines")
+    marks.add_argument(
+        "--format", dest="output_format", choices=["pts", "json", "csv"], default="pts",
+        help="pts: one file per face beside the photo (or under --out DIR); json/csv: --out FILE",
+    )  # fmt: skip
+    marks.add_argument("--out", default=None, help="output folder (pts) or file (json, csv)")
+    marks.add_argument("--overlay", default=None, help="also draw the landmarks: PNGs into DIR")
+    marks.add_argument("--backend", choices=["onnx", "torch"], default="onnx")
+    marks.add_argument("--model", default=None, help="a release .pt instead of the shipped model")
+    marks.add_argument("--threads", type=int, default=1, help="threads (default: 1)")
+    marks.add_argument("--overwrite", action="store_true", help="replace existing .pts files")
 
     export = commands.add_parser("export", help="export a trained model")
     export_commands = export.add_subparsers(dest="export_format", metavar="FORMAT", required=True)
@@ -264,7 +296,44 @@ def _run_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_landmarks(args: argparse.Namespace) -> int:
+    from wherewhat.landmarking.command import run_landmarks
+    from wherewhat.landmarking.predictor import LandmarkPredictor
+
+    detector = None if args.faces == "pts" or args.boxes else args.faces
+    options = {"backend": args.backend, "threads": args.threads, "detector": detector}
+    if args.model is None:
+        predictor = LandmarkPredictor.shipped(**options)
+    else:
+        predictor = LandmarkPredictor.from_release(args.model, **options)
+    run = run_landmarks(
+        args.paths, predictor, faces=args.faces, boxes_file=args.boxes,
+        output_format=args.output_format, out=args.out, overlay=args.overlay,
+        overwrite=args.overwrite,
+    )  # fmt: skip
+    print(run.summary())
+    return 0
+
+
+def _run_configs(args: argparse.Namespace) -> int:
+    from wherewhat.training.config_catalog import shipped_configs
+
+    shown = [c for c in shipped_configs() if args.method in (None, c.name.split("/")[0])]
+    if not shown:
+        methods = sorted({c.name.split("/")[0] for c in shipped_configs()})
+        raise UserError(f"no shipped configs for {args.method!r}; methods: {', '.join(methods)}")
+    width = max(len(c.name) for c in shown)
+    for config in shown:
+        print(f"{config.name:<{width}}  {config.summary}")
+        if args.paths:
+            print(f"{'':<{width}}  {config.path}")
+    print("\nuse: wherewhat fit --config NAME  (e.g. --config ssd/default)")
+    return 0
+
+
 _HANDLERS = {
+    "configs": _run_configs,
+    "landmarks": _run_landmarks,
     "tour": _run_tour,
     "data": _run_data,
     "bench": _run_bench,

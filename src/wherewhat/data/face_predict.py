@@ -36,12 +36,13 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
-from PIL import Image, ImageDraw
+from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from wherewhat.data.face_crops import face_crop_affine, warp_to_crop
 from wherewhat.data.face_formats import parse_decimal, write_pts
+from wherewhat.data.face_overlay import draw_landmarks
 from wherewhat.data.faces import FaceRecord, load_pts_folder
 from wherewhat.errors import ConfigError, DataFormatError
 from wherewhat.geometry import points_to_box
@@ -223,27 +224,6 @@ class FacePredictDataModule(pl.LightningDataModule):
         return DataLoader(
             self.dataset, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers
         )
-
-
-def draw_landmarks(
-    image: Image.Image, faces: Sequence[tuple[Tensor, Tensor | None]]
-) -> Image.Image:
-    """A copy of ``image`` with, per face, its box (if given) and landmarks ``(K, 2)`` drawn.
-
-    Points are in our pixel frame, which is PIL's drawing frame (PIL puts pixel (i, j) at
-    [j, j + 1) x [i, i + 1) too).
-    """
-    canvas = image.convert("RGB")
-    draw = ImageDraw.Draw(canvas)
-    radius = max(1.0, min(canvas.size) / 250)
-    for points, box in faces:
-        if box is not None:
-            draw.rectangle(
-                [float(v) for v in box], outline=(0, 160, 255), width=max(1, int(radius))
-            )
-        for x, y in points.tolist():
-            draw.ellipse([x - radius, y - radius, x + radius, y + radius], fill=(255, 40, 40))
-    return canvas
 
 
 class LandmarkPredictionWriter(BasePredictionWriter):

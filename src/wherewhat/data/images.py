@@ -38,6 +38,7 @@ __all__ = [
     "ImageArrayDataset",
     "BatchTransformCollate",
     "SelfSupervisedDataModule",
+    "write_digits_npz",
 ]
 
 logger = logging.getLogger(__name__)
@@ -411,3 +412,26 @@ class SelfSupervisedDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._loader(self.test_dataset())
+
+
+def write_digits_npz(path: str | Path, size: int = 32) -> Path:
+    """The embedded MNIST digits (:func:`wherewhat.data.mnist.load_mnist_digits`) as a
+    CIFAR-style ``.npz``: ``(N, size, size, 3)`` uint8, the 28-px digit centred (zero padding),
+    grey repeated in 3 channels, the embedded train / test split, classes ``"0"``..``"9"``.
+    Lets the image-classification pipelines run where no CIFAR arrays exist."""
+    from wherewhat.data.mnist import load_mnist_digits
+
+    if size < 28:
+        raise ConfigError(f"size={size}: the digits are 28 px; expected >= 28")
+    pad = (size - 28) // 2
+    arrays: dict[str, np.ndarray] = {}
+    for split in ("train", "test"):
+        images, labels = load_mnist_digits(split)
+        canvas = np.zeros((len(images), size, size, 3), dtype=np.uint8)
+        canvas[:, pad : pad + 28, pad : pad + 28, :] = images.numpy()[..., None]
+        arrays[f"x_{split}"], arrays[f"y_{split}"] = canvas, labels.numpy()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as handle:
+        np.savez(handle, **arrays, classes=np.array([str(d) for d in range(10)]))
+    return path

@@ -20,7 +20,7 @@ baseline; the issue's targets (on the default path); figures (predictions on val
 cumulative error curves, validation NME during training, a 2-D embedding of WorldComp2D's view
 codes coloured by the nearest landmark's face part); optionally ablations and the encoder curve
 (:mod:`~wherewhat.methods.worldcomp2d.ablations`) and release files of the evaluated models
-(:mod:`~wherewhat.methods.worldcomp2d.release`). The result is a
+(:mod:`~wherewhat.models.landmark_release`). The result is a
 :class:`~wherewhat.methods.worldcomp2d.records.LandmarkBenchResult`.
 
 ``quick`` (``benchmarks/worldcomp2d.py --quick``): a few steps per run on a few dozen faces;
@@ -86,7 +86,6 @@ from wherewhat.methods.worldcomp2d.records import (
     Target,
     TrainingRecord,
 )
-from wherewhat.methods.worldcomp2d.release import write_release
 from wherewhat.methods.worldcomp2d.settings import (
     BASELINES,
     MODEL_NAMES,
@@ -103,6 +102,7 @@ from wherewhat.methods.worldcomp2d.training_runs import (
     train_worldcomp2d,
 )
 from wherewhat.metrics.landmarks import auc, failure_rate
+from wherewhat.models.landmark_release import write_release
 from wherewhat.training.quiet import quiet_lightning
 
 __all__ = ["FIGURE_CAPTIONS", "run_landmark_bench"]

@@ -3,8 +3,12 @@
 
 from __future__ import annotations
 
+import io
+import time
 from pathlib import Path
 from typing import Any
+
+from PIL import Image
 
 from wherewhat.methods.worldcomp2d.experiment import FIGURE_CAPTIONS, run_landmark_bench
 from wherewhat.methods.worldcomp2d.settings import LandmarkBenchSettings
@@ -19,9 +23,11 @@ def worldcomp2d_section(ctx: TourContext) -> Section:
     root = ctx.faces_root if ctx.faces_root is not None else AUTO_FACES_ROOT
     if not Path(root).is_dir():
         section.paragraph(
-            f"WorldComp2D needs 68-point faces: none at {root}; pass faces_root (a folder of "
-            "images with .pts files, e.g. 300-W)."
+            f"No 68-point faces at {root} to train on (pass faces_root: a folder of images with "
+            ".pts files, e.g. 300-W), so this page runs the shipped landmark model instead."
         )
+        with ctx.step("shipped model on a photo"):
+            shipped_model_on_photo(section)
         section.record(nme=None)
         return section
     settings = LandmarkBenchSettings.preset(
@@ -83,6 +89,48 @@ def worldcomp2d_section(ctx: TourContext) -> Section:
         bench_seconds=result.seconds,
     )
     return section
+
+
+def sample_face_photo() -> Path:
+    """A face photo that an installed dependency ships: matplotlib's sample Grace Hopper."""
+    import matplotlib
+
+    return Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"
+
+
+def shipped_model_on_photo(section: Section, photo: Path | None = None) -> None:
+    """The shipped landmark model on ``photo`` (default: :func:`sample_face_photo`): faces
+    found, time, and the photo with its landmarks; a paragraph says why when it cannot run."""
+    from wherewhat.data.face_overlay import draw_landmarks
+    from wherewhat.errors import UserError
+    from wherewhat.landmarking.predictor import LandmarkPredictor
+
+    photo = photo or sample_face_photo()
+    try:
+        import cv2  # noqa: F401  (the detector's package)
+
+        detector = "opencv"
+    except ImportError:
+        detector = "whole"
+    try:
+        predictor = LandmarkPredictor.shipped(detector=detector, backend="onnx", threads=1)
+    except UserError as error:
+        section.paragraph(f"The shipped landmark model is not available: {error}")
+        return
+    began = time.perf_counter()
+    faces = predictor(photo)
+    seconds = time.perf_counter() - began
+    section.paragraph(
+        f"The shipped WorldComp2D model on {photo.name} ({'OpenCV face detector' if detector == 'opencv' else 'the whole photo as the face'}): "
+        f"{len(faces)} face(s) in {1000 * seconds:.0f} ms (detector, crop and model, 1 thread). "
+        "`wherewhat landmarks PHOTOS...` does the same for any photos."
+    )
+    with Image.open(photo) as image:
+        drawn = draw_landmarks(image, [(f.points, f.box) for f in faces])
+    buffer = io.BytesIO()
+    drawn.save(buffer, format="PNG")
+    section.figure(buffer.getvalue(), f"{photo.name}: face box (blue) and 68 landmarks (red)",
+                   name="worldcomp2d_shipped_photo")  # fmt: skip
 
 
 def landmark_checks(

@@ -1,4 +1,5 @@
-"""Trained landmark models as release artifacts: weights only, loadable without pickle.
+"""Trained landmark models (face crop -> landmarks) as release files: weights only, loadable
+without pickle.
 
 :func:`write_release` stores a model (a face crop -> 68 landmarks network) as ``<name>.pt``,
 a dict of tensors and plain values (its spec, see :mod:`wherewhat.models.spec`, its state
@@ -19,7 +20,6 @@ from torch import nn
 
 from wherewhat.errors import ConfigError
 from wherewhat.io import atomic_torch_save, write_atomic
-from wherewhat.methods.worldcomp2d.model import WorldComp2D
 from wherewhat.models.spec import build_module, module_spec
 
 __all__ = ["RELEASE_FORMAT", "load_release", "write_release"]
@@ -28,14 +28,22 @@ RELEASE_FORMAT = "wherewhat-landmark-model-1"
 
 
 def write_release(
-    folder: str | Path, name: str, model: nn.Module, info: dict[str, Any]
+    folder: str | Path,
+    name: str,
+    model: nn.Module,
+    info: dict[str, Any],
+    storage_dtype: torch.dtype = torch.float32,
 ) -> tuple[Path, Path]:
     """Write ``model`` as ``folder/<name>.pt`` (weights only) and ``folder/<name>.json``
-    (``info`` plus the format and file names); returns both paths."""
+    (``info`` plus the format and file names); returns both paths. ``storage_dtype``
+    ``torch.float16`` halves the file; loading casts the weights back to the model's dtype."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     weights = folder / f"{name}.pt"
-    state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+    state = {
+        k: (v.to(storage_dtype) if v.is_floating_point() else v).detach().cpu().contiguous().clone()
+        for k, v in model.state_dict().items()
+    }
     payload = {
         "format": RELEASE_FORMAT,
         "spec": module_spec(model),
@@ -62,6 +70,6 @@ def load_release(path: str | Path) -> nn.Module:
         raise ConfigError(f"{path}: model class {class_path!r} is not a wherewhat network")
     model = build_module(payload["spec"], nn.Module)
     model.load_state_dict(payload["state_dict"])
-    if isinstance(model, WorldComp2D):
+    if hasattr(model, "use_refiner"):  # WorldComp2D: whether its refiner runs
         model.use_refiner = bool(payload["use_refiner"])
     return model.eval()

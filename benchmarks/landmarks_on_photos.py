@@ -1,0 +1,199 @@
+"""Landmarks on photos: the face detector, its box calibration and the shipped model.
+
+On the landmark benchmark's photo-disjoint split of the faces (configs/worldcomp2d/default.yaml:
+root, val_fraction, split_seed), with the landmark model of the benchmark's release
+(``--model``, default artifacts/landmarks/worldcomp2d.pt, written by benchmarks/worldcomp2d.py):
+
+1. OpenCV's bundled frontal-face cascade runs on every training photo; detections matched to
+   the annotated faces (raw IoU >= 0.25) fit the detector-box -> landmark-box calibration.
+2. On every validation photo: was the face found (calibrated IoU >= 0.5), NME of the detector
+   path and of the ground-truth-box path (on the same faces), and photos per second from decoded
+   pixels to landmarks (detector + crop + model, ONNX Runtime, 1 thread).
+3. fp16 storage is kept only if the ground-truth-box NME moves by < 0.01 points.
+4. The release's JSON gets the crop settings and the calibration (so ``wherewhat landmarks
+   --model`` can use it); ``--ship``: writes the model into the package (src/wherewhat/landmarking/models/): weights,
+   model card JSON (with the calibration) and the ONNX export.
+
+    .venv/bin/python benchmarks/landmarks_on_photos.py --ship
+
+Writes benchmarks/results/landmarks_on_photos.json and .md. Needs the [faces] extra.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from wherewhat.bench.machine import machine_info
+from wherewhat.bench.tables import write_results
+from wherewhat.data.faces import load_pts_folder, split_by_name
+from wherewhat.io import write_atomic
+from wherewhat.landmarking.detectors import OpenCVFaceDetector
+from wherewhat.landmarking.photo_bench import evaluate_photos, fit_calibration
+from wherewhat.landmarking.predictor import LandmarkPredictor
+from wherewhat.landmarking.shipped import SHIPPED_MODELS
+from wherewhat.models.landmark_release import load_release, write_release
+from wherewhat.training.config_files import load_layered_config
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+TARGETS = {"found_rate": 0.95, "nme_gap_points": 0.5, "photos_per_s": 100.0}
+
+
+def _split(config: dict, faces_root: str | None) -> tuple[list, list, dict]:
+    data = config["data"]["init_args"]
+    root = Path(faces_root or data["root"])
+    root = root if root.is_absolute() else (ROOT / root).resolve()
+    records = load_pts_folder(root, 68)
+    train, val = split_by_name(records, data["val_fraction"], data["split_seed"])
+    crop = {"crop_size": int(data["crop_size"]), "side_factor": float(data["side_factor"])}
+    return train, val, {"root": str(root), **crop}
+
+
+def _fp16_nme_change(model: torch.nn.Module, predictor: LandmarkPredictor, val: list) -> float:
+    """Mean |NME(fp16 weights) - NME(fp32)| in NME points over the validation faces."""
+    from wherewhat.landmarking.photo_bench import landmark_box
+    from wherewhat.metrics.landmarks import nme
+
+    with tempfile.TemporaryDirectory() as folder:
+        halved = load_release(write_release(folder, "half", model, {}, torch.float16)[0])
+    half = LandmarkPredictor(halved, crop_size=predictor.crop_size,
+                             side_factor=predictor.side_factor, backend="torch", detector=None)  # fmt: skip
+    full = LandmarkPredictor(model, crop_size=predictor.crop_size,
+                             side_factor=predictor.side_factor, backend="torch", detector=None)  # fmt: skip
+    changes = []
+    for record in val:
+        box = landmark_box(record.points)[None]
+        a = full(record.image_path, boxes=box)[0].points
+        b = half(record.image_path, boxes=box)[0].points
+        target = record.points[None]
+        changes.append(
+            float(nme(torch.from_numpy(a)[None], target) - nme(torch.from_numpy(b)[None], target))
+        )
+    return 100 * abs(float(np.mean(changes)))
+
+
+def _markdown(result: dict) -> str:
+    s, calibration = result["validation"], result["calibration"]
+    lines = [
+        "# Landmarks on photos",
+        "",
+        f"Model: `{result['model']}`; detector: OpenCV Haar cascade; {s['faces']} validation "
+        f"photos, {result['train_faces']} training faces for the calibration.",
+        "",
+        "| path | faces | NME (%) |",
+        "|---|---:|---:|",
+        f"| ground-truth landmark boxes | {s['faces']} | {100 * s['nme_truth_boxes']:.2f} |",
+    ]
+    if s["nme_detector_boxes"] is not None:
+        lines += [
+            f"| ground-truth boxes, faces the detector found | {s['found']} | "
+            f"{100 * s['nme_truth_boxes_on_found']:.2f} |",
+            f"| detector boxes, calibrated | {s['found']} | {100 * s['nme_detector_boxes']:.2f} |",
+        ]
+    lines += [
+        "",
+        f"Found: {s['found']} of {s['faces']} ({100 * s['found_rate']:.1f} %). Detector path: "
+        f"{s['photos_per_s']:.0f} photos/s (1 thread, ONNX Runtime, decode excluded).",
+        f"Calibration (fitted on {calibration['faces']} faces): centre shift "
+        f"({calibration['shift_x']:+.3f} w, {calibration['shift_y']:+.3f} h), scale "
+        f"{calibration['scale']:.3f}. fp16 storage NME change: {result['fp16_nme_change_points']:.4f} points.",
+        "",
+        "| target | value | met |",
+        "|---|---:|:---:|",
+    ]
+    for name, check in result["targets"].items():
+        lines.append(
+            f"| {name} {check['rule']} | {check['value']} | {'yes' if check['met'] else 'NO'} |"
+        )
+    lines += ["", f"Command: `{result['command']}`", ""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default=str(ROOT / "artifacts" / "landmarks" / "worldcomp2d.pt"))
+    parser.add_argument("--faces-root", default=None)
+    parser.add_argument("--ship", action="store_true", help="write the model into the package")
+    parser.add_argument("--results-name", default="landmarks_on_photos")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+
+    config = load_layered_config(ROOT / "configs" / "worldcomp2d" / "default.yaml")
+    train, val, data = _split(config, args.faces_root)
+    release_info = json.loads(Path(args.model).with_suffix(".json").read_text())
+    model = load_release(args.model)
+    detector = OpenCVFaceDetector()
+    print(f"fitting the calibration on {len(train)} training faces ...", flush=True)
+    calibration = fit_calibration(detector, train)
+    predictor = LandmarkPredictor(
+        model, crop_size=data["crop_size"], side_factor=data["side_factor"], backend="onnx",
+        threads=1, detector=detector, calibrations={detector.box_kind: calibration},
+    )  # fmt: skip
+    print(f"evaluating on {len(val)} validation photos ...", flush=True)
+    evaluation = evaluate_photos(predictor, val).summary()
+    fp16_change = _fp16_nme_change(model, predictor, val)
+    checks = {
+        "found_rate": {"rule": ">= 0.95", "value": round(evaluation["found_rate"], 4),
+                       "met": evaluation["found_rate"] >= TARGETS["found_rate"]},
+        "nme_gap_points": {"rule": "<= 0.5", "value": None if evaluation["nme_gap_points"] is None
+                           else round(evaluation["nme_gap_points"], 3),
+                           "met": evaluation["nme_gap_points"] is not None
+                           and evaluation["nme_gap_points"] <= TARGETS["nme_gap_points"]},
+        "photos_per_s": {"rule": ">= 100", "value": round(evaluation["photos_per_s"], 1),
+                         "met": evaluation["photos_per_s"] >= TARGETS["photos_per_s"]},
+    }  # fmt: skip
+    command = "python benchmarks/landmarks_on_photos.py " + " ".join(argv or sys.argv[1:])
+    result = {
+        "model": args.model,
+        "data": data,
+        "train_faces": len(train),
+        "calibration": calibration.to_dict(),
+        "validation": evaluation,
+        "fp16_nme_change_points": fp16_change,
+        "targets": checks,
+        "threads": 1,
+        "machine": machine_info(),
+        "command": command,
+    }
+    # The release file learns its crop settings and the detector calibration, so that
+    # `wherewhat landmarks --model <release>.pt` finds faces with it.
+    release_json = Path(args.model).with_suffix(".json")
+    updated = {**release_info, "crop": {"crop_size": data["crop_size"],
+               "side_factor": data["side_factor"]},
+               "calibrations": {detector.box_kind: calibration.to_dict()}}  # fmt: skip
+    write_atomic(release_json, json.dumps(updated, indent=2) + "\n")
+    paths = write_results(args.results_name, result, _markdown(result), RESULTS)
+    print(_markdown(result))
+    print("wrote", *paths)
+    if args.ship:
+        fp16 = fp16_change < 0.01
+        card = {
+            **{k: v for k, v in release_info.items() if k not in ("format", "name", "weights")},
+            "trained_on": "300-W AFW + HELEN train faces (68 points; research-use annotations)",
+            "crop": {"crop_size": data["crop_size"], "side_factor": data["side_factor"]},
+            "calibrations": {detector.box_kind: calibration.to_dict()},
+            "photos": evaluation,
+            "storage": "float16" if fp16 else "float32",
+            "shipped_by": command,
+        }
+        weights, _ = write_release(SHIPPED_MODELS, "worldcomp2d", model, card,
+                                   torch.float16 if fp16 else torch.float32)  # fmt: skip
+        from wherewhat.bench.onnx_export import export_onnx
+
+        example = torch.rand(2, 3, data["crop_size"], data["crop_size"])
+        export_onnx(load_release(weights), example, weights.with_suffix(".onnx"),
+                    input_names=["crops"], output_names=["points"])  # fmt: skip
+        sizes = {p.name: p.stat().st_size for p in SHIPPED_MODELS.iterdir()}
+        print("shipped:", sizes)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,129 @@
+"""How the photo path does on annotated faces: detector recall, the box calibration, NME of
+detector boxes against ground-truth boxes, and photos per second.
+
+Used by ``benchmarks/landmarks_on_photos.py``. A detection *finds* an annotated face when its IoU
+with the face's tight landmark box is at least ``MATCH_IOU`` after calibration (detector boxes
+are larger than landmark boxes, so the raw IoU would understate matches); before a calibration
+exists, a looser raw-IoU rule picks the pairs it is fitted on.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torchvision.ops import box_iou
+
+from wherewhat.data.faces import FaceRecord
+from wherewhat.landmarking.calibration import BoxCalibration
+from wherewhat.landmarking.detectors import DetectedFace, FaceDetector
+from wherewhat.landmarking.images import rgb_array
+from wherewhat.landmarking.predictor import LandmarkPredictor
+from wherewhat.metrics.landmarks import nme
+
+__all__ = [
+    "MATCH_IOU",
+    "FIT_IOU",
+    "PhotoEvaluation",
+    "landmark_box",
+    "best_match",
+    "fit_calibration",
+    "evaluate_photos",
+]
+
+MATCH_IOU = 0.5  # calibrated detector box vs landmark box
+FIT_IOU = 0.25  # raw detector box vs landmark box, only to pick calibration pairs
+
+
+def landmark_box(points: torch.Tensor) -> np.ndarray:
+    """Tight XYXY box ``(4,)`` of landmarks ``(K, 2)``."""
+    return torch.cat([points.min(0).values, points.max(0).values]).numpy().astype(np.float32)
+
+
+def best_match(boxes: np.ndarray, target: np.ndarray, min_iou: float) -> int | None:
+    """Index of the box ``(n, 4)`` with the highest IoU with ``target`` ``(4,)``, if >= min."""
+    if len(boxes) == 0:
+        return None
+    ious = box_iou(torch.from_numpy(np.asarray(boxes, np.float32)), torch.from_numpy(target[None]))
+    best = int(ious[:, 0].argmax())
+    return best if float(ious[best, 0]) >= min_iou else None
+
+
+def _detections(detector: FaceDetector, records: Sequence[FaceRecord]) -> list[list[DetectedFace]]:
+    return [detector(rgb_array(record.image_path)) for record in records]
+
+
+def fit_calibration(detector: FaceDetector, records: Sequence[FaceRecord]) -> BoxCalibration:
+    """The detector's box calibration, fitted on the faces it finds among ``records``."""
+    pairs_detected, pairs_truth = [], []
+    for record, found in zip(records, _detections(detector, records), strict=True):
+        truth = landmark_box(record.points)
+        boxes = np.array([face.box for face in found]).reshape(-1, 4)
+        match = best_match(boxes, truth, FIT_IOU)
+        if match is not None:
+            pairs_detected.append(boxes[match])
+            pairs_truth.append(truth)
+    return BoxCalibration.fit(np.array(pairs_detected), np.array(pairs_truth))
+
+
+@dataclass
+class PhotoEvaluation:
+    faces: int = 0
+    found: int = 0
+    nme_truth_boxes: list[float] = field(default_factory=list)  # every face
+    nme_detector: list[float] = field(default_factory=list)  # faces found
+    nme_truth_on_found: list[float] = field(default_factory=list)  # the same faces, truth boxes
+    seconds_detector_path: float = 0.0  # detector + crops + model, decode excluded
+    photos: int = 0
+
+    def summary(self) -> dict[str, float | int]:
+        def mean(values: list[float]) -> float | None:
+            return float(np.mean(values)) if values else None
+
+        detector, truth_found = mean(self.nme_detector), mean(self.nme_truth_on_found)
+        return {
+            "faces": self.faces,
+            "found": self.found,
+            "found_rate": self.found / self.faces if self.faces else 0.0,
+            "nme_truth_boxes": mean(self.nme_truth_boxes),
+            "nme_detector_boxes": detector,
+            "nme_truth_boxes_on_found": truth_found,
+            "nme_gap_points": None if detector is None else 100 * (detector - truth_found),
+            "photos_per_s": self.photos / self.seconds_detector_path if self.photos else None,
+        }
+
+
+def evaluate_photos(predictor: LandmarkPredictor, records: Sequence[FaceRecord]) -> PhotoEvaluation:
+    """Each face through both paths: its ground-truth landmark box, and the predictor's
+    detector (the detection matching the face, calibrated); timing covers the detector path
+    from decoded pixels to landmarks."""
+    if predictor.detector is None:
+        raise ValueError("evaluate_photos needs a predictor with a detector")
+    result = PhotoEvaluation()
+    calibration = predictor.calibration(getattr(predictor.detector, "box_kind", "landmarks"))
+    for record in records:
+        image = rgb_array(record.image_path)
+        truth = landmark_box(record.points)
+        target = record.points[None]
+        (given,) = predictor(image, boxes=truth[None], box_kind="landmarks")
+        truth_nme = float(nme(torch.from_numpy(given.points)[None], target)[0])
+        result.nme_truth_boxes.append(truth_nme)
+        began = time.perf_counter()
+        faces = predictor(image)
+        result.seconds_detector_path += time.perf_counter() - began
+        result.photos += 1
+        result.faces += 1
+        if not faces:
+            continue
+        calibrated = calibration.landmark_boxes(np.stack([face.box for face in faces]))
+        match = best_match(calibrated, truth, MATCH_IOU)
+        if match is None:
+            continue
+        result.found += 1
+        points = torch.from_numpy(faces[match].points)[None]
+        result.nme_detector.append(float(nme(points, target)[0]))
+        result.nme_truth_on_found.append(truth_nme)
+    return result
