@@ -40,6 +40,13 @@ from torchvision.ops import clip_boxes_to_image
 
 from wherewhat.errors import ConfigError
 from wherewhat.geometry import extract, place
+from wherewhat.methods.ssdir.object_encoder import (
+    GlimpseWhatEncoder,
+    Projector,
+    jittered_box_affines,
+    nt_xent,
+    object_crops,
+)
 from wherewhat.methods.ssdir.parts import (
     DedupMode,
     DepthEncoder,
@@ -59,9 +66,11 @@ from wherewhat.methods.ssdir.parts import (
 from wherewhat.models.spec import configurable
 from wherewhat.models.ssd import SSDDetector
 
-__all__ = ["SSDIR", "Likelihood", "check_images", "load_detector"]
+__all__ = ["SSDIR", "Likelihood", "WhatInput", "check_images", "load_detector"]
 
 Likelihood = Literal["bernoulli", "gaussian"]
+WhatInput = Literal["cells", "glimpse", "both"]
+WHAT_INPUTS = ("cells", "glimpse", "both")
 
 
 def check_images(images: Tensor, channels: int, size: tuple[int, int]) -> None:
@@ -116,6 +125,16 @@ class SSDIR(nn.Module):
         alpha_obj, alpha_rec, alpha_what, alpha_depth: eq. 7 weights.
         image_size, in_channels: input ``(H, W)`` and channels; default: the detector's
             attributes of the same names.
+        what_input: what z_what reads: ``cells`` (the paper: a head per pyramid level on the
+            object's cell), ``glimpse`` (a CNN on a ``what_crop_size`` crop of the image at the
+            box) or ``both`` (that CNN plus the detector's features RoI-aligned at the box);
+            see :mod:`~wherewhat.methods.ssdir.object_encoder`. With ``glimpse`` / ``both``
+            z_what is per object, not per cell, and its KL is summed over the objects.
+        what_crop_size, what_width: the glimpse encoder's input side and first width.
+        invariance_weight: weight of the NT-Xent term between two jittered crops of each object
+            (``glimpse`` / ``both`` only; 0 = off), added to the loss as ``weight x NT-Xent``.
+        invariance_temperature: its temperature.
+        invariance_jitter: ``(shift, log_scale, degrees)`` of the two views.
     """
 
     def __init__(
@@ -147,6 +166,12 @@ class SSDIR(nn.Module):
         alpha_depth: float = 1.0,
         image_size: tuple[int, int] | None = None,
         in_channels: int | None = None,
+        what_input: WhatInput = "cells",
+        what_crop_size: int = 32,
+        what_width: int = 32,
+        invariance_weight: float = 0.0,
+        invariance_temperature: float = 0.2,
+        invariance_jitter: tuple[float, float, float] = (0.1, 0.15, 10.0),
     ):
         super().__init__()
         if (detector is None) == (detector_checkpoint is None):
@@ -164,6 +189,13 @@ class SSDIR(nn.Module):
         if present_from not in ("not_background", "max_object"):
             raise ConfigError(
                 f"present_from={present_from!r}: expected 'not_background' or 'max_object'"
+            )
+        if what_input not in WHAT_INPUTS:
+            raise ConfigError(f"what_input={what_input!r}: expected one of {WHAT_INPUTS}")
+        if invariance_weight < 0 or (invariance_weight > 0 and what_input == "cells"):
+            raise ConfigError(
+                f"invariance_weight={invariance_weight!r}: expected >= 0, and 0 with "
+                "what_input='cells' (the term compares crops of the object)"
             )
         if likelihood not in ("bernoulli", "gaussian"):
             raise ConfigError(f"likelihood={likelihood!r}: expected 'bernoulli' or 'gaussian'")
@@ -184,7 +216,18 @@ class SSDIR(nn.Module):
         self.input_size = (int(image_size[0]), int(image_size[1]))
         self.in_channels = int(in_channels)
         channels = list(detector.feature_channels)
-        self.what_encoder = WhatEncoder(channels, z_what_size, what_hidden, background)
+        # In glimpse / both modes the cell heads go unused: only the background head is built.
+        self.what_encoder = WhatEncoder(
+            channels if what_input == "cells" else [], z_what_size, what_hidden, background,
+            background_channels=channels[-1],
+        )  # fmt: skip
+        self.glimpse_encoder = None
+        if what_input != "cells":
+            self.glimpse_encoder = GlimpseWhatEncoder(
+                self.in_channels, z_what_size, what_crop_size, what_width,
+                roi_channels=channels if what_input == "both" else None,
+            )  # fmt: skip
+        self.projector = Projector(z_what_size) if invariance_weight > 0 else None
         self.depth_encoder = DepthEncoder(channels)
         self.what_decoder = WhatDecoder(z_what_size, glimpse_size, self.in_channels, decoder_width)
         self.register_buffer("anchor_to_cell", self._anchor_cells(detector), persistent=False)
@@ -207,6 +250,11 @@ class SSDIR(nn.Module):
         self.alpha_rec = float(alpha_rec)
         self.alpha_what = float(alpha_what)
         self.alpha_depth = float(alpha_depth)
+        self.what_input: WhatInput = what_input
+        self.what_crop_size = int(what_crop_size)
+        self.invariance_weight = float(invariance_weight)
+        self.invariance_temperature = float(invariance_temperature)
+        self.invariance_jitter = tuple(float(v) for v in invariance_jitter)
 
     # -- plumbing --------------------------------------------------------------------------------
     @staticmethod
@@ -245,6 +293,46 @@ class SSDIR(nn.Module):
         half = ((boxes[:, 2:] - boxes[:, :2]).clamp_min(self.min_box_size)) / 2
         return torch.cat([centre - half, centre + half], dim=1)
 
+    def _object_what(
+        self,
+        images: Tensor,
+        features: list[Tensor],
+        boxes: Tensor,
+        image_index: Tensor,
+        anchor_index: Tensor,
+        affines: Tensor | None = None,
+    ) -> Tensor:
+        """Glimpse-encoder means ``(N, D)`` of objects at ``boxes`` ``(N, 4)``: crops through
+        ``affines`` (default: the plain box crops), RoI features at the boxes (``both``)."""
+        assert self.glimpse_encoder is not None
+        size = self.what_crop_size
+        if affines is None:
+            crops = extract(images, boxes, (size, size), batch_index=image_index)
+        else:
+            crops = object_crops(images, image_index, affines, size)
+        roi = None
+        if self.what_input == "both":
+            level = self.detector.anchor_level.to(anchor_index.device)[anchor_index]
+            roi = self.glimpse_encoder.roi_features(
+                features, boxes, image_index, level, self.input_size
+            )
+        return self.glimpse_encoder(crops, roi)
+
+    def invariance_loss(self, images: Tensor, outputs: Mapping[str, Any]) -> Tensor:
+        """NT-Xent between the projected z_what means of two jittered crops of every rendered
+        object (:mod:`~wherewhat.methods.ssdir.object_encoder`); 0 when the term is off."""
+        if self.projector is None or len(outputs["image_index"]) == 0:
+            return images.new_zeros(())
+        boxes, index = outputs["object_boxes"].detach(), outputs["image_index"]
+        shift, log_scale, degrees = self.invariance_jitter
+        views = []
+        for _ in range(2):
+            affines = jittered_box_affines(boxes, self.what_crop_size, shift, log_scale, degrees)
+            what = self._object_what(images, outputs["features"], boxes, index,
+                                     outputs["anchor_index"], affines)  # fmt: skip
+            views.append(self.projector(what))
+        return nt_xent(views[0], views[1], self.invariance_temperature)
+
     def forward(self, images: Tensor, *, sample: bool | None = None) -> dict[str, Any]:
         """Encode, render and merge.
 
@@ -254,7 +342,9 @@ class SSDIR(nn.Module):
                 default: in training mode only (evaluation uses posterior means).
         Returns (B images, A anchors, S cells, N rendered objects, D = z_what_size):
             ``boxes (B, A, 4)`` z_where; ``present_prob (B, A)`` beta; ``present (B, A)`` bool
-            z_present; ``labels (B, A)`` detector class; ``what_mean, what (B, S, D)``;
+            z_present; ``labels (B, A)`` detector class; ``what_mean, what (B, S, D)`` per
+            cell (None unless ``what_input="cells"``); ``object_what_mean, object_what (N, D)``
+            per rendered object; ``features`` the detector's pyramid;
             ``depth_mean, depth (B, S)``; ``background_what_mean, background_what (B, D)`` or
             None; ``image_index, anchor_index, cell_index (N,)``; ``object_boxes (N, 4)``;
             ``object_scores (N,)`` beta; ``object_depth (N,)``; ``glimpses (N, C, g, g)``;
@@ -264,11 +354,12 @@ class SSDIR(nn.Module):
         sample = self.training if sample is None else sample
         num_images = images.shape[0]
         boxes, beta, labels, features = self._detect(images)
-        what_mean, background_mean = self.what_encoder(features)
+        cell_what_mean, background_mean = self.what_encoder(features)
         depth_mean = self.depth_encoder(features)
-        what, depth, background_what = what_mean, depth_mean, background_mean
-        if sample:  # reparameterised draws
-            what = what_mean + self.z_what_sigma * torch.randn_like(what_mean)
+        what, depth, background_what = cell_what_mean, depth_mean, background_mean
+        if sample:  # reparameterised draws (z_what per cell first, as before glimpse modes)
+            if cell_what_mean is not None:
+                what = cell_what_mean + self.z_what_sigma * torch.randn_like(cell_what_mean)
             depth = depth_mean + self.z_depth_sigma * torch.randn_like(depth_mean)
             if background_mean is not None:
                 background_what = background_mean + self.z_what_sigma * torch.randn_like(
@@ -288,7 +379,20 @@ class SSDIR(nn.Module):
         object_boxes = self._sanitize_boxes(boxes[image_index, anchor_index])
         object_scores = beta[image_index, anchor_index]
         object_depth = depth[image_index, cell_index]
-        glimpses = self.what_decoder(what[image_index, cell_index])
+        if cell_what_mean is not None:  # cells: one z_what per cell, shared by its anchors
+            what_mean = cell_what_mean
+            object_what_mean = what_mean[image_index, cell_index]
+            object_what = what[image_index, cell_index]
+        else:  # glimpse / both: one z_what per object
+            what_mean = what = None
+            object_what_mean = self._object_what(images, features, object_boxes, image_index,
+                                                 anchor_index)  # fmt: skip
+            object_what = object_what_mean
+            if sample:
+                object_what = object_what_mean + self.z_what_sigma * torch.randn_like(
+                    object_what_mean
+                )
+        glimpses = self.what_decoder(object_what)
         canvases = place(glimpses, object_boxes, self.input_size)
         log_prior = torch.log(object_scores.clamp_min(1e-6)) if self.dedup == "soft" else None
         weights = depth_weights(object_depth, image_index, num_images, log_prior)
@@ -307,6 +411,9 @@ class SSDIR(nn.Module):
             "labels": labels,
             "what_mean": what_mean,
             "what": what,
+            "object_what_mean": object_what_mean,
+            "object_what": object_what,
+            "features": features,
             "depth_mean": depth_mean,
             "depth": depth,
             "background_what_mean": background_mean,
@@ -340,7 +447,10 @@ class SSDIR(nn.Module):
         the likelihood, so their posterior is the prior and their KL is 0, as in the reference's
         reset of non-present latents.
 
-        Returns ``loss`` (to minimise), ``elbo`` (the weighted objective, = -loss),
+        With ``invariance_weight`` > 0 the loss adds ``weight x`` :meth:`invariance_loss`.
+
+        Returns ``loss`` (to minimise: -elbo + the invariance term), ``elbo`` (the weighted
+        objective), ``invariance`` (NT-Xent, 0 when off),
         ``log_lik_image``, ``log_lik_objects``, ``kl_what``, ``kl_depth``, ``recon_mse``,
         ``objects_per_image``.
         """
@@ -374,8 +484,12 @@ class SSDIR(nn.Module):
         used = torch.zeros(outputs["depth_mean"].shape, dtype=torch.bool, device=images.device)
         used[image_index, cell_index] = True
         used = used.to(images.dtype)
-        kl_what_cells = kl_normal_to_standard(outputs["what_mean"], self.z_what_sigma).sum(-1)
-        kl_what = (kl_what_cells * used).sum(1)
+        if outputs["what_mean"] is not None:  # per cell: the cells that render an object
+            kl_what_cells = kl_normal_to_standard(outputs["what_mean"], self.z_what_sigma).sum(-1)
+            kl_what = (kl_what_cells * used).sum(1)
+        else:  # per object
+            kl_objects = kl_normal_to_standard(outputs["object_what_mean"], self.z_what_sigma)
+            kl_what = images.new_zeros(num_images).index_add(0, image_index, kl_objects.sum(-1))
         if outputs.get("background_what_mean") is not None:
             kl_what = kl_what + kl_normal_to_standard(
                 outputs["background_what_mean"], self.z_what_sigma
@@ -389,12 +503,14 @@ class SSDIR(nn.Module):
             - self.alpha_what * kl_what
             - self.alpha_depth * kl_depth
         )
+        invariance = self.invariance_loss(images, outputs)
         with torch.no_grad():
             recon_mse = (outputs["reconstruction"] - images).pow(2).mean()
             objects_per_image = images.new_tensor(len(image_index) / num_images)
         return {
-            "loss": -elbo.mean(),
+            "loss": -elbo.mean() + self.invariance_weight * invariance,
             "elbo": elbo.mean(),
+            "invariance": invariance.detach(),
             "log_lik_image": log_lik_image.mean(),
             "log_lik_objects": log_lik_objects.mean(),
             "kl_what": kl_what.mean(),
@@ -425,6 +541,10 @@ class SSDIR(nn.Module):
             boxes, beta, beta >= threshold, "nms", iou, self.max_objects
         )
         cell_index = self.anchor_to_cell[anchor_index]
+        if what_mean is None:  # glimpse / both: z_what per object
+            object_boxes = self._sanitize_boxes(boxes[image_index, anchor_index])
+            object_what = self._object_what(images, features, object_boxes, image_index,
+                                            anchor_index)  # fmt: skip
         records = []
         for b in range(images.shape[0]):
             mine = image_index == b
@@ -434,7 +554,7 @@ class SSDIR(nn.Module):
                     "boxes": self._sanitize_boxes(boxes[b, anchors]),
                     "scores": beta[b, anchors],
                     "labels": labels[b, anchors],
-                    "z_what": what_mean[b, cells],
+                    "z_what": what_mean[b, cells] if what_mean is not None else object_what[mine],
                     "depth": depth_mean[b, cells],
                     "anchor_index": anchors,
                 }

@@ -75,8 +75,12 @@ class WhatEncoder(nn.Module):
         z_what_size: D.
         n_hidden: number of 3x3 conv + ReLU blocks per head.
         background: also encode one background vector per image.
+        background_channels: channels of the coarsest level (default: the last of
+            ``feature_channels``; needed when ``feature_channels`` is empty, i.e. when another
+            encoder gives the objects' z_what and this one only the background's).
 
-    Shapes: features ``[(B, C_l, h_l, w_l)]`` -> ``(B, S, D)`` and background ``(B, D)`` or None.
+    Shapes: features ``[(B, C_l, h_l, w_l)]`` -> ``(B, S, D)`` (None without cell heads) and
+    background ``(B, D)`` or None.
     """
 
     def __init__(
@@ -85,20 +89,28 @@ class WhatEncoder(nn.Module):
         z_what_size: int = 64,
         n_hidden: int = 3,
         background: bool = False,
+        background_channels: int | None = None,
     ):
         super().__init__()
         self.heads = nn.ModuleList(
             _what_head(channels, z_what_size, n_hidden) for channels in feature_channels
         )
+        if background_channels is None:
+            background_channels = feature_channels[-1]
         self.background_head = (
-            _what_head(feature_channels[-1], z_what_size, n_hidden) if background else None
+            _what_head(background_channels, z_what_size, n_hidden) if background else None
         )
 
-    def forward(self, features: Sequence[Tensor]) -> tuple[Tensor, Tensor | None]:
-        cells = torch.cat(
-            [_cells_flat(head(level)) for head, level in zip(self.heads, features, strict=True)],
-            dim=1,
-        )
+    def forward(self, features: Sequence[Tensor]) -> tuple[Tensor | None, Tensor | None]:
+        cells = None
+        if len(self.heads):
+            cells = torch.cat(
+                [
+                    _cells_flat(head(level))
+                    for head, level in zip(self.heads, features, strict=True)
+                ],
+                dim=1,
+            )
         if self.background_head is None:
             return cells, None
         coarsest = min(features, key=lambda level: level.shape[-2] * level.shape[-1])
