@@ -104,3 +104,23 @@ def test_invalid_what_options_are_refused():
         SSDIR(tiny_detector(), what_input="pixels", **SMALL)
     with pytest.raises(ConfigError, match="invariance_weight"):
         SSDIR(tiny_detector(), invariance_weight=1.0, **SMALL)
+
+
+def test_level_shares_say_which_levels_receive_objects():
+    from wherewhat.models.ssd import matched_level_shares
+
+    detector = tiny_detector()
+    levels = len(detector.grid_sizes)
+    small = torch.tensor([[4.0, 4.0, 12.0, 12.0]])  # the smallest anchors' size
+    large = torch.tensor([[0.0, 0.0, 64.0, 64.0]])  # the whole image: the coarsest level
+    shares = matched_level_shares([small, large], detector.anchors, detector.anchor_level, levels)
+    assert shares.shape == (levels,) and shares.sum() >= 1.0 - 1e-6
+
+    def best_level(box):  # every box is forced onto its best-IoU anchor
+        from torchvision.ops import box_iou
+
+        return int(detector.anchor_level[box_iou(box, detector.anchors)[0].argmax()])
+
+    low, high = best_level(small), best_level(large)
+    assert low < high and shares[low] >= 0.5 and shares[high] >= 0.5
+    assert matched_level_shares([], detector.anchors, detector.anchor_level, levels).sum() == 0

@@ -49,6 +49,7 @@ __all__ = [
     "anchor_sizes",
     "make_anchors",
     "match_anchors",
+    "matched_level_shares",
     "hard_negative_mask",
     "ssd_loss",
     "validate_targets",
@@ -134,6 +135,34 @@ def match_anchors(gt_boxes: Tensor, anchors: Tensor, iou_threshold: float = 0.5)
         matches[anchor] = gt
         forced[anchor] = True
     return matches
+
+
+def matched_level_shares(
+    boxes_per_image: list[Tensor],
+    anchors: Tensor,
+    anchor_level: Tensor,
+    num_levels: int,
+    iou_threshold: float = 0.5,
+) -> Tensor:
+    """Which pyramid levels the training targets reach: per level, the share of ground-truth
+    boxes with at least one anchor of that level matched to them by :func:`match_anchors`
+    (``(L,)``; shares can sum to more than 1 when a box matches anchors on several levels).
+
+    A level whose share is 0 never receives an object: its heads, and in SSDIR its z_what head,
+    are never trained. ``boxes_per_image``: ``(n_i, 4)`` XYXY px each.
+    """
+    reached = torch.zeros(num_levels)
+    total = 0
+    for boxes in boxes_per_image:
+        if len(boxes) == 0:
+            continue
+        matches = match_anchors(boxes.to(anchors), anchors, iou_threshold)
+        positive = matches >= 0
+        hit = torch.zeros(len(boxes), num_levels, dtype=torch.bool)
+        hit[matches[positive].cpu(), anchor_level[positive].long().cpu()] = True
+        reached += hit.sum(0)
+        total += len(boxes)
+    return reached / max(total, 1)
 
 
 def hard_negative_mask(cls_loss: Tensor, positive: Tensor, ratio: float = 3.0) -> Tensor:
