@@ -193,3 +193,19 @@ def test_tour_page_runs_the_shipped_model_on_a_bundled_photo(tmp_path, monkeypat
     shipped_model_on_photo(section)
     ((name, png),) = section.figures()
     assert name == "worldcomp2d_shipped_photo" and png.startswith(b"\x89PNG")
+
+
+@pytest.mark.parametrize("box", [[300.0, 200.0, 420.0, 330.0], [-40.0, 500.0, 200.0, 700.0]])
+def test_crops_from_the_covered_window_match_crops_from_the_whole_photo(box):
+    from wherewhat.data.face_crops import face_crop_affine, warp_to_crop
+
+    torch.manual_seed(0)
+    smooth = torch.nn.functional.interpolate(torch.rand(1, 3, 60, 80), size=(600, 800),
+                                             mode="bicubic", align_corners=False)  # fmt: skip
+    image = (smooth[0].clamp(0, 1) * 255).round().to(torch.uint8)
+    predictor = LandmarkPredictor(_mean_shape_model(), crop_size=CROP, backend="torch",
+                                  detector=None)  # fmt: skip
+    crops, affines = predictor.crops(image.permute(1, 2, 0).numpy(), np.array([box], np.float32))
+    whole = warp_to_crop(image, face_crop_affine(torch.tensor(box), CROP, 1.25), CROP)
+    difference = (crops[0] - whole).abs()
+    assert difference.mean() < 2e-3 and difference.max() < 0.05

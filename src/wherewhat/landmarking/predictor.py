@@ -16,6 +16,7 @@ pixels, and the crop's affine maps them back to the photo.
 from __future__ import annotations
 
 import json
+import math
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from torch import nn
 
 from wherewhat.data.face_crops import face_crop_affine, uncrop_points, warp_to_crop
 from wherewhat.errors import ConfigError
+from wherewhat.geometry import apply_affine, invert_affine
 from wherewhat.landmarking.calibration import IDENTITY, BoxCalibration
 from wherewhat.landmarking.detectors import DetectedFace, FaceDetector, detector_by_name
 from wherewhat.landmarking.images import rgb_array
@@ -144,13 +146,19 @@ class LandmarkPredictor:
     def crops(
         self, image: np.ndarray, landmark_boxes: np.ndarray
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Crops ``(n, 3, S, S)`` float32 and their original -> crop affines ``(n, 3, 3)``."""
+        """Crops ``(n, 3, S, S)`` float32 and their original -> crop affines ``(n, 3, 3)``.
+
+        Each crop is warped from the part of the photo it covers (plus a margin), not from the
+        whole photo: on a large photo the antialiasing pre-filter would otherwise process every
+        pixel for every face."""
         pixels = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
-        affines = [
-            face_crop_affine(torch.from_numpy(box), self.crop_size, self.side_factor)
-            for box in landmark_boxes
-        ]
-        crops = [warp_to_crop(pixels, affine, self.crop_size) for affine in affines]
+        crops, affines = [], []
+        for box in landmark_boxes:
+            affine = face_crop_affine(torch.from_numpy(box), self.crop_size, self.side_factor)
+            (x0, y0, x1, y1), to_image = _covered_region(affine, self.crop_size, pixels.shape[-2:])
+            window = pixels[:, y0:y1, x0:x1]
+            crops.append(warp_to_crop(window, affine.double() @ to_image, self.crop_size))
+            affines.append(affine)
         return torch.stack(crops), torch.stack(affines)
 
     def crop_points(self, crops: torch.Tensor) -> torch.Tensor:
@@ -194,3 +202,27 @@ class LandmarkPredictor:
             Face(face.box.astype(np.float32), p.numpy().astype(np.float32), face.score)
             for face, p in zip(found, points, strict=True)
         ]
+
+
+def _covered_region(
+    affine: torch.Tensor, crop_size: int, image_hw: tuple[int, int]
+) -> tuple[tuple[int, int, int, int], torch.Tensor]:
+    """The integer pixel window ``(x0, y0, x1, y1)`` of the image that a crop samples (with a
+    margin of 2 source pixels per crop pixel, for the bilinear and antialias filters),
+    clipped to the image, and the window -> image translation ``(3, 3)`` float64."""
+    inverse = invert_affine(affine.double())
+    corners = torch.tensor(
+        [[0, 0], [crop_size, 0], [0, crop_size], [crop_size, crop_size]], dtype=torch.float64
+    )
+    source = apply_affine(corners, inverse)
+    margin = 2.0 * float(torch.linalg.det(inverse[:2, :2]).abs().sqrt()) + 2.0
+    height, width = image_hw
+    x0 = max(0, math.floor(float(source[:, 0].min()) - margin))
+    y0 = max(0, math.floor(float(source[:, 1].min()) - margin))
+    x1 = min(width, math.ceil(float(source[:, 0].max()) + margin))
+    y1 = min(height, math.ceil(float(source[:, 1].max()) + margin))
+    if x1 <= x0 or y1 <= y0:  # the crop lies outside the photo: any window, all zeros
+        x0, y0, x1, y1 = 0, 0, 1, 1
+    to_image = torch.eye(3, dtype=torch.float64)
+    to_image[0, 2], to_image[1, 2] = x0, y0
+    return (x0, y0, x1, y1), to_image
