@@ -12,12 +12,13 @@
     wherewhat export onnx CHECKPOINT --out FILE.onnx [--input 1x1x28x28]
     wherewhat plot     RUN_DIR [--out FILE.png]   # loss and validation curves -> RUN_DIR/curves.png
     wherewhat configs  [METHOD]                   # the shipped configs, by name
-    wherewhat landmarks PATH... [--faces opencv|whole|pts] [--format pts|json|csv] [--out P] [--overlay DIR]
+    wherewhat landmarks PATH... [--faces opencv|whole|pts] [--format pts|json|csv]
+                       [--out P] [--overlay DIR]  # 68 points per face on your photos
 
-``--config`` takes a file or the name of a shipped config (``ssdir/default``: ``wherewhat
-configs`` lists them). ``fit/validate/test/predict`` are LightningCLI commands (``wherewhat fit --help`` lists every
-option); see :mod:`wherewhat.training.harness`. Every other command imports its machinery only
-when it runs, so ``wherewhat --help`` is instant.
+``--config`` takes a file or the name of a shipped config (``ssdir/default``; ``wherewhat
+configs`` lists them). ``fit/validate/test/predict`` are LightningCLI commands (``wherewhat fit
+--help`` lists every option); see :mod:`wherewhat.training.harness`. Every other command
+imports its machinery only when it runs, so ``wherewhat --help`` is instant.
 
 An error the user caused (data, config, checkpoint, option: :class:`wherewhat.errors.UserError`,
 a missing file, Lightning's misconfiguration) prints one block, ``wherewhat <command>: error:
