@@ -63,8 +63,9 @@ class OpenCVFaceDetector:
             this many pixels (None: full size); boxes are scaled back. Its cost grows with the
             pixel count, and a face that fills 5 % of a photo's side is found at 480 px.
 
-    The score is the cascade's level weight (larger: more confident), squashed to (0, 1) by a
-    logistic so that it reads like a probability; faces come largest first.
+    The score is n / (n + min_neighbors), n the number of raw detection windows merged into
+    the face (OpenCV's confidence for this detector), so it lies in [0.5, 1); faces come largest
+    first.
     """
 
     box_kind = "opencv_haar"
@@ -96,20 +97,21 @@ class OpenCVFaceDetector:
             size = (max(1, round(grey.shape[1] * scale)), max(1, round(grey.shape[0] * scale)))
             grey = self._cv2.resize(grey, size, interpolation=self._cv2.INTER_AREA)
         side = max(16, int(self.min_side * min(grey.shape)))
-        boxes, _, weights = self._cascade.detectMultiScale3(
+        # detectMultiScale2 also returns how many raw windows each face merged (its
+        # confidence); detectMultiScale3's level weights would change which faces are returned.
+        boxes, neighbours = self._cascade.detectMultiScale2(
             grey,
             scaleFactor=self.scale_factor,
             minNeighbors=self.min_neighbors,
             minSize=(side, side),
-            outputRejectLevels=True,
         )
         faces = [
             DetectedFace(
                 np.array([x, y, x + w, y + h], dtype=np.float32) / np.float32(scale),
-                float(1.0 / (1.0 + np.exp(-float(weight)))),
+                float(count) / (float(count) + self.min_neighbors),
             )
-            for (x, y, w, h), weight in zip(
-                np.reshape(boxes, (-1, 4)), np.ravel(weights), strict=True
+            for (x, y, w, h), count in zip(
+                np.reshape(boxes, (-1, 4)), np.ravel(neighbours), strict=True
             )
         ]
         return sorted(faces, key=lambda face: -float(np.prod(face.box[2:] - face.box[:2])))
