@@ -181,7 +181,7 @@ def test_tour_page_runs_the_shipped_model_on_a_bundled_photo(tmp_path, monkeypat
     monkeypatch.setattr(shipped, "SHIPPED_MODELS", tmp_path / "none")
     section = Section("WorldComp2D")
     shipped_model_on_photo(section)
-    assert section.figures() == []  # no model: said, not crashed
+    assert section.figures == []  # no model: said, not crashed
 
     info = json.loads(release.with_suffix(".json").read_text())
     info["calibrations"] = {"opencv_haar": BoxCalibration(scale=0.9).to_dict()}
@@ -191,12 +191,19 @@ def test_tour_page_runs_the_shipped_model_on_a_bundled_photo(tmp_path, monkeypat
     monkeypatch.setattr(shipped, "SHIPPED_MODELS", release.parent)
     section = Section("WorldComp2D")
     shipped_model_on_photo(section)
-    ((name, png),) = section.figures()
-    assert name == "worldcomp2d_shipped_photo" and png.startswith(b"\x89PNG")
+    ((name, png),) = section.figures
+    assert name == "worldcomp2d-shipped-photo" and png.startswith(b"\x89PNG")
 
 
-@pytest.mark.parametrize("box", [[300.0, 200.0, 420.0, 330.0], [-40.0, 500.0, 200.0, 700.0]])
-def test_crops_from_the_covered_window_match_crops_from_the_whole_photo(box):
+@pytest.mark.parametrize(
+    ("box", "tolerance"),
+    [
+        ([300.0, 200.0, 345.0, 240.0], 1e-5),  # crop scale > 0.5: no antialias pre-filter
+        ([300.0, 200.0, 420.0, 330.0], 0.01),  # pre-filtered: the window's filter edges differ
+        ([-40.0, 500.0, 200.0, 700.0], 0.01),  # partly outside the photo
+    ],
+)
+def test_crops_from_the_covered_window_match_crops_from_the_whole_photo(box, tolerance):
     from wherewhat.data.face_crops import face_crop_affine, warp_to_crop
 
     torch.manual_seed(0)
@@ -207,5 +214,4 @@ def test_crops_from_the_covered_window_match_crops_from_the_whole_photo(box):
                                   detector=None)  # fmt: skip
     crops, affines = predictor.crops(image.permute(1, 2, 0).numpy(), np.array([box], np.float32))
     whole = warp_to_crop(image, face_crop_affine(torch.tensor(box), CROP, 1.25), CROP)
-    difference = (crops[0] - whole).abs()
-    assert difference.mean() < 2e-3 and difference.max() < 0.05
+    assert (crops[0] - whole).abs().mean() < tolerance

@@ -23,11 +23,11 @@ def rgb_array(image: Any) -> np.ndarray:
         path = Path(image)
         try:
             with Image.open(path) as opened:
-                return np.asarray(opened.convert("RGB"))
+                return np.array(opened.convert("RGB"))
         except (UnidentifiedImageError, OSError) as error:
             raise DataFormatError(path, f"cannot read the image: {error}") from None
     if isinstance(image, Image.Image):
-        return np.asarray(image.convert("RGB"))
+        return np.array(image.convert("RGB"))
     if isinstance(image, torch.Tensor):
         if image.ndim != 3 or image.shape[0] not in (1, 3):
             raise ValueError(f"expected a (3, H, W) image tensor, got {tuple(image.shape)}")
