@@ -255,3 +255,22 @@ def test_ssd_fits_from_a_coco_fixture_through_the_cli(tmp_path):
     (run,) = (tmp_path / "runs" / "coco").iterdir()
     checkpoint = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     assert checkpoint["global_step"] == 2
+
+
+def test_yolo_takes_photos_as_displayed_with_their_exif_orientation(tmp_path):
+    displayed = np.zeros((80, 40, 3), dtype=np.uint8)  # 40 wide, 80 tall, as a viewer shows it
+    displayed[0:20, 0:10] = 255
+    raw = Image.fromarray(displayed).transpose(Image.Transpose.ROTATE_90)  # stored sideways
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+    (tmp_path / "images" / "train").mkdir(parents=True)
+    raw.save(tmp_path / "images" / "train" / "a.jpg", exif=exif, quality=95)
+    (tmp_path / "labels" / "train").mkdir(parents=True)
+    (tmp_path / "labels" / "train" / "a.txt").write_text("0 0.125 0.125 0.25 0.25\n")
+    path = tmp_path / "data.yaml"
+    path.write_text("train: images/train\nnames: [block]\n")
+    data = read_yolo(path, "train")
+    assert data.records[0].size == (80, 40)
+    np.testing.assert_allclose(data.records[0].boxes, [[0, 0, 10, 20]], atol=1e-4)
+    item = DetectionDataset(data, (80, 40), channels=1)[0]
+    assert item["image"][0, 0:20, 0:10].mean() > 0.9 and item["image"][0, 30:, :].mean() < 0.1

@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import Tensor
 from torch.utils.data import Dataset
 
@@ -96,7 +96,8 @@ class DetectionDataset(Dataset):
     def _decode(self, index: int) -> np.ndarray:
         record = self.record(index)
         try:
-            with Image.open(record.image_path) as image:
+            with Image.open(record.image_path) as opened:
+                image = ImageOps.exif_transpose(opened) if record.exif_transpose else opened
                 if (image.height, image.width) != record.size:
                     raise DataFormatError(
                         record.image_path,

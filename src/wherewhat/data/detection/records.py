@@ -47,6 +47,7 @@ class DetectionRecord:
     labels: np.ndarray
     crowd_boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32))
     entry: str = ""  # how the source names this image (COCO image id, YOLO label file)
+    exif_transpose: bool = False  # boxes refer to the EXIF-rotated image (YOLO), not raw pixels
 
 
 @dataclass

@@ -12,6 +12,7 @@ The layout Ultralytics and most labelling tools export::
 - An image's label file is its path with the last ``images`` folder replaced by ``labels`` and
   the suffix by ``.txt``. No label file, or an empty one, means an image without objects (the
   format's way to give background images); their number is logged.
+- Photos are taken as displayed (EXIF orientation applied), as YOLO tools label them.
 - A line with more than 5 values is a segmentation polygon (``class x1 y1 x2 y2 ...``); its box is
   the polygon's extent.
 - A line that does not parse, or a class index outside ``names``, is a
@@ -48,6 +49,8 @@ __all__ = ["read_yolo", "yolo_label_path", "yolo_splits", "YOLO_SPLITS"]
 log = logging.getLogger(__name__)
 
 YOLO_SPLITS = ("train", "val", "test")
+_EXIF_ORIENTATION = 0x0112
+_TRANSPOSING = (5, 6, 7, 8)  # orientations that swap width and height
 _IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 
 
@@ -122,9 +125,12 @@ def _split_images(path: Path, root: Path, entry: Any, split: str) -> list[Path]:
 
 
 def _image_size(image_path: Path) -> tuple[int, int]:
+    """``(H, W)`` as displayed: YOLO tools normalise labels by the EXIF-rotated image."""
     try:
         with Image.open(image_path) as image:  # reads the header only
             width, height = image.size
+            if image.getexif().get(_EXIF_ORIENTATION) in _TRANSPOSING:
+                width, height = height, width
     except (UnidentifiedImageError, OSError) as error:
         raise DataFormatError(image_path, f"cannot read the image: {error}") from None
     return height, width
@@ -219,6 +225,7 @@ def read_yolo(
                 boxes=as_box_array(boxes),
                 labels=np.asarray(labels, dtype=np.int64),
                 entry=str(label_path),
+                exif_transpose=True,
             )
         )
     if without_labels:
