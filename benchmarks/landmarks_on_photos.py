@@ -35,6 +35,7 @@ from wherewhat.bench.tables import write_results
 from wherewhat.data.faces import load_pts_folder, split_by_name
 from wherewhat.io import write_atomic
 from wherewhat.landmarking.detectors import OpenCVFaceDetector
+from wherewhat.landmarking.images import rgb_array
 from wherewhat.landmarking.photo_bench import evaluate_photos, fit_calibration
 from wherewhat.landmarking.predictor import LandmarkPredictor
 from wherewhat.landmarking.shipped import SHIPPED_MODELS
@@ -70,8 +71,9 @@ def _fp16_nme_change(model: torch.nn.Module, predictor: LandmarkPredictor, val: 
     changes = []
     for record in val:
         box = landmark_box(record.points)[None]
-        a = full(record.image_path, boxes=box)[0].points
-        b = half(record.image_path, boxes=box)[0].points
+        image = rgb_array(record.image_path)  # decoded once for both
+        a = full(image, boxes=box)[0].points
+        b = half(image, boxes=box)[0].points
         target = record.points[None]
         changes.append(
             float(nme(torch.from_numpy(a)[None], target) - nme(torch.from_numpy(b)[None], target))

@@ -143,7 +143,7 @@ def run_landmarks(
         if output_format == "pts" and found:
             run.written += write_pts_files(result, None if out is None else Path(out), overwrite)
         if overlay is not None:
-            run.written.append(write_overlay(result, Path(overlay)))
+            run.written.append(write_overlay(result, Path(overlay), image))
     if output_format == "json":
         write_json(run.results, Path(out))
         run.written.append(Path(out))

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image
 
@@ -109,11 +110,11 @@ def write_csv(results: Sequence[PhotoResult], path: Path) -> None:
                 writer.writerow([str(result.path), k, f"{face.score:.4f}", *values])
 
 
-def write_overlay(result: PhotoResult, folder: Path) -> Path:
-    """``folder/<name>_landmarks.png``: the photo with each face's box and points."""
+def write_overlay(result: PhotoResult, folder: Path, image: np.ndarray) -> Path:
+    """``folder/<name>_landmarks.png``: the photo (its decoded ``(H, W, 3)`` pixels) with each
+    face's box and points."""
     target = folder / f"{Path(result.name).with_suffix('')}_landmarks.png"
     target.parent.mkdir(parents=True, exist_ok=True)
-    with Image.open(result.path) as image:
-        drawn = draw_landmarks(image, [(f.points, f.box) for f in result.faces])
+    drawn = draw_landmarks(Image.fromarray(image), [(f.points, f.box) for f in result.faces])
     drawn.save(target)
     return target

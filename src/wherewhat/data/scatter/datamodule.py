@@ -8,6 +8,8 @@ from typing import Any
 
 import lightning as L
 import numpy as np
+import torch
+from torch import Tensor
 from torch.utils.data import DataLoader
 
 from wherewhat.data.loader import ResumableDataLoader
@@ -143,6 +145,14 @@ class ScatterMNISTDataModule(L.LightningDataModule):
             self.val_set = ScatterMNIST(train, val_idx)
         if stage in (None, "test", "predict") and self.test_set is None:
             self.test_set = ScatterMNIST(self._scenes("test"))
+
+    def train_boxes(self) -> list[Tensor]:
+        """Per-scene training boxes ``(n_i, 4)`` XYXY px (LZU's fixed saliency is computed on
+        them); sets up the fit stage if needed."""
+        if self.train_set is None:
+            self.setup("fit")
+        scenes = self.train_set.scenes
+        return [torch.from_numpy(scenes.boxes[int(i)].copy()) for i in self.train_set.indices]
 
     def _loader(self, dataset: ScatterMNIST | None, shuffle: bool) -> DataLoader:
         if dataset is None:

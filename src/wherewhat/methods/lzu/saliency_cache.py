@@ -13,7 +13,6 @@ import lightning.pytorch as pl
 import torch
 from torch import Tensor
 
-from wherewhat.data.scatter import ScatterMNIST
 from wherewhat.errors import ConfigError
 from wherewhat.geometry.saliency import dataset_saliency, load_saliency, save_saliency
 from wherewhat.io import array_digest
@@ -97,14 +96,9 @@ def load_or_compute_fixed_saliency(
 
 
 def train_boxes_of(datamodule: pl.LightningDataModule | None) -> list[Tensor] | None:
-    """Per-image training boxes (input pixels) of a data module after ``setup("fit")``: a
-    :class:`~wherewhat.data.scatter.ScatterMNISTDataModule`, or any module with a
-    ``train_boxes()`` method (the COCO / YOLO ones); None for other modules."""
+    """Per-image training boxes (input pixels) of a data module that offers ``train_boxes()``
+    (scattered MNIST, COCO, YOLO); None for other modules."""
     train_boxes = getattr(datamodule, "train_boxes", None)
-    if callable(train_boxes):
-        return [torch.as_tensor(b, dtype=torch.float32).reshape(-1, 4) for b in train_boxes()]
-    train_set = getattr(datamodule, "train_set", None)
-    if not isinstance(train_set, ScatterMNIST):
+    if not callable(train_boxes):
         return None
-    scenes = train_set.scenes
-    return [torch.from_numpy(scenes.boxes[int(i)].copy()) for i in train_set.indices]
+    return [torch.as_tensor(b, dtype=torch.float32).reshape(-1, 4) for b in train_boxes()]
