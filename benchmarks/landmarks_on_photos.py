@@ -4,11 +4,12 @@ On the landmark benchmark's photo-disjoint split of the faces (configs/worldcomp
 root, val_fraction, split_seed), with the landmark model of the benchmark's release
 (``--model``, default artifacts/landmarks/worldcomp2d.pt, written by benchmarks/worldcomp2d.py):
 
-1. OpenCV's bundled frontal-face cascade runs on every training photo; detections matched to
-   the annotated faces (raw IoU >= 0.25) fit the detector-box -> landmark-box calibration.
+1. OpenCV's bundled cascades (frontal; profile, both ways, where no frontal face is found) run
+   with their defaults on every training photo; detections matched to the annotated faces (raw
+   IoU >= 0.25) fit the detector-box -> landmark-box calibration of each cascade.
 2. On every validation photo: was the face found (calibrated IoU >= 0.5), NME of the detector
    path and of the ground-truth-box path (on the same faces), and photos per second from decoded
-   pixels to landmarks (detector + crop + model, ONNX Runtime, 1 thread).
+   pixels to landmarks (detector + crop + model; ONNX Runtime and OpenCV on 1 thread).
 3. fp16 storage is kept only if the ground-truth-box NME moves by < 0.01 points.
 4. The release's JSON gets the crop settings and the calibration (so ``wherewhat landmarks
    --model`` can use it); ``--ship``: writes the model into the package (src/wherewhat/landmarking/models/): weights,
@@ -34,9 +35,9 @@ from wherewhat.bench.machine import machine_info
 from wherewhat.bench.tables import write_results
 from wherewhat.data.faces import load_pts_folder, split_by_name
 from wherewhat.io import write_atomic
-from wherewhat.landmarking.detectors import OpenCVFaceDetector
+from wherewhat.landmarking.detectors import PROFILE_KIND, OpenCVFaceDetector
 from wherewhat.landmarking.images import rgb_array
-from wherewhat.landmarking.photo_bench import evaluate_photos, fit_calibration
+from wherewhat.landmarking.photo_bench import evaluate_photos, fit_calibrations
 from wherewhat.landmarking.predictor import LandmarkPredictor
 from wherewhat.landmarking.shipped import SHIPPED_MODELS
 from wherewhat.models.landmark_release import load_release, write_release
@@ -45,6 +46,7 @@ from wherewhat.training.config_files import load_layered_config
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 TARGETS = {"found_rate": 0.95, "nme_gap_points": 0.5, "photos_per_s": 100.0}
+CHECK_FACES = 5
 
 
 def _split(config: dict, faces_root: str | None) -> tuple[list, list, dict]:
@@ -81,13 +83,30 @@ def _fp16_nme_change(model: torch.nn.Module, predictor: LandmarkPredictor, val: 
     return 100 * abs(float(np.mean(changes)))
 
 
+def _check_faces(records: list, root: Path) -> list[dict]:
+    """``{"pts", "nme"}`` per face: NME of the shipped model (ONNX) from its landmark box."""
+    from wherewhat.landmarking.photo_bench import landmark_box
+    from wherewhat.metrics.landmarks import nme
+
+    shipped = LandmarkPredictor.shipped(detector=None, backend="onnx", threads=1)
+    rows = []
+    for record in records:
+        (face,) = shipped(record.image_path, boxes=landmark_box(record.points)[None])
+        value = float(nme(torch.from_numpy(face.points)[None], record.points[None])[0])
+        pts = record.image_path.with_suffix(".pts").relative_to(root).as_posix()
+        rows.append({"pts": pts, "nme": value})
+    return rows
+
+
 def _markdown(result: dict) -> str:
-    s, calibration = result["validation"], result["calibration"]
+    s, detector = result["validation"], result["detector"]
     lines = [
         "# Landmarks on photos",
         "",
-        f"Model: `{result['model']}`; detector: OpenCV Haar cascade; {s['faces']} validation "
-        f"photos, {result['train_faces']} training faces for the calibration.",
+        f"Model: `{result['model']}`; detector: OpenCV Haar cascades (faces from "
+        f"{detector['min_face']} of the shorter side, searched at {detector['detect_side']} px, "
+        f"profiles {'on' if detector['profiles'] else 'off'}); {s['faces']} validation photos, "
+        f"{result['train_faces']} training faces for the calibrations.",
         "",
         "| path | faces | NME (%) |",
         "|---|---:|---:|",
@@ -102,10 +121,17 @@ def _markdown(result: dict) -> str:
     lines += [
         "",
         f"Found: {s['found']} of {s['faces']} ({100 * s['found_rate']:.1f} %). Detector path: "
-        f"{s['photos_per_s']:.0f} photos/s (1 thread, ONNX Runtime, decode excluded).",
-        f"Calibration (fitted on {calibration['faces']} faces): centre shift "
-        f"({calibration['shift_x']:+.3f} w, {calibration['shift_y']:+.3f} h), scale "
-        f"{calibration['scale']:.3f}. fp16 storage NME change: {result['fp16_nme_change_points']:.4f} points.",
+        f"{s['photos_per_s']:.0f} photos/s (1 thread, OpenCV + ONNX Runtime, decode excluded). "
+        f"fp16 storage NME change: {result['fp16_nme_change_points']:.4f} points.",
+        "",
+        "| calibration | faces | centre shift x (w) | centre shift y (h) | scale |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for kind, c in result["calibrations"].items():
+        lines.append(
+            f"| {kind} | {c['faces']} | {c['shift_x']:+.3f} | {c['shift_y']:+.3f} | {c['scale']:.3f} |"
+        )
+    lines += [
         "",
         "| target | value | met |",
         "|---|---:|:---:|",
@@ -131,12 +157,17 @@ def main(argv: list[str] | None = None) -> int:
     train, val, data = _split(config, args.faces_root)
     release_info = json.loads(Path(args.model).with_suffix(".json").read_text())
     model = load_release(args.model)
-    detector = OpenCVFaceDetector()
-    print(f"fitting the calibration on {len(train)} training faces ...", flush=True)
-    calibration = fit_calibration(detector, train)
+    detector = OpenCVFaceDetector(threads=1)
+    print(f"fitting the calibrations on {len(train)} training faces ...", flush=True)
+    calibrations = fit_calibrations(detector, train)
+    if detector.box_kind not in calibrations:
+        raise SystemExit(f"the frontal cascade matched too few training faces: {calibrations}")
+    if PROFILE_KIND not in calibrations:
+        print("the profile cascade matched too few training faces: frontal faces only")
+        detector = OpenCVFaceDetector(threads=1, profiles=False)
     predictor = LandmarkPredictor(
         model, crop_size=data["crop_size"], side_factor=data["side_factor"], backend="onnx",
-        threads=1, detector=detector, calibrations={detector.box_kind: calibration},
+        threads=1, detector=detector, calibrations=calibrations,
     )  # fmt: skip
     print(f"evaluating on {len(val)} validation photos ...", flush=True)
     evaluation = evaluate_photos(predictor, val).summary()
@@ -156,7 +187,13 @@ def main(argv: list[str] | None = None) -> int:
         "model": args.model,
         "data": data,
         "train_faces": len(train),
-        "calibration": calibration.to_dict(),
+        "detector": {
+            "min_face": detector.min_face,
+            "detect_side": detector.detect_side,
+            "min_neighbors": detector.min_neighbors,
+            "profiles": detector.profiles,
+        },
+        "calibrations": {kind: c.to_dict() for kind, c in calibrations.items()},
         "validation": evaluation,
         "fp16_nme_change_points": fp16_change,
         "targets": checks,
@@ -169,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     release_json = Path(args.model).with_suffix(".json")
     updated = {**release_info, "crop": {"crop_size": data["crop_size"],
                "side_factor": data["side_factor"]},
-               "calibrations": {detector.box_kind: calibration.to_dict()}}  # fmt: skip
+               "calibrations": result["calibrations"]}  # fmt: skip
     write_atomic(release_json, json.dumps(updated, indent=2) + "\n")
     paths = write_results(args.results_name, result, _markdown(result), RESULTS)
     print(_markdown(result))
@@ -180,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
             **{k: v for k, v in release_info.items() if k not in ("format", "name", "weights")},
             "trained_on": "300-W AFW + HELEN train faces (68 points; research-use annotations)",
             "crop": {"crop_size": data["crop_size"], "side_factor": data["side_factor"]},
-            "calibrations": {detector.box_kind: calibration.to_dict()},
+            "calibrations": result["calibrations"],
             "photos": evaluation,
             "storage": "float16" if fp16 else "float32",
             "shipped_by": command,
@@ -192,6 +229,12 @@ def main(argv: list[str] | None = None) -> int:
         example = torch.rand(2, 3, data["crop_size"], data["crop_size"])
         export_onnx(load_release(weights), example, weights.with_suffix(".onnx"),
                     input_names=["crops"], output_names=["points"])  # fmt: skip
+        # A few validation faces' NME with the shipped files, kept in the card: the test suite
+        # recomputes them, so a change in the crops, the export or the weights shows.
+        shipped_json = weights.with_suffix(".json")
+        written = json.loads(shipped_json.read_text())
+        written["check_faces"] = _check_faces(val[:CHECK_FACES], Path(data["root"]))
+        write_atomic(shipped_json, json.dumps(written, indent=2) + "\n")
         sizes = {p.name: p.stat().st_size for p in SHIPPED_MODELS.iterdir()}
         print("shipped:", sizes)
     return 0

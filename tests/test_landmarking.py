@@ -105,6 +105,54 @@ def test_detector_interface_with_a_stub_and_its_calibration():
         uncalibrated(np.zeros((80, 100, 3), np.uint8))
 
 
+def test_mirrored_boxes_are_calibrated_as_mirror_images():
+    """A box found on the mirrored photo and mapped back is the mirror image of a box the
+    calibration describes: fitted on such boxes, the calibration is the unmirrored one, and
+    applied to them it mirrors its horizontal shift."""
+    rng = np.random.default_rng(1)
+    xy = rng.uniform(0, 300, (50, 2))
+    detector = np.concatenate([xy, xy + rng.uniform(40, 100, (50, 1))], axis=1)
+    truth = BoxCalibration(shift_x=0.1, shift_y=0.05, scale=0.9)
+    width = 500.0
+
+    def mirror(boxes):
+        return np.stack([width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]], 1)
+
+    landmark = truth.landmark_boxes(detector)
+    mirrored = np.ones(50, bool)
+    fitted = BoxCalibration.fit(mirror(detector), mirror(landmark), mirrored)
+    np.testing.assert_allclose([fitted.shift_x, fitted.shift_y, fitted.scale], [0.1, 0.05, 0.9],
+                               atol=1e-6)  # fmt: skip
+    np.testing.assert_allclose(
+        truth.landmark_boxes(mirror(detector), mirrored), mirror(landmark), atol=1e-3
+    )
+    shifted = truth.landmark_boxes(detector[:2], np.array([True, False]))
+    centre_x = (detector[:2, 0] + detector[:2, 2]) / 2
+    side = detector[:2, 2] - detector[:2, 0]
+    np.testing.assert_allclose((shifted[:, 0] + shifted[:, 2]) / 2, centre_x + [-0.1, 0.1] * side,
+                               atol=1e-3)  # fmt: skip
+
+
+def test_each_face_gets_the_calibration_of_its_own_kind():
+    class TwoKinds:
+        box_kind = "front"
+
+        def __call__(self, image):
+            box = np.array([20, 20, 60, 60], np.float32)
+            return [DetectedFace(box), DetectedFace(box + 60, 0.6, "side", mirrored=True)]
+
+    calibrations = {"front": BoxCalibration(scale=0.5),
+                    "side": BoxCalibration(shift_x=0.25, scale=1.0)}  # fmt: skip
+    predictor = LandmarkPredictor(_mean_shape_model(), crop_size=CROP, backend="torch",
+                                  detector=TwoKinds(), calibrations=calibrations)  # fmt: skip
+    front, side = predictor(np.zeros((150, 150, 3), np.uint8))
+    np.testing.assert_allclose(front.landmark_box, [30, 30, 50, 50], atol=1e-4)
+    np.testing.assert_allclose(side.landmark_box, [70, 80, 110, 120], atol=1e-4)  # shift -0.25 w
+    for face in (front, side):
+        found = _tight_box(face.points)
+        np.testing.assert_allclose(found[[0, 2]], face.landmark_box[[0, 2]], atol=1e-3)
+
+
 def test_images_of_every_kind_become_rgb_arrays(tmp_path):
     pixels = np.random.default_rng(0).integers(0, 256, (5, 7, 3), dtype=np.uint8)
     Image.fromarray(pixels).save(tmp_path / "a.png")
@@ -121,6 +169,55 @@ def test_opencv_detector_finds_nothing_on_a_blank_image():
     detector = OpenCVFaceDetector()
     assert detector(np.full((120, 160, 3), 128, np.uint8)) == []
     assert detector.box_kind == "opencv_haar"
+
+
+class _FixedCascade:
+    """Stands in for a cascade: the same ``(x, y, w, h)`` boxes on any image it is shown."""
+
+    def __init__(self, boxes):
+        self.boxes, self.shown = np.array(boxes, np.int32).reshape(-1, 4), []
+
+    def detectMultiScale2(self, grey, **options):
+        self.shown.append(grey.copy())
+        return self.boxes, np.full(len(self.boxes), 7, np.int32)
+
+
+def test_opencv_detector_tries_profiles_both_ways_only_without_a_frontal_face():
+    pytest.importorskip("cv2")
+    from wherewhat.landmarking import OpenCVFaceDetector
+    from wherewhat.landmarking.detectors import PROFILE_KIND
+
+    detector = OpenCVFaceDetector(detect_side=100)
+    image = np.zeros((100, 200, 3), np.uint8)
+    image[:, :10] = 255  # marks the left edge, to tell the mirrored view apart
+    detector._frontal, detector._profile = _FixedCascade([]), _FixedCascade([[10, 20, 20, 20]])
+    faces = detector(image)
+    plain, mirrored = detector._profile.shown
+    assert plain.shape == (50, 100) and plain[:, 0].max() > 0 and mirrored[:, -1].max() > 0
+    assert [(f.kind, f.mirrored) for f in faces] == [(PROFILE_KIND, False), (PROFILE_KIND, True)]
+    np.testing.assert_allclose(faces[0].box, [20, 40, 60, 80])  # back in photo pixels (x2)
+    np.testing.assert_allclose(faces[1].box, [140, 40, 180, 80])  # and back from the mirror
+    assert faces[0].score == pytest.approx(7 / 10)
+
+    detector._frontal = _FixedCascade([[30, 5, 40, 40]])
+    detector._profile.shown.clear()
+    (face,) = detector(image)
+    assert face.kind == "opencv_haar" and detector._profile.shown == []  # frontal: no profiles
+
+
+def test_profile_faces_only_with_a_profile_calibration():
+    pytest.importorskip("cv2")
+    from wherewhat.landmarking.detectors import PROFILE_KIND
+
+    def predictor(calibrations):
+        return LandmarkPredictor(_mean_shape_model(), crop_size=CROP, backend="torch",
+                                 detector="opencv", calibrations=calibrations)  # fmt: skip
+
+    assert not predictor({}).detector.profiles
+    assert predictor({PROFILE_KIND: BoxCalibration()}).detector.profiles
+    with pytest.raises(ConfigError, match="min_face"):
+        LandmarkPredictor(_mean_shape_model(), crop_size=CROP, backend="torch",
+                          detector="opencv", detector_options={"min_face": 2})  # fmt: skip
 
 
 @pytest.fixture

@@ -141,6 +141,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="where faces are: OpenCV's bundled detector (default; needs the [faces] extra), "
         "the whole photo, or the box of a same-stem .pts file",
     )
+    marks.add_argument(
+        "--min-face", type=float, default=0.2,
+        help="opencv: smallest face side, a fraction of the photo's shorter side (default 0.2; "
+        "group photos: 0.05 with --detect-side 640)",
+    )  # fmt: skip
+    marks.add_argument(
+        "--detect-side", type=int, default=128,
+        help="opencv: the photo's longer side while searching, px (default 128)",
+    )  # fmt: skip
     marks.add_argument("--boxes", default=None, help="boxes file: '<image> x1 y1 x2 y2' lines")
     marks.add_argument(
         "--format", dest="output_format", choices=["pts", "json", "csv"], default="pts",
@@ -303,6 +312,8 @@ def _run_landmarks(args: argparse.Namespace) -> int:
 
     detector = None if args.faces == "pts" or args.boxes else args.faces
     options = {"backend": args.backend, "threads": args.threads, "detector": detector}
+    if detector == "opencv":
+        options["detector_options"] = {"min_face": args.min_face, "detect_side": args.detect_side}
     if args.model is None:
         predictor = LandmarkPredictor.shipped(**options)
     else:

@@ -30,12 +30,14 @@ __all__ = [
     "PhotoEvaluation",
     "landmark_box",
     "best_match",
-    "fit_calibration",
+    "MIN_CALIBRATION_FACES",
+    "fit_calibrations",
     "evaluate_photos",
 ]
 
 MATCH_IOU = 0.5  # calibrated detector box vs landmark box
 FIT_IOU = 0.25  # raw detector box vs landmark box, only to pick calibration pairs
+MIN_CALIBRATION_FACES = 20  # a median of fewer matched faces is not trusted
 
 
 def landmark_box(points: torch.Tensor) -> np.ndarray:
@@ -56,17 +58,28 @@ def _detections(detector: FaceDetector, records: Sequence[FaceRecord]) -> list[l
     return [detector(rgb_array(record.image_path)) for record in records]
 
 
-def fit_calibration(detector: FaceDetector, records: Sequence[FaceRecord]) -> BoxCalibration:
-    """The detector's box calibration, fitted on the faces it finds among ``records``."""
-    pairs_detected, pairs_truth = [], []
+def fit_calibrations(
+    detector: FaceDetector, records: Sequence[FaceRecord], min_faces: int = MIN_CALIBRATION_FACES
+) -> dict[str, BoxCalibration]:
+    """The detector's box calibrations, one per box kind it draws, fitted on the faces it finds
+    among ``records``; kinds matched on fewer than ``min_faces`` faces get none."""
+    pairs: dict[str, tuple[list, list, list]] = {}
+    default_kind = getattr(detector, "box_kind", "landmarks")
     for record, found in zip(records, _detections(detector, records), strict=True):
         truth = landmark_box(record.points)
         boxes = np.array([face.box for face in found]).reshape(-1, 4)
         match = best_match(boxes, truth, FIT_IOU)
         if match is not None:
-            pairs_detected.append(boxes[match])
-            pairs_truth.append(truth)
-    return BoxCalibration.fit(np.array(pairs_detected), np.array(pairs_truth))
+            face = found[match]
+            detected, truths, mirrored = pairs.setdefault(face.kind or default_kind, ([], [], []))
+            detected.append(face.box)
+            truths.append(truth)
+            mirrored.append(face.mirrored)
+    return {
+        kind: BoxCalibration.fit(np.array(detected), np.array(truths), np.array(mirrored))
+        for kind, (detected, truths, mirrored) in pairs.items()
+        if len(detected) >= min_faces
+    }
 
 
 @dataclass
@@ -103,7 +116,6 @@ def evaluate_photos(predictor: LandmarkPredictor, records: Sequence[FaceRecord])
     if predictor.detector is None:
         raise ValueError("evaluate_photos needs a predictor with a detector")
     result = PhotoEvaluation()
-    calibration = predictor.calibration(getattr(predictor.detector, "box_kind", "landmarks"))
     for record in records:
         image = rgb_array(record.image_path)
         truth = landmark_box(record.points)
@@ -118,8 +130,7 @@ def evaluate_photos(predictor: LandmarkPredictor, records: Sequence[FaceRecord])
         result.faces += 1
         if not faces:
             continue
-        calibrated = calibration.landmark_boxes(np.stack([face.box for face in faces]))
-        match = best_match(calibrated, truth, MATCH_IOU)
+        match = best_match(np.stack([face.landmark_box for face in faces]), truth, MATCH_IOU)
         if match is None:
             continue
         result.found += 1

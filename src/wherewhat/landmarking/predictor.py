@@ -31,7 +31,12 @@ from wherewhat.data.face_crops import face_crop_affine, uncrop_points, warp_to_c
 from wherewhat.errors import ConfigError
 from wherewhat.geometry import apply_affine, invert_affine
 from wherewhat.landmarking.calibration import IDENTITY, BoxCalibration
-from wherewhat.landmarking.detectors import DetectedFace, FaceDetector, detector_by_name
+from wherewhat.landmarking.detectors import (
+    PROFILE_KIND,
+    DetectedFace,
+    FaceDetector,
+    detector_by_name,
+)
 from wherewhat.landmarking.images import rgb_array
 
 __all__ = ["Face", "LandmarkPredictor", "BACKENDS"]
@@ -42,11 +47,14 @@ BACKENDS = ("onnx", "torch")
 @dataclass(frozen=True)
 class Face:
     """One face: its box ``(4,)`` XYXY as found (image px), ``points`` ``(K, 2)`` (x, y) image
-    px in the project's frame (pixel centres at +0.5), and the detector's ``score``."""
+    px in the project's frame (pixel centres at +0.5), the detector's ``score``, and
+    ``landmark_box`` ``(4,)``: the calibrated box the crop was cut around (where the model
+    expected the tight landmark box)."""
 
     box: np.ndarray
     points: np.ndarray
     score: float
+    landmark_box: np.ndarray
 
 
 class LandmarkPredictor:
@@ -57,10 +65,13 @@ class LandmarkPredictor:
         crop_size, side_factor: the crops the model was trained on.
         backend: ``onnx`` (ONNX Runtime; the model is exported once, here) or ``torch``.
         threads: threads of either backend.
-        detector: a :class:`~.detectors.FaceDetector`, ``"opencv"``, ``"whole"`` or None (then
-            every call must give ``boxes``).
+        detector: a :class:`~.detectors.FaceDetector`, ``"opencv"`` (OpenCV's cascades on
+            ``threads`` threads, with ``detector_options``), ``"whole"`` or None (then every
+            call must give ``boxes``).
         calibrations: ``box_kind`` -> :class:`BoxCalibration` for detectors' boxes.
         onnx_model: an exported model file to use instead of exporting.
+        detector_options: :class:`~.detectors.OpenCVFaceDetector` settings (``min_face``,
+            ``detect_side``, ...) for ``detector="opencv"``.
     """
 
     def __init__(
@@ -74,6 +85,7 @@ class LandmarkPredictor:
         detector: FaceDetector | str | None = "opencv",
         calibrations: Mapping[str, BoxCalibration] | None = None,
         onnx_model: str | Path | None = None,
+        detector_options: Mapping[str, Any] | None = None,
     ):
         if backend not in BACKENDS:
             raise ConfigError(f"backend={backend!r}: expected one of {BACKENDS}")
@@ -82,8 +94,17 @@ class LandmarkPredictor:
         self.side_factor = float(side_factor)
         self.backend = backend
         self.threads = int(threads)
-        self.detector = detector_by_name(detector) if isinstance(detector, str) else detector
         self.calibrations = dict(calibrations or {})
+        if isinstance(detector, str):
+            options = dict(detector_options or {})
+            if detector == "opencv":
+                options.setdefault("threads", self.threads)
+                # Profile faces only where this model has their calibration.
+                options.setdefault("profiles", PROFILE_KIND in self.calibrations)
+            detector = detector_by_name(detector, **options)
+        elif detector_options:
+            raise ConfigError("detector_options go with a detector given by name")
+        self.detector = detector
         self._session = self._onnx_session(onnx_model) if backend == "onnx" else None
 
     # -- construction --------------------------------------------------------------------------
@@ -195,13 +216,20 @@ class LandmarkPredictor:
             kind = box_kind
         if not found:
             return []
-        detector_boxes = np.stack([face.box for face in found])
-        crops, affines = self.crops(array, self.calibration(kind).landmark_boxes(detector_boxes))
+        landmark_boxes = self.landmark_boxes(found, kind)
+        crops, affines = self.crops(array, landmark_boxes)
         points = uncrop_points(self.crop_points(crops), affines.float())
         return [
-            Face(face.box.astype(np.float32), p.numpy().astype(np.float32), face.score)
-            for face, p in zip(found, points, strict=True)
+            Face(face.box.astype(np.float32), p.numpy().astype(np.float32), face.score, box)
+            for face, p, box in zip(found, points, landmark_boxes, strict=True)
         ]
+
+    def landmark_boxes(self, faces: Sequence[DetectedFace], kind: str) -> np.ndarray:
+        """``(n, 4)`` calibrated boxes of ``faces``, each by its own kind (else ``kind``)."""
+        return np.concatenate([
+            self.calibration(face.kind or kind).landmark_boxes(face.box[None], [face.mirrored])
+            for face in faces
+        ])  # fmt: skip
 
 
 def _covered_region(
