@@ -124,6 +124,10 @@ def _markdown(result: dict) -> str:
         f"{s['photos_per_s']:.0f} photos/s (1 thread, OpenCV + ONNX Runtime, decode excluded). "
         f"fp16 storage NME change: {result['fp16_nme_change_points']:.4f} points.",
         "",
+        f"Calibrated detector box against the landmark box (relative to its side): centre "
+        f"offset median {s['box_offset_median']:.3f}, 90th percentile {s['box_offset_p90']:.3f}; "
+        f"side ratio 10th-90th percentile {s['box_scale_p10']:.2f}-{s['box_scale_p90']:.2f}.",
+        "",
         "| calibration | faces | centre shift x (w) | centre shift y (h) | scale |",
         "|---|---:|---:|---:|---:|",
     ]

@@ -89,12 +89,19 @@ class PhotoEvaluation:
     nme_truth_boxes: list[float] = field(default_factory=list)  # every face
     nme_detector: list[float] = field(default_factory=list)  # faces found
     nme_truth_on_found: list[float] = field(default_factory=list)  # the same faces, truth boxes
+    # Calibrated box against the landmark box, per face found: centre offset (the larger axis)
+    # and side ratio, both relative to the landmark box's longer side.
+    box_offsets: list[float] = field(default_factory=list)
+    box_scales: list[float] = field(default_factory=list)
     seconds_detector_path: float = 0.0  # detector + crops + model, decode excluded
     photos: int = 0
 
     def summary(self) -> dict[str, float | int]:
         def mean(values: list[float]) -> float | None:
             return float(np.mean(values)) if values else None
+
+        def quantile(values: list[float], q: float) -> float | None:
+            return float(np.quantile(values, q)) if values else None
 
         detector, truth_found = mean(self.nme_detector), mean(self.nme_truth_on_found)
         return {
@@ -105,6 +112,10 @@ class PhotoEvaluation:
             "nme_detector_boxes": detector,
             "nme_truth_boxes_on_found": truth_found,
             "nme_gap_points": None if detector is None else 100 * (detector - truth_found),
+            "box_offset_median": quantile(self.box_offsets, 0.5),
+            "box_offset_p90": quantile(self.box_offsets, 0.9),
+            "box_scale_p10": quantile(self.box_scales, 0.1),
+            "box_scale_p90": quantile(self.box_scales, 0.9),
             "photos_per_s": self.photos / self.seconds_detector_path if self.photos else None,
         }
 
@@ -134,6 +145,10 @@ def evaluate_photos(predictor: LandmarkPredictor, records: Sequence[FaceRecord])
         if match is None:
             continue
         result.found += 1
+        placed, side = faces[match].landmark_box, float((truth[2:] - truth[:2]).max())
+        offset = np.abs((placed[:2] + placed[2:]) / 2 - (truth[:2] + truth[2:]) / 2).max()
+        result.box_offsets.append(float(offset) / side)
+        result.box_scales.append(float((placed[2:] - placed[:2]).max()) / side)
         points = torch.from_numpy(faces[match].points)[None]
         result.nme_detector.append(float(nme(points, target)[0]))
         result.nme_truth_on_found.append(truth_nme)
