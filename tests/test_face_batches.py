@@ -139,6 +139,52 @@ def test_canvas_items_follow_the_per_face_draws():
             assert bool(fast["flipped"]) == bool(slow["flipped"])
 
 
+def test_shift_jitter_moves_the_crop_centre_and_keeps_the_other_draws():
+    records = [_record(seed) for seed in range(6)]
+    plain = FaceLandmarkDataset(records, out_size=80, augment=True, seed=2, rotation_prob=0.0)
+    shifted = FaceLandmarkDataset(records, out_size=80, augment=True, seed=2, rotation_prob=0.0,
+                                  shift_jitter=0.2)  # fmt: skip
+    moves = []
+    for i in range(6):
+        scale, angle, flip, _ = plain._draw(i)
+        assert shifted._draw(i)[:3] == (scale, angle, flip)  # the earlier draws are kept
+        (dx, dy) = shifted._draw(i)[3]
+        assert max(abs(dx), abs(dy)) <= 0.2
+        # The face's box centre lands in the crop at (centre - shift * side) / side * crop/1.25.
+        box_centre = (records[i].points.min(0).values + records[i].points.max(0).values) / 2
+        a, b = plain.crop_affine(i)[0], shifted.crop_affine(i)[0]
+        side_in_crop = 80 / 1.25 / scale
+        move = (b - a)[:2, :2] @ box_centre.double() + (b - a)[:2, 2]
+        expected = -torch.tensor([dx, dy], dtype=torch.float64) * side_in_crop
+        if flip:
+            expected[0] = -expected[0]
+        torch.testing.assert_close(move, expected)
+        moves.append(move.abs().max().item())
+    assert max(moves) > 1.0  # the draws are not all zero
+    with pytest.raises(ValueError, match="shift_jitter"):
+        FaceLandmarkDataset(records, out_size=80, augment=True, shift_jitter=1.5)
+
+
+def test_shifted_crops_fit_the_canvas_and_equal_the_per_face_path():
+    crop = 80
+    records = [_record(seed) for seed in range(4)]
+    faces = FaceLandmarkDataset(records, out_size=crop, augment=True, seed=5, rotation_prob=1.0,
+                                scale_jitter=0.1, shift_jitter=0.15)  # fmt: skip
+    margin = default_margin(crop, 0.1, 10.0, 0.15, 1.25)
+    assert margin > default_margin(crop, 0.1, 10.0)
+    items = FaceCanvasItems(faces, FaceCanvasCache(records, crop_size=crop, margin=margin))
+    for i in range(4):
+        item = items[i]
+        # Every corner of the shifted crop lies inside the canvas.
+        corners = torch.tensor([[0, 0], [crop, 0], [0, crop], [crop, crop]], dtype=torch.float64)
+        inverse = torch.linalg.inv(item["crop_from_canvas"].double())
+        inside = corners @ inverse[:2, :2].T + inverse[:2, 2]
+        assert inside.min() >= 0 and inside.max() <= crop + 2 * margin
+        built = crops_from_canvas(item["canvas"][None].float() / 255,
+                                  item["crop_from_canvas"][None], crop)  # fmt: skip
+        assert (built[0] - faces[i]["image"]).abs().max() < 1e-4
+
+
 def test_fast_path_trains_encoder_and_banked_localizer_on_real_faces(shared_data, tmp_path):
     import lightning.pytorch as pl
 

@@ -23,10 +23,12 @@ from wherewhat.methods.worldcomp2d.experiment import run_landmark_bench
 from wherewhat.methods.worldcomp2d.markdown import landmark_markdown
 from wherewhat.methods.worldcomp2d.records import CostsAndSpeed
 from wherewhat.methods.worldcomp2d.settings import (
+    ABLATIONS,
     STAGES,
     LandmarkBenchSettings,
     training_settings,
 )
+from wherewhat.models.landmark_release import load_release
 
 TINY_WC = dict(
     encoder_channels=(8, 8, 16, 16, 16, 32),
@@ -210,20 +212,40 @@ def test_runs_record_their_compute_and_the_default_path(first):
     assert any(decision["default_model"] in t.target for t in result.targets)
 
 
-def test_ablations_train_variants_next_to_the_saved_model(first, settings, tmp_path, fitted_runs):
+def test_ablations_train_variants_next_to_the_saved_model(
+    first, settings, tmp_path, fitted_runs, monkeypatch
+):
     trained_dir = tmp_path / "trained"
     shutil.copytree(first[0], trained_dir)
+    shifts = []
+    recording = training_runs._train
+
+    def noting_the_data(task, data, *args, **kwargs):
+        shifts.append(data.shift_jitter)
+        return recording(task, data, *args, **kwargs)
+
+    monkeypatch.setattr(training_runs, "_train", noting_the_data)
     variants = dataclasses.replace(
-        settings, models=("worldcomp2d",), ablations=("jitter_iid", "pairs_4")
+        settings, models=("worldcomp2d",), ablations=("jitter_iid", "pairs_4", "box_noise")
     )
-    result = run_landmark_bench(variants, log=lambda m: None, trained_dir=trained_dir)
-    assert fitted_runs == ["localizer", "encoder", "localizer"]  # the model itself is reused
-    assert set(result.ablations) == {"worldcomp2d_no_refiner", "jitter_iid", "pairs_4"}
+    result = run_landmark_bench(variants, log=lambda m: None, trained_dir=trained_dir,
+                                release_dir=tmp_path / "release")  # fmt: skip
+    # The model itself is reused; box_noise changes the localizer's data only.
+    assert fitted_runs == ["localizer", "encoder", "localizer", "localizer"]
+    assert shifts == [0.0, 0.0, 0.0, 0.15]
+    assert set(result.ablations) == {"worldcomp2d_no_refiner", "jitter_iid", "pairs_4",
+                                     "box_noise"}  # fmt: skip
     assert all(0 < value < 10 for value in result.ablations.values())
     assert not (trained_dir / "ablation-jitter_iid-encoder.json").exists()
     entry = _entry(trained_dir, "ablation-pairs_4-encoder")
     assert entry["settings"]["ablation"] == {"encoder": {"views_per_image": 4}}
     assert "Ablations" in landmark_markdown(result)
+    released = json.loads((tmp_path / "release" / "worldcomp2d_box_noise.json").read_text())
+    assert released["ablation"] == ABLATIONS["box_noise"]
+    assert released["validation"]["nme"] == pytest.approx(result.ablations["box_noise"])
+    assert set(released["run_fingerprints"]) == {"localizer"}
+    assert all(released["run_fingerprints"].values())
+    assert load_release(tmp_path / "release" / "worldcomp2d_box_noise.pt").use_refiner is False
 
 
 def test_budgeted_stages_keep_snapshots_and_curves(settings, patched, tmp_path):

@@ -40,7 +40,7 @@ from torch.utils.data import Dataset
 
 from wherewhat.data.face_crops import FaceLandmarkDataset, face_crop_affine, warp_to_crop
 from wherewhat.data.faces import FaceRecord, read_face_image
-from wherewhat.geometry import apply_affine, hflip_affine, invert_affine, pixel_to_normalized
+from wherewhat.geometry import apply_affine, invert_affine, pixel_to_normalized
 from wherewhat.geometry.affine import warp_affine
 
 __all__ = [
@@ -53,11 +53,20 @@ __all__ = [
 ]
 
 
-def default_margin(crop_size: int, scale_jitter: float = 0.05, max_rotation_deg: float = 10.0):
-    """Canvas margin (px per side) that holds every augmented crop of side ``crop_size``."""
+def default_margin(
+    crop_size: int,
+    scale_jitter: float = 0.05,
+    max_rotation_deg: float = 10.0,
+    shift_jitter: float = 0.0,
+    side_factor: float = 1.25,
+) -> int:
+    """Canvas margin (px per side) that holds every augmented crop of side ``crop_size``
+    (a shift moves the crop by up to ``shift_jitter`` x the box side, ``crop_size /
+    side_factor``, per axis)."""
     angle = math.radians(abs(max_rotation_deg))
     half = 0.5 * crop_size * (1.0 + scale_jitter) * (math.cos(angle) + math.sin(angle))
-    return max(0, math.ceil(half - crop_size / 2.0) + 1)
+    shift = shift_jitter * crop_size / side_factor
+    return max(0, math.ceil(half + shift - crop_size / 2.0) + 1)
 
 
 def _shift(dx: float, dy: float) -> Tensor:
@@ -142,12 +151,7 @@ class FaceCanvasItems(Dataset):
         faces = self.faces
         if epoch is not None:
             faces.set_epoch(epoch)
-        record = faces.records[index]
-        scale, angle, flip = faces._draw(index)
-        source = record.points if faces.crop_from == "landmarks" else record.box
-        affine = face_crop_affine(source, faces.out_size, faces.side_factor * scale, angle)
-        if flip:
-            affine = hflip_affine(faces.out_size, dtype=torch.float64) @ affine
+        affine, flip = faces.crop_affine(index)
         crop_from_canvas = affine @ invert_affine(self.cache.canvas_affines[index])
         return affine, crop_from_canvas, flip
 

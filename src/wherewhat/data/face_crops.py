@@ -255,8 +255,10 @@ class FaceLandmarkDataset(Dataset):
     The crop is centred on the landmark box (``crop_from="landmarks"``, the WorldComp2D
     protocol) or on the dataset's face box (``"box"``), side ``side_factor`` x its longer side.
     With ``augment=True`` each item also gets, through the affine only: a side scale in
-    ``1 +- scale_jitter``, with probability ``rotation_prob`` a rotation in
-    ``+-max_rotation_deg``, and with probability ``flip_prob`` a mirror flip whose landmarks are
+    ``1 +- scale_jitter``, a centre shift of up to ``+-shift_jitter`` x the box's longer side
+    per axis (a face detector's box is never placed exactly; default 0), with probability
+    ``rotation_prob`` a rotation in ``+-max_rotation_deg``, and with probability ``flip_prob`` a
+    mirror flip whose landmarks are
     relabelled by the scheme's permutation (so after a flip, ``points[k]`` is the original
     landmark ``perm[k]``; ``uncrop_points`` gives original pixels in that relabelled order).
     Draws depend only on ``(seed, epoch, i)``: call :meth:`set_epoch` for new draws each epoch.
@@ -276,6 +278,7 @@ class FaceLandmarkDataset(Dataset):
         flip_prob: float = 0.5,
         permutation: Sequence[int] | None = None,
         crop_from: str = "landmarks",
+        shift_jitter: float = 0.0,
     ):
         if not records:
             raise ConfigError("FaceLandmarkDataset needs at least one record")
@@ -288,6 +291,8 @@ class FaceLandmarkDataset(Dataset):
             )
         if not 0 <= scale_jitter < 1:
             raise ConfigError(f"scale_jitter must be in [0, 1), got {scale_jitter}")
+        if not 0 <= shift_jitter < 1:
+            raise ConfigError(f"shift_jitter must be in [0, 1), got {shift_jitter}")
         if crop_from not in ("landmarks", "box"):
             raise ConfigError(f"crop_from must be 'landmarks' or 'box', got {crop_from!r}")
         if crop_from == "box" and any(record.box is None for record in records):
@@ -306,6 +311,7 @@ class FaceLandmarkDataset(Dataset):
         self.augment = augment
         self.seed = seed
         self.scale_jitter = scale_jitter
+        self.shift_jitter = shift_jitter
         self.max_rotation_deg = max_rotation_deg
         self.rotation_prob = rotation_prob
         self.flip_prob = flip_prob
@@ -319,25 +325,39 @@ class FaceLandmarkDataset(Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
-    def _draw(self, index: int) -> tuple[float, float, bool]:
-        """(side scale, angle in degrees, flip) for this item; identity when not augmenting."""
+    def _draw(self, index: int) -> tuple[float, float, bool, tuple[float, float]]:
+        """(side scale, angle in degrees, flip, centre shift as fractions of the box's longer
+        side) for this item; identity when not augmenting."""
         if not self.augment:
-            return 1.0, 0.0, False
+            return 1.0, 0.0, False, (0.0, 0.0)
         rng = np.random.default_rng([self.seed, self.epoch, index])
-        # Draw every value unconditionally so that changing one probability keeps the others.
+        # Draw every value unconditionally so that changing one probability keeps the others;
+        # later additions draw after the earlier ones, which keeps the earlier draws.
         scale = rng.uniform(1.0 - self.scale_jitter, 1.0 + self.scale_jitter)
         angle = rng.uniform(-self.max_rotation_deg, self.max_rotation_deg)
         rotate = rng.random() < self.rotation_prob
         flip = rng.random() < self.flip_prob
-        return float(scale), float(angle) if rotate else 0.0, bool(flip)
+        shift = rng.uniform(-self.shift_jitter, self.shift_jitter, size=2)
+        return float(scale), float(angle) if rotate else 0.0, bool(flip), (shift[0], shift[1])
+
+    def crop_affine(self, index: int) -> tuple[Tensor, bool]:
+        """Original -> crop ``(3, 3)`` float64 of item ``index`` with its augmentation (for the
+        current epoch), and whether it is flipped."""
+        record = self.records[index]
+        scale, angle, flip, (dx, dy) = self._draw(index)
+        source = record.points if self.crop_from == "landmarks" else record.box
+        box = torch.as_tensor(source, dtype=torch.float64)
+        box = points_to_box(box) if box.ndim == 2 else box
+        side = (box[2:] - box[:2]).max()
+        box = box + side * torch.tensor([dx, dy, dx, dy], dtype=torch.float64)
+        affine = face_crop_affine(box, self.out_size, self.side_factor * scale, angle)
+        if flip:
+            affine = hflip_affine(self.out_size, dtype=torch.float64) @ affine
+        return affine, flip
 
     def __getitem__(self, index: int) -> dict[str, Tensor]:
         record = self.records[index]
-        scale, angle, flip = self._draw(index)
-        source = record.points if self.crop_from == "landmarks" else record.box
-        affine = face_crop_affine(source, self.out_size, self.side_factor * scale, angle)
-        if flip:
-            affine = hflip_affine(self.out_size, dtype=torch.float64) @ affine
+        affine, flip = self.crop_affine(index)
         image = warp_to_crop(read_face_image(record), affine, self.out_size)
         points = apply_affine(record.points.double(), affine)
         if flip:

@@ -113,7 +113,9 @@ class FaceLandmarkDataModule(pl.LightningDataModule):
         augment: training augmentation on / off. Its parts, as in the reference: side scale
             ``1 +- scale_jitter``, mirror flip with probability ``flip_prob`` (landmarks
             relabelled by the scheme's permutation), rotation in ``+-max_rotation_deg`` with
-            probability ``rotation_prob``.
+            probability ``rotation_prob``; and, not in the reference, a centre shift of up to
+            ``shift_jitter`` x the box's longer side per axis (0 by default), so that a model
+            reads faces from a detector's imprecise boxes.
         batch_size: training batch; the last partial training batch of an epoch is dropped
             (BatchNorm needs more than one face, and every epoch reshuffles).
         eval_batch_size: validation / test batch (default ``batch_size``); nothing is dropped.
@@ -141,6 +143,7 @@ class FaceLandmarkDataModule(pl.LightningDataModule):
         crop_from: str = "landmarks",
         augment: bool = True,
         scale_jitter: float = 0.05,
+        shift_jitter: float = 0.0,
         flip_prob: float = 0.5,
         max_rotation_deg: float = 10.0,
         rotation_prob: float = 0.6,
@@ -178,6 +181,7 @@ class FaceLandmarkDataModule(pl.LightningDataModule):
         self.crop_from = crop_from
         self.augment = augment
         self.scale_jitter = scale_jitter
+        self.shift_jitter = shift_jitter
         self.flip_prob = flip_prob
         self.max_rotation_deg = max_rotation_deg
         self.rotation_prob = rotation_prob
@@ -218,6 +222,7 @@ class FaceLandmarkDataModule(pl.LightningDataModule):
                 augment=augment,
                 seed=self.seed,
                 scale_jitter=self.scale_jitter,
+                shift_jitter=self.shift_jitter,
                 max_rotation_deg=self.max_rotation_deg,
                 rotation_prob=self.rotation_prob,
                 flip_prob=self.flip_prob,
@@ -242,7 +247,13 @@ class FaceLandmarkDataModule(pl.LightningDataModule):
                     self.crop_size,
                     self.side_factor,
                     self.crop_from,
-                    margin=default_margin(self.crop_size, self.scale_jitter, self.max_rotation_deg),
+                    margin=default_margin(
+                        self.crop_size,
+                        self.scale_jitter,
+                        self.max_rotation_deg,
+                        self.shift_jitter,
+                        self.side_factor,
+                    ),  # fmt: skip
                 )
                 self.train_set = FaceCanvasItems(self.train_set.faces, cache)
             self.val_set = self._crops(self.val_records, augment=False)

@@ -18,6 +18,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from torch import nn
 
 from wherewhat.data.face_datamodule import FaceLandmarkDataModule
 from wherewhat.methods.worldcomp2d.settings import LandmarkBenchSettings, run_args
@@ -37,11 +38,12 @@ Log = Callable[[str], None]
 
 def run_ablations(
     settings: LandmarkBenchSettings, store: TrainedStore, log: Log
-) -> tuple[dict[str, float], dict[str, dict[str, Any]]]:
+) -> tuple[dict[str, float], dict[str, dict[str, Any]], dict[str, nn.Module]]:
     """Train (or load) every ablation of ``settings``; returns (name -> validation NME without
-    the refiner, name -> its training records and changes)."""
+    the refiner, name -> its training records, name -> its network without the refiner)."""
     nmes: dict[str, float] = {}
     details: dict[str, dict[str, Any]] = {}
+    models: dict[str, nn.Module] = {}
     for name in settings.ablations:
         task, data, records = train_worldcomp2d(settings, store, log, ablation=name)
         model = task.export_model()
@@ -50,8 +52,9 @@ def run_ablations(
         details[name] = {
             "training": {stage: record.to_dict() for stage, record in records.items()},
         }
+        models[name] = model
         log(f"ablation {name}: NME {100 * nmes[name]:.2f} %")
-    return nmes, details
+    return nmes, details, models
 
 
 def _probe_localizer(

@@ -87,6 +87,7 @@ from wherewhat.methods.worldcomp2d.records import (
     TrainingRecord,
 )
 from wherewhat.methods.worldcomp2d.settings import (
+    ABLATIONS,
     BASELINES,
     MODEL_NAMES,
     STAGES,
@@ -360,12 +361,7 @@ def _write_releases(
             continue
         name = "worldcomp2d" if entry.name == shipped else entry.name
         row = models[entry.name]
-        fingerprints = {}
-        for run in entry.records:
-            meta = store.paths(run)[1]
-            fingerprints[run] = (
-                json.loads(meta.read_text())["fingerprint"] if meta.is_file() else None
-            )
+        fingerprints = {run: _fingerprint(store, run) for run in entry.records}
         info = {
             "model": entry.name,
             "default_path": row.default_path,
@@ -381,6 +377,39 @@ def _write_releases(
             "command": command,
         }
         weights, _ = write_release(folder, name, entry.model, info)
+        written.append(str(weights))
+    return written
+
+
+def _fingerprint(store: TrainedStore, run: str) -> str | None:
+    meta = store.paths(run)[1]
+    return json.loads(meta.read_text())["fingerprint"] if meta.is_file() else None
+
+
+def _write_ablation_releases(
+    folder: Path,
+    networks: Mapping[str, nn.Module],
+    details: Mapping[str, dict[str, Any]],
+    nmes: Mapping[str, float],
+    store: TrainedStore,
+    command: str | None,
+) -> list[str]:
+    """Release files ``worldcomp2d_<ablation>`` of the ablation variants (without refiner)."""
+    written = []
+    for name, network in networks.items():
+        training = details[name]["training"]
+        info = {
+            "model": f"worldcomp2d_{name}",
+            "ablation": ABLATIONS[name],
+            "default_path": ["encoder", "localizer"],
+            "run_fingerprints": {
+                stage: _fingerprint(store, f"ablation-{name}-{stage}") for stage in training
+            },  # fmt: skip
+            "epochs": {stage: run.get("epochs") for stage, run in training.items()},
+            "validation": {"nme": nmes[name]},
+            "command": command,
+        }
+        weights, _ = write_release(folder, f"worldcomp2d_{name}", network, info)
         written.append(str(weights))
     return written
 
@@ -419,6 +448,7 @@ def run_landmark_bench(
     figures: dict[str, bytes] = {}
     ablations: dict[str, float] = {}
     ablation_details: dict[str, dict[str, Any]] = {}
+    ablation_models: dict[str, nn.Module] = {}
     curve: list[dict[str, float]] = []
     refiner: dict[str, Any] = {}
     shipped: str | None = None
@@ -437,7 +467,7 @@ def run_landmark_bench(
                     store.forget(name)
             trained, training, wc_model = _train_all(settings, store, log)
             if settings.ablations:
-                ablations, ablation_details = run_ablations(settings, store, log)
+                ablations, ablation_details, ablation_models = run_ablations(settings, store, log)
             for entry in [] if train_only else trained:
                 log(f"evaluating {entry.name}")
                 split = split or split_summary(entry.data)
@@ -469,6 +499,14 @@ def run_landmark_bench(
                 if release_dir is not None:
                     written = _write_releases(
                         Path(release_dir), trained, models, shipped, store, command
+                    )
+                    written += _write_ablation_releases(
+                        Path(release_dir),
+                        ablation_models,
+                        ablation_details,
+                        ablations,
+                        store,
+                        command,
                     )
                     log(f"release files: {', '.join(written)}")
     saved_in = str(Path(trained_dir).resolve()) if trained_dir else None

@@ -341,7 +341,8 @@ def _same_split(saved: Mapping[str, Any], now: SplitSummary) -> bool:
 @dataclass
 class _RunPlan:
     """What to train: ``run`` names the store's files, ``kind`` the settings entry (a stage or
-    a baseline), ``changes`` task arguments over the settings' (ablations)."""
+    a baseline), ``changes`` task arguments over the settings' (ablations; under ``"data"``:
+    data module arguments)."""
 
     run: str
     kind: str
@@ -362,7 +363,9 @@ def _trained_run(
     """Train ``plan.run`` and save it, or (``reuse`` and saved with ``chosen``) load it; returns
     (task, data module set up for fit, its record)."""
     model_args, data_args = run_args(settings, plan.kind)
-    model_args.update(plan.changes)
+    changes = dict(plan.changes)
+    data_args.update(changes.pop("data", {}))
+    model_args.update(changes)
     if plan.kind in STAGES:
         model_args["init_from"] = plan.init_from
     task = RUNS[plan.kind](**model_args)
