@@ -25,12 +25,15 @@ model in one process:
     .venv/bin/python benchmarks/worldcomp2d.py --models heatmap_baseline --train-only  # same time
     .venv/bin/python benchmarks/worldcomp2d.py --models pfld_baseline --train-only     # same time
     .venv/bin/python benchmarks/worldcomp2d.py --models worldcomp2d --train-only \
-        --ablations jitter_iid pairs_4                                                 # ablations
-    .venv/bin/python benchmarks/worldcomp2d.py --ablations jitter_iid pairs_4 --encoder-curve
+        --ablations jitter_iid pairs_4 box_noise                                       # ablations
+    .venv/bin/python benchmarks/worldcomp2d.py --ablations jitter_iid pairs_4 box_noise \
+        --encoder-curve
 
 The last reuses every model, fits the encoder-curve probes, evaluates, writes the results and
 the release files (``--release-dir``, default artifacts/landmarks: the shipped WorldComp2D and
-the baselines, weights only, with their fingerprints). ``--quick``: a few steps per run on 40
+the baselines and the ablation variants, weights only, with their fingerprints; the
+``box_noise`` variant is the one for photos, see benchmarks/landmarks_on_photos.py).
+``--quick``: a few steps per run on 40
 faces, everything else the same.
 
 Every invocation must get the same training options (``--budget-minutes``, ``--max-steps``,

@@ -94,6 +94,7 @@ class PhotoEvaluation:
     box_offsets: list[float] = field(default_factory=list)
     box_scales: list[float] = field(default_factory=list)
     seconds_detector_path: float = 0.0  # detector + crops + model, decode excluded
+    seconds_detector_only: float = 0.0  # the detector alone, on the same photos
     photos: int = 0
 
     def summary(self) -> dict[str, float | int]:
@@ -117,6 +118,14 @@ class PhotoEvaluation:
             "box_scale_p10": quantile(self.box_scales, 0.1),
             "box_scale_p90": quantile(self.box_scales, 0.9),
             "photos_per_s": self.photos / self.seconds_detector_path if self.photos else None,
+            "detector_ms_per_photo": 1000 * self.seconds_detector_only / self.photos
+            if self.photos
+            else None,
+            "landmarks_ms_per_photo": 1000
+            * (self.seconds_detector_path - self.seconds_detector_only)
+            / self.photos
+            if self.photos
+            else None,
         }
 
 
@@ -137,6 +146,9 @@ def evaluate_photos(predictor: LandmarkPredictor, records: Sequence[FaceRecord])
         began = time.perf_counter()
         faces = predictor(image)
         result.seconds_detector_path += time.perf_counter() - began
+        began = time.perf_counter()
+        predictor.detector(image)
+        result.seconds_detector_only += time.perf_counter() - began
         result.photos += 1
         result.faces += 1
         if not faces:

@@ -2,8 +2,9 @@
 
 ``wherewhat/landmarking/models/<name>.pt`` holds the weights (``torch.load(...,
 weights_only=True)``), ``<name>.json`` its model card data (training data, validation NME,
-speed, the command that reproduced it, the crop settings and the detector calibrations) and
-``<name>.onnx`` the same network exported for ONNX Runtime.
+speed, the command that reproduced it, the crop settings, the detector calibrations and the NME
+of a few validation faces). No ONNX file ships (it would hold the weights again, in fp32): the
+predictor exports the network for ONNX Runtime in memory when it loads.
 """
 
 from __future__ import annotations

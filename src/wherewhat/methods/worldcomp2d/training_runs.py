@@ -61,12 +61,14 @@ from wherewhat.training.fit import fit
 __all__ = [
     "EXPECTED_WARNINGS",
     "NmeCurve",
+    "StepClock",
     "TrainedModel",
     "ValidationFaces",
     "baseline_budget_minutes",
     "split_summary",
     "train_baseline",
     "train_worldcomp2d",
+    "training_step_gflop",
 ]
 
 Log = Callable[[str], None]
@@ -99,7 +101,7 @@ class TrainedModel:
 # Callbacks
 
 
-class _StepClock(Callback):
+class StepClock(Callback):
     """Notes the wall-clock time at the end of every training batch (in ``times``)."""
 
     def __init__(self) -> None:
@@ -204,7 +206,7 @@ def encoder_forward_gflop(model: WorldComp2D) -> float:
     return counter.get_total_flops() / 1e9
 
 
-def _step_gflop(task: LandmarkTask, data: FaceLandmarkDataModule) -> float:
+def training_step_gflop(task: LandmarkTask, data: FaceLandmarkDataModule) -> float:
     """GFLOP of one training step of ``task`` on a training batch of ``data``."""
     batch = next(iter(data.train_dataloader()))
     return training_step_flops(task, batch, step=lambda b: task.training_loss(b, 0)) / 1e9
@@ -228,7 +230,7 @@ def _calibrate(
 ) -> tuple[float, LandmarkTask]:
     """Median step time (data loading included) of a few steps on a throwaway copy; returns it
     and the copy (whose code bank, if any, the real run can take over)."""
-    clock = _StepClock()
+    clock = StepClock()
     trial = copy.deepcopy(task)
     pl.seed_everything(settings.seed, verbose=False)
     fit(
@@ -278,7 +280,7 @@ def _train(
         epochs = _planned_epochs(settings, schedule, seconds, steps_per_epoch, budget_s)
         of = f" of its {schedule}" if schedule else ""
         log(f"  {seconds:.3f} s/step x {steps_per_epoch} steps/epoch -> {epochs} epochs{of}")
-    clock = _StepClock()
+    clock = StepClock()
     callbacks: list[Callback] = [clock]
     curve = None
     has_landmarks = not (isinstance(task, WorldComp2DTask) and task.stage == "encoder")
@@ -304,7 +306,7 @@ def _train(
         budget_minutes=None if seconds is None else budget_s / 60,
         schedule_epochs=schedule,
         seconds_per_step=clock.median_step(),
-        step_gflop=_step_gflop(task, data),
+        step_gflop=training_step_gflop(task, data),
         extra_tflop=_extra_tflop(task),
         peak_gflops=peak_matmul_gflops(torch.get_num_threads()),
         curve=curve.rows if curve else [],
