@@ -3,6 +3,8 @@ trains from a config name away from the repository."""
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import os
 import shutil
 import subprocess
@@ -90,8 +92,10 @@ def test_installed_wheel_lists_configs_and_fits_by_name_away_from_the_repository
     )  # fmt: skip
     (wheel,) = wheels.glob("wherewhat-*.whl")
     with zipfile.ZipFile(wheel) as archive:
-        packed = {n for n in archive.namelist() if n.startswith("wherewhat/configs/")}
+        packed = set(archive.namelist())
     assert "wherewhat/configs/ssdir/default.yaml" in packed
+    assert {"wherewhat/landmarking/models/worldcomp2d.pt",
+            "wherewhat/landmarking/models/worldcomp2d.json"} <= packed  # fmt: skip
     site = tmp_path / "site"
     subprocess.run(
         [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site), str(wheel)],
@@ -117,3 +121,11 @@ def test_installed_wheel_lists_configs_and_fits_by_name_away_from_the_repository
         "--trainer.num_sanity_val_steps", "0",
     )  # fmt: skip
     assert list((elsewhere / "runs" / "digits").glob("*/checkpoints/last.ckpt"))
+    if importlib.util.find_spec("cv2") is not None:  # the [faces] extra: the shipped model runs
+        from wherewhat.methods.worldcomp2d.tour import sample_face_photo
+
+        shutil.copy(sample_face_photo(), elsewhere / "photo.jpg")
+        said = wherewhat("landmarks", "photo.jpg", "--backend", "torch", "--format", "json",
+                         "--out", "marks.json")  # fmt: skip
+        assert "1 photos, 1 faces" in said
+        assert len(json.loads((elsewhere / "marks.json").read_text())["photos"]) == 1
