@@ -258,8 +258,9 @@ class FaceLandmarkDataset(Dataset):
     ``1 +- scale_jitter``, a centre shift of up to ``+-shift_jitter`` x the box's longer side
     per axis (a face detector's box is never placed exactly; default 0), with probability
     ``rotation_prob`` a rotation in ``+-max_rotation_deg``, and with probability ``flip_prob`` a
-    mirror flip whose landmarks are relabelled by the scheme's permutation (so after a flip, ``points[k]`` is the original
-    landmark ``perm[k]``; ``uncrop_points`` gives original pixels in that relabelled order).
+    mirror flip whose landmarks are relabelled by the scheme's permutation (so after a flip,
+    ``points[k]`` is the original landmark ``perm[k]``; ``uncrop_points`` gives original pixels
+    in that relabelled order).
     Draws depend only on ``(seed, epoch, i)``: call :meth:`set_epoch` for new draws each epoch.
     """
 
