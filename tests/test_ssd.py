@@ -354,3 +354,47 @@ def test_checkpoint_rebuilds_the_detector_from_its_spec(tmp_path) -> None:
     assert loaded.model.num_classes == 10 and loaded.model.image_size == (64, 64)
     for key, value in task.state_dict().items():
         torch.testing.assert_close(loaded.state_dict()[key], value)
+
+
+def test_num_levels_keeps_the_finest_levels_of_the_pyramid():
+    from wherewhat.models.vgg_lite import VGGLiteBackbone
+
+    full = pyramid_grid_sizes((256, 256), 8)
+    assert full == [(32, 32), (16, 16), (8, 8), (4, 4), (2, 2), (1, 1)]
+    assert pyramid_grid_sizes((256, 256), 8, 4) == full[:4]
+    with pytest.raises(ValueError, match="num_levels=7"):
+        pyramid_grid_sizes((256, 256), 8, 7)
+    images = torch.rand(2, 1, 256, 256)
+    for levels in (1, 2, 4):
+        backbone = VGGLiteBackbone((256, 256), 1, 0.25, 8, num_levels=levels)
+        maps = backbone(images)
+        assert [tuple(m.shape[-2:]) for m in maps] == full[:levels]
+        assert [m.shape[1] for m in maps] == backbone.feature_channels
+    # Without num_levels nothing changes: the same modules, so old checkpoints still load.
+    every = VGGLiteBackbone((256, 256), 1, 0.25, 8)
+    assert len(every(images)) == 6 and len(every.extras) == 4
+    assert set(VGGLiteBackbone((256, 256), 1, 0.25, 8, num_levels=4).state_dict()) < set(
+        every.state_dict()
+    )
+
+
+def test_every_level_of_the_regime_config_receives_objects(tmp_path):
+    """configs/ssd/regime.yaml: the digits its data generates are matched by anchors of every
+    pyramid level, so no head (and no SSDIR what-head) goes untrained."""
+    from wherewhat.models.ssd import matched_level_shares
+    from wherewhat.training.config_catalog import resolve_config
+    from wherewhat.training.config_files import load_layered_config
+
+    config = load_layered_config(resolve_config("ssd/regime"))
+    detector = SSDDetector(**config["model"]["init_args"]["model"]["init_args"])
+    data = config["data"]["init_args"]
+    scenes = ScatterConfig(
+        image_size=tuple(data["image_size"]), min_digit_size=data["min_digit_size"],
+        max_digit_size=data["max_digit_size"], n_train=100, n_test=10, seed=0,
+    )  # fmt: skip
+    dataset = ScatterMNIST(load_or_generate(scenes, "train", cache_root=tmp_path))
+    boxes = [dataset[i]["boxes"] for i in range(len(dataset))]
+    shares = matched_level_shares(
+        boxes, detector.anchors, detector.anchor_level, len(detector.grid_sizes)
+    )
+    assert len(shares) == 4 and bool((shares > 0.02).all()), shares

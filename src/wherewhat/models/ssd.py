@@ -248,6 +248,8 @@ class SSDDetector(nn.Module):
         width_mult: backbone width multiplier (1.0 = VGG11 widths).
         first_stride: 4, 8 or 16, stride of the finest level; None: 16 for images >= 256 px,
             else 8.
+        num_levels: keep the finest this many pyramid levels (None: down to 1 x 1); fewer
+            levels when the data holds no object as large as the coarse levels' anchors.
         anchors_per_cell: square default boxes per cell (the paper: 2).
         min_anchor_size / max_anchor_size: smallest / largest anchor side in pixels; None:
             ``0.1`` and ``0.96`` of ``min(H, W)`` (300 px: 30 -> 288; the paper: ~32 -> ~287).
@@ -269,6 +271,7 @@ class SSDDetector(nn.Module):
         max_anchor_size: float | None = None,
         iou_threshold: float = 0.5,
         negative_ratio: float = 3.0,
+        num_levels: int | None = None,
     ):
         super().__init__()
         if num_classes < 1:
@@ -282,7 +285,9 @@ class SSDDetector(nn.Module):
         self.iou_threshold = iou_threshold
         self.negative_ratio = negative_ratio
 
-        self.backbone = VGGLiteBackbone(self.image_size, in_channels, width_mult, first_stride)
+        self.backbone = VGGLiteBackbone(
+            self.image_size, in_channels, width_mult, first_stride, num_levels
+        )
         self.grid_sizes: list[tuple[int, int]] = list(self.backbone.grid_sizes)
         self.feature_channels: list[int] = list(self.backbone.feature_channels)
         side = min(self.image_size)

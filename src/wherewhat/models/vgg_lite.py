@@ -13,6 +13,8 @@ The pyramid is derived from the input size, nothing is tabulated per size:
   up while ``s > 3`` (stride 2, padding 1) and collapses ``s`` in {2, 3} to 1 (a valid ``s`` x
   ``s`` conv); sides already at 1 stay there. Levels are added until the map is 1 x 1. Every
   conv is followed by BatchNorm and ReLU, except where its map is 1 x 1 (bias and ReLU there).
+  ``num_levels`` keeps only the finest levels: coarse maps whose cells are far larger than the
+  objects a dataset holds would have heads that no object ever trains.
 
 At 300 px with ``first_stride=16`` this gives the SSDIR paper's grids 18/9/5/3/1 with channels
 512/512/512/256/256; at 128 px with ``first_stride=8`` it gives 16/8/4/2/1.
@@ -66,8 +68,11 @@ def extra_step(side: int) -> tuple[int, int, int, int]:
     return 1, 1, 0, 1
 
 
-def pyramid_grid_sizes(image_size: tuple[int, int], first_stride: int) -> list[tuple[int, int]]:
-    """Grid (h, w) of every pyramid level for ``image_size`` (H, W); see the module docstring."""
+def pyramid_grid_sizes(
+    image_size: tuple[int, int], first_stride: int, num_levels: int | None = None
+) -> list[tuple[int, int]]:
+    """Grid (h, w) of every pyramid level for ``image_size`` (H, W), the finest ``num_levels``
+    of them if given; see the module docstring."""
     if first_stride not in (4, 8, 16):
         raise ValueError(f"first_stride must be 4, 8 or 16, got {first_stride!r}")
     height, width = image_size
@@ -81,6 +86,13 @@ def pyramid_grid_sizes(image_size: tuple[int, int], first_stride: int) -> list[t
     while grids[-1] != (1, 1):
         h, w = grids[-1]
         grids.append((extra_step(h)[3], extra_step(w)[3]))
+    if num_levels is not None:
+        if not 1 <= num_levels <= len(grids):
+            raise ValueError(
+                f"num_levels={num_levels!r}: image_size={image_size} with first_stride="
+                f"{first_stride} has {len(grids)} levels ({grids}); expected 1..{len(grids)}"
+            )
+        grids = grids[:num_levels]
     return grids
 
 
@@ -110,6 +122,7 @@ class VGGLiteBackbone(nn.Module):
         in_channels: image channels (1 grey, 3 colour).
         width_mult: multiplies every VGG width (1.0 = VGG11: 64 ... 512).
         first_stride: 4, 8 or 16, stride of the finest level; None = :func:`auto_first_stride`.
+        num_levels: keep the finest this many levels (None: every level down to 1 x 1).
 
     Attributes: ``grid_sizes`` [(h_l, w_l)], ``feature_channels`` [C_l], ``first_stride``.
     """
@@ -120,13 +133,14 @@ class VGGLiteBackbone(nn.Module):
         in_channels: int = 1,
         width_mult: float = 1.0,
         first_stride: int | None = None,
+        num_levels: int | None = None,
     ):
         super().__init__()
         if width_mult <= 0:
             raise ValueError(f"width_mult must be > 0, got {width_mult!r}")
         self.image_size = (int(image_size[0]), int(image_size[1]))
         self.first_stride = first_stride or auto_first_stride(self.image_size)
-        self.grid_sizes = pyramid_grid_sizes(self.image_size, self.first_stride)
+        self.grid_sizes = pyramid_grid_sizes(self.image_size, self.first_stride, num_levels)
         self.register_buffer("pixel_mean", torch.tensor(PIXEL_MEAN), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(PIXEL_STD), persistent=False)
 
@@ -152,6 +166,7 @@ class VGGLiteBackbone(nn.Module):
         self.conv5 = nn.Sequential(*conv5)  # stride 16
         trunk_channels = [block_channels[2], block_channels[3], channels]
         self.feature_channels = trunk_channels[{4: 0, 8: 1, 16: 2}[self.first_stride] :]
+        self.feature_channels = self.feature_channels[: len(self.grid_sizes)]
 
         self.extras = nn.ModuleList()
         trunk_levels = len(self.feature_channels)
@@ -183,4 +198,4 @@ class VGGLiteBackbone(nn.Module):
         for extra in self.extras:
             x = extra(x)
             features.append(x)
-        return features
+        return features[: len(self.grid_sizes)]
