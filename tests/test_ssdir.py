@@ -457,3 +457,18 @@ def test_config_names_the_detector_checkpoint(tmp_path):
     cli = WherewhatCLI(args=expand_config_bases(args), run=False)
     assert isinstance(cli.model, SSDIRTask) and cli.model.hparams.lr == 0.001
     assert cli.model.model.min_box_size == 3.0 and cli.model.model.input_size == SIZE
+
+
+def test_ssdir_on_a_pyramid_cut_to_fewer_levels_gives_every_level_a_what_head():
+    torch.manual_seed(0)
+    detector = SSDDetector(image_size=(128, 128), width_mult=0.125, first_stride=8, num_levels=3,
+                           min_anchor_size=12, max_anchor_size=48)  # fmt: skip
+    assert detector.grid_sizes == [(16, 16), (8, 8), (4, 4)]
+    model = SSDIR(detector, **SMALL)
+    images = torch.rand(2, 1, 128, 128)
+    out = model(images)
+    assert out["reconstruction"].shape == images.shape
+    assert len(model.what_encoder.heads) == 3  # one per level, sized to its channels
+    model.loss(images, out)["loss"].backward()
+    for head in model.what_encoder.heads:
+        assert all(p.grad is not None for p in head.parameters())
