@@ -168,3 +168,23 @@ def test_mse_rejects_out_of_range_and_mismatched_images():
         pytest.raises(ValueError, match="no image"),
     ):
         ReconstructionMSE().compute()
+
+
+def test_probe_accuracy_by_group_shows_where_it_falls_short():
+    """Class 0 / 1 split along feature 0; the 'hard' test rows carry the wrong side's feature,
+    so the probe gets exactly them wrong: accuracy 1 in group 'easy', 0 in 'hard'."""
+    rng = np.random.default_rng(0)
+    train_y = np.repeat([0, 1], 50)
+    train_z = np.stack([np.where(train_y == 1, 2.0, -2.0) + rng.normal(0, 0.1, 100),
+                        rng.normal(0, 0.1, 100)], 1)  # fmt: skip
+    test_y = np.array([0, 1, 0, 1, 0, 1])
+    side = np.array([-2.0, 2.0, -2.0, 2.0, 2.0, -2.0])  # the last two on the wrong side
+    test_z = np.stack([side, np.zeros(6)], 1)
+    groups = np.array(["easy"] * 4 + ["hard"] * 2)
+    result = latent_probe(train_z, train_y, test_z, test_y, seeds=(0, 1), test_groups=groups)
+    assert result["by_group"] == {"easy": {"accuracy": 1.0, "n": 4},
+                                  "hard": {"accuracy": 0.0, "n": 2}}  # fmt: skip
+    assert result["accuracy"] == pytest.approx(4 / 6)
+    assert "by_group" not in latent_probe(train_z, train_y, test_z, test_y)
+    with pytest.raises(ValueError, match="test_groups has 5 entries"):
+        latent_probe(train_z, train_y, test_z, test_y, test_groups=groups[:5])

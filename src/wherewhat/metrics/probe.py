@@ -233,6 +233,7 @@ def latent_probe(
     C: float = 1.0,
     max_iter: int = 5000,
     train_subsample: int | None = None,
+    test_groups=None,
 ) -> dict:
     """Linear probe: multinomial logistic regression on standardised features, one fit per seed.
 
@@ -247,12 +248,15 @@ def latent_probe(
         solver, C, max_iter: passed to sklearn ``LogisticRegression`` (L2 penalty strength
             ``1 / C``). A fit that does not converge is flagged in ``converged``, not hidden.
         train_subsample: number of training rows per seed (without replacement), or all.
+        test_groups: ``(N_test,)`` a group per test row (e.g. an object's size bucket or
+            pyramid level), to see where the probe falls short; None: no grouping.
 
     Returns:
         ``accuracy``, ``precision``, ``recall``, ``f1`` (macro; means over seeds) and their
         ``*_std``; ``per_seed`` (list of dicts with the same scores and ``n_iter``);
         ``confusion_matrices`` ``(S, C, C)`` int and ``classes`` ``(C,)``; ``converged``
-        (all seeds), ``solver``, ``seeds``, ``n_train``, ``n_test``.
+        (all seeds), ``solver``, ``seeds``, ``n_train``, ``n_test``; with ``test_groups``,
+        ``by_group``: group -> ``{"accuracy", "n"}`` (accuracy: mean over seeds).
     """
     train_x = _as_features("train_z", train_z)
     test_x = _as_features("test_z", test_z)
@@ -265,8 +269,14 @@ def latent_probe(
     if train_subsample is not None and not 0 < train_subsample <= len(train_x):
         raise ValueError(f"train_subsample must be in [1, {len(train_x)}], got {train_subsample}")
     classes = np.union1d(train_t, test_t)
+    groups = None
+    if test_groups is not None:
+        groups = np.asarray(test_groups).reshape(-1)
+        if len(groups) != len(test_x):
+            raise ValueError(f"test_groups has {len(groups)} entries, test_z {len(test_x)} rows")
 
     per_seed, matrices, converged = [], [], True
+    correct = np.zeros(len(test_x))  # times each test row was right, over the seeds
     for seed in seeds:
         rows = np.arange(len(train_x))
         if train_subsample is not None:
@@ -281,14 +291,26 @@ def latent_probe(
             model.fit(scaler.transform(train_x[rows]), train_t[rows])
         seed_converged = not any(issubclass(w.category, ConvergenceWarning) for w in caught)
         converged &= seed_converged
-        scores = classification_scores(test_t, model.predict(scaler.transform(test_x)), classes)
+        predicted = model.predict(scaler.transform(test_x))
+        correct += predicted == test_t
+        scores = classification_scores(test_t, predicted, classes)
         matrices.append(scores.pop("confusion_matrix"))
         per_seed.append(
             {"seed": int(seed), **scores, "n_iter": int(np.max(model.n_iter_)),
              "converged": seed_converged}
         )  # fmt: skip
+    by_group = None
+    if groups is not None:
+        by_group = {
+            group.item(): {
+                "accuracy": float(correct[groups == group].mean() / len(seeds)),
+                "n": int((groups == group).sum()),
+            }
+            for group in np.unique(groups)
+        }
     return {
         **_scores_over_seeds(per_seed),
+        **({} if by_group is None else {"by_group": by_group}),
         "per_seed": per_seed,
         "confusion_matrices": np.stack(matrices),
         "classes": classes,
