@@ -169,6 +169,36 @@ def test_exact_boxes_and_separable_z_what_give_perfect_scores(splits):
     assert m["min_iou"] == 0.5 and m["present_threshold"] == 0.5
     assert model.training and model.calls_in_training_mode == 0  # evaluated in eval mode
     assert "detector_label_accuracy" not in m  # no per-class detector here
+    # Per size bucket of the matched digits: every bucket perfect, and together all of them.
+    sides = torch.cat([(s["boxes"][:, 2:] - s["boxes"][:, :2]).max(1).values for s in test.scenes])
+    edges = torch.tensor([12.0, 20.0, 30.0, 45.0])
+    counts = torch.bincount(torch.searchsorted(edges, sides), minlength=5).tolist()
+    names = ["le12", "12_20", "20_30", "30_45", "gt45"]
+    assert [m[f"probe_n_size_{n}"] for n in names] == counts
+    assert sum(counts) == m["probe_n_test"]
+    for name, count in zip(names, counts, strict=True):
+        value = m[f"probe_accuracy_size_{name}"]
+        assert value == 1.0 if count else value != value  # an empty bucket: NaN
+
+
+def test_size_buckets_are_named_and_cut_by_their_upper_edge():
+    from wherewhat.methods.ssdir.evaluation import (
+        SceneObjects,
+        matched_box_sides,
+        size_bucket_names,
+    )
+
+    assert size_bucket_names([12, 20.5]) == ["le12", "12_20.5", "gt20.5"]
+    with pytest.raises(ValueError, match="increase"):
+        size_bucket_names([20, 12])
+    gt = torch.tensor([[0.0, 0.0, 12.0, 10.0], [50.0, 50.0, 60.0, 75.0]])
+    objects = SceneObjects(
+        boxes=[torch.tensor([[50.0, 50.0, 60.0, 74.0], [1.0, 0.0, 12.0, 10.0], [90.0, 90, 99, 99]])],
+        gt_boxes=[gt], gt_labels=[torch.tensor([3, 7])],
+    )  # fmt: skip
+    matches = objects.match(0.5)  # the third box overlaps nothing: unmatched, left out
+    assert matches.matched.tolist() == [True, True, False]
+    assert matched_box_sides(objects, matches).tolist() == [25.0, 12.0]
 
 
 def test_shifted_boxes_are_counted_unmatched_and_their_digits_missed(splits):

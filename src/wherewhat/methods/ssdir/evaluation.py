@@ -45,6 +45,9 @@ from wherewhat.metrics.reconstruction import ReconstructionMSE
 
 __all__ = [
     "DEFAULT_MIN_IOU",
+    "DEFAULT_SIZE_EDGES",
+    "size_bucket_names",
+    "matched_box_sides",
     "AP_SCORE_THRESHOLD",
     "ObjectEncoder",
     "SceneObjects",
@@ -57,6 +60,9 @@ __all__ = [
 ]
 
 DEFAULT_MIN_IOU = 0.5  # an inferred object carries a digit label only if it overlaps it this much
+# Probe accuracy is also reported per bucket of the matched digit's tight-box longer side (px):
+# <= 12, 12-20, 20-30, 30-45, > 45 on the default 128-px scenes.
+DEFAULT_SIZE_EDGES = (12.0, 20.0, 30.0, 45.0)
 AP_SCORE_THRESHOLD = 0.05  # detections kept for AP (low: the whole precision-recall curve)
 RECORD_KEYS = ("boxes", "scores", "labels", "z_what", "depth")
 
@@ -291,6 +297,7 @@ def evaluate_ssdir(
     probe_max_iter: int = 5000,
     batch_size: int = 32,
     keep_images: int = 0,
+    size_edges: Sequence[float] = DEFAULT_SIZE_EDGES,
 ) -> SSDIREvaluation:
     """Every SSDIR number on one trained model (module docstring for the protocol).
 
@@ -307,12 +314,16 @@ def evaluate_ssdir(
             seeds comes from training the model with several seeds).
         batch_size: when the scenes are datasets.
         keep_images: test images kept in ``test_objects.images`` for figures.
+        size_edges: bucket edges (px) of the matched digits' tight-box longer side for the
+            probe's accuracy per size.
 
     Returns:
         :class:`SSDIREvaluation` whose ``metrics`` hold: ``ap50``, ``ap``, ``ap75``, ``ar``,
         ``ap50_<size>``, ``n_detections`` (detection, class-agnostic); ``recon_mse``;
         ``probe_accuracy`` / ``_precision`` / ``_recall`` / ``_f1`` (macro) and ``*_std``,
-        ``probe_converged``, ``probe_n_train`` / ``probe_n_test``; per split (``train_`` /
+        ``probe_converged``, ``probe_n_train`` / ``probe_n_test``, per size bucket ``b``
+        (:func:`size_bucket_names`) ``probe_accuracy_size_<b>`` and ``probe_n_size_<b>``;
+        per split (``train_`` /
         ``test_``): ``scenes``, ``objects``, ``matched``, ``unmatched``,
         ``unmatched_fraction``, ``gt``, ``gt_missed``, ``duplicates``; ``min_iou``,
         ``present_threshold``, ``ap_score_threshold``; and ``detector_label_accuracy`` when
@@ -360,11 +371,18 @@ def evaluate_ssdir(
     elif len(torch.unique(train_y)) < 2:
         reason = "the matched train objects hold a single digit class"
     if reason is None:
+        names = size_bucket_names(size_edges)
+        sides = matched_box_sides(test, test_matches)
+        buckets = np.array(names)[np.searchsorted(np.asarray(size_edges), sides, side="left")]
         probe = latent_probe(
             train.flat_z_what()[train_matches.matched], train_y,
             test.flat_z_what()[test_matches.matched], test_y,
-            seeds=probe_seeds, max_iter=probe_max_iter,
+            seeds=probe_seeds, max_iter=probe_max_iter, test_groups=buckets,
         )  # fmt: skip
+        for name in names:
+            group = probe["by_group"].get(name, {"accuracy": float("nan"), "n": 0})
+            metrics[f"probe_accuracy_size_{name}"] = group["accuracy"]
+            metrics[f"probe_n_size_{name}"] = group["n"]
         for key in ("accuracy", "precision", "recall", "f1"):
             metrics[f"probe_{key}"] = probe[key]
             metrics[f"probe_{key}_std"] = probe[f"{key}_std"]
@@ -384,6 +402,31 @@ def evaluate_ssdir(
         test_matches=test_matches,
         all_test_objects=all_test,
     )
+
+
+def size_bucket_names(edges: Sequence[float]) -> list[str]:
+    """Names of the buckets ``edges`` (increasing, px) cut: ``le12``, ``12_20``, ..., ``gt45``."""
+    if list(edges) != sorted(edges) or not edges:
+        raise ValueError(f"size edges must increase, got {list(edges)}")
+    inner = [f"{a:g}_{b:g}" for a, b in zip(edges[:-1], edges[1:], strict=True)]
+    return [f"le{edges[0]:g}", *inner, f"gt{edges[-1]:g}"]
+
+
+def matched_box_sides(objects: SceneObjects, matches: ObjectMatches) -> np.ndarray:
+    """``(n_matched,)`` the longer side (px) of the ground-truth box each matched object took
+    its label from (its best-IoU box), in the probe's order (matched objects, scene order)."""
+    sides = []
+    for boxes, gt in zip(objects.boxes, objects.gt_boxes, strict=True):
+        if len(boxes) == 0:
+            continue
+        if len(gt) == 0:
+            sides.append(np.zeros(len(boxes)))
+            continue
+        best = box_iou(boxes.float(), gt.float()).argmax(1)
+        extent = (gt[:, 2:] - gt[:, :2]).max(1).values
+        sides.append(extent[best].numpy())
+    flat = np.concatenate(sides) if sides else np.zeros(0)
+    return flat[matches.matched.numpy()]
 
 
 def _plain(value: Any) -> Any:
