@@ -173,6 +173,8 @@ def test_mse_rejects_out_of_range_and_mismatched_images():
 def test_probe_accuracy_by_group_shows_where_it_falls_short():
     """Class 0 / 1 split along feature 0; the 'hard' test rows carry the wrong side's feature,
     so the probe gets exactly them wrong: accuracy 1 in group 'easy', 0 in 'hard'."""
+    from wherewhat.metrics.probe import accuracy_by_group
+
     rng = np.random.default_rng(0)
     train_y = np.repeat([0, 1], 50)
     train_z = np.stack([np.where(train_y == 1, 2.0, -2.0) + rng.normal(0, 0.1, 100),
@@ -180,11 +182,12 @@ def test_probe_accuracy_by_group_shows_where_it_falls_short():
     test_y = np.array([0, 1, 0, 1, 0, 1])
     side = np.array([-2.0, 2.0, -2.0, 2.0, 2.0, -2.0])  # the last two on the wrong side
     test_z = np.stack([side, np.zeros(6)], 1)
+    result = latent_probe(train_z, train_y, test_z, test_y, seeds=(0, 1))
+    assert result["test_correct"].tolist() == [1, 1, 1, 1, 0, 0]
     groups = np.array(["easy"] * 4 + ["hard"] * 2)
-    result = latent_probe(train_z, train_y, test_z, test_y, seeds=(0, 1), test_groups=groups)
-    assert result["by_group"] == {"easy": {"accuracy": 1.0, "n": 4},
-                                  "hard": {"accuracy": 0.0, "n": 2}}  # fmt: skip
-    assert result["accuracy"] == pytest.approx(4 / 6)
-    assert "by_group" not in latent_probe(train_z, train_y, test_z, test_y)
-    with pytest.raises(ValueError, match="test_groups has 5 entries"):
-        latent_probe(train_z, train_y, test_z, test_y, test_groups=groups[:5])
+    assert accuracy_by_group(result["test_correct"], groups) == {
+        "easy": {"accuracy": 1.0, "n": 4}, "hard": {"accuracy": 0.0, "n": 2}}  # fmt: skip
+    assert accuracy_by_group([1, 0.5, 0], [2, 2, 0]) == {0: {"accuracy": 0.0, "n": 1},
+                                                         2: {"accuracy": 0.75, "n": 2}}  # fmt: skip
+    with pytest.raises(ValueError, match="groups has 5 entries"):
+        accuracy_by_group(result["test_correct"], groups[:5])

@@ -456,3 +456,29 @@ def test_run_ssdir_bench_end_to_end_on_a_tiny_setting():
     assert {"class_agnostic-reconstructions"} <= set(result["figures"])
     arm = result["arms"][0]
     assert arm["ssdir_steps"] == 3 and arm["detector_best_val_map50"] is not None
+
+
+def test_probe_accuracy_per_pyramid_level_when_the_model_reports_levels(splits):
+    from types import SimpleNamespace
+
+    class LevelledEncoder(FakeEncoder):
+        """Objects of even classes come from level-0 anchors, odd classes from level 1."""
+
+        def __init__(self):
+            super().__init__()
+            self.detector = SimpleNamespace(anchor_level=torch.arange(NUM_CLASSES) % 2,
+                                            num_classes=1)  # fmt: skip
+
+        def encode(self, images, score_threshold=None):
+            records = super().encode(images, score_threshold)
+            for record in records:
+                record["anchor_index"] = record["z_what"].argmax(1)  # the object's class
+            return records
+
+    train, test = splits
+    m = evaluate_ssdir(LevelledEncoder(), train, test, batch_size=5).metrics
+    labels = torch.cat([s["labels"] for s in test.scenes])
+    assert m["probe_n_level_0"] == int((labels % 2 == 0).sum())
+    assert m["probe_n_level_1"] == int((labels % 2 == 1).sum())
+    assert m["probe_accuracy_level_0"] == m["probe_accuracy_level_1"] == 1.0
+    assert "probe_n_level_0" not in evaluate_ssdir(FakeEncoder(), train, test).metrics

@@ -15,7 +15,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -30,6 +30,7 @@ from wherewhat.metrics.summary import mean_std
 
 __all__ = [
     "UNMATCHED",
+    "accuracy_by_group",
     "ObjectMatches",
     "match_objects_to_labels",
     "match_objects_in_scenes",
@@ -233,7 +234,6 @@ def latent_probe(
     C: float = 1.0,
     max_iter: int = 5000,
     train_subsample: int | None = None,
-    test_groups=None,
 ) -> dict:
     """Linear probe: multinomial logistic regression on standardised features, one fit per seed.
 
@@ -248,15 +248,14 @@ def latent_probe(
         solver, C, max_iter: passed to sklearn ``LogisticRegression`` (L2 penalty strength
             ``1 / C``). A fit that does not converge is flagged in ``converged``, not hidden.
         train_subsample: number of training rows per seed (without replacement), or all.
-        test_groups: ``(N_test,)`` a group per test row (e.g. an object's size bucket or
-            pyramid level), to see where the probe falls short; None: no grouping.
 
     Returns:
         ``accuracy``, ``precision``, ``recall``, ``f1`` (macro; means over seeds) and their
         ``*_std``; ``per_seed`` (list of dicts with the same scores and ``n_iter``);
         ``confusion_matrices`` ``(S, C, C)`` int and ``classes`` ``(C,)``; ``converged``
-        (all seeds), ``solver``, ``seeds``, ``n_train``, ``n_test``; with ``test_groups``,
-        ``by_group``: group -> ``{"accuracy", "n"}`` (accuracy: mean over seeds).
+        (all seeds), ``solver``, ``seeds``, ``n_train``, ``n_test``; ``test_correct``
+        ``(N_test,)``: the share of seeds that got each test row right (for
+        :func:`accuracy_by_group`).
     """
     train_x = _as_features("train_z", train_z)
     test_x = _as_features("test_z", test_z)
@@ -269,11 +268,6 @@ def latent_probe(
     if train_subsample is not None and not 0 < train_subsample <= len(train_x):
         raise ValueError(f"train_subsample must be in [1, {len(train_x)}], got {train_subsample}")
     classes = np.union1d(train_t, test_t)
-    groups = None
-    if test_groups is not None:
-        groups = np.asarray(test_groups).reshape(-1)
-        if len(groups) != len(test_x):
-            raise ValueError(f"test_groups has {len(groups)} entries, test_z {len(test_x)} rows")
 
     per_seed, matrices, converged = [], [], True
     correct = np.zeros(len(test_x))  # times each test row was right, over the seeds
@@ -299,19 +293,10 @@ def latent_probe(
             {"seed": int(seed), **scores, "n_iter": int(np.max(model.n_iter_)),
              "converged": seed_converged}
         )  # fmt: skip
-    by_group = None
-    if groups is not None:
-        by_group = {
-            group.item(): {
-                "accuracy": float(correct[groups == group].mean() / len(seeds)),
-                "n": int((groups == group).sum()),
-            }
-            for group in np.unique(groups)
-        }
     return {
         **_scores_over_seeds(per_seed),
-        **({} if by_group is None else {"by_group": by_group}),
         "per_seed": per_seed,
+        "test_correct": correct / len(seeds),
         "confusion_matrices": np.stack(matrices),
         "classes": classes,
         "converged": converged,
@@ -319,6 +304,23 @@ def latent_probe(
         "seeds": [int(s) for s in seeds],
         "n_train": len(train_x) if train_subsample is None else int(train_subsample),
         "n_test": len(test_x),
+    }
+
+
+def accuracy_by_group(correct, groups) -> dict[Any, dict[str, float | int]]:
+    """Accuracy per group: ``correct`` ``(N,)`` (0/1, or the share of seeds right, as
+    :func:`latent_probe`'s ``test_correct``), ``groups`` ``(N,)`` a group per row (e.g. an
+    object's size bucket or pyramid level) -> group -> ``{"accuracy", "n"}``, groups sorted."""
+    correct = np.asarray(correct, dtype=np.float64).reshape(-1)
+    groups = np.asarray(groups).reshape(-1)
+    if len(groups) != len(correct):
+        raise ValueError(f"groups has {len(groups)} entries, correct {len(correct)}")
+    return {
+        group.item(): {
+            "accuracy": float(correct[groups == group].mean()),
+            "n": int((groups == group).sum()),
+        }
+        for group in np.unique(groups)
     }
 
 

@@ -40,7 +40,12 @@ from torchvision.ops import box_iou
 
 from wherewhat.data.scatter import collate_scenes
 from wherewhat.metrics.detection import DetectionAP
-from wherewhat.metrics.probe import ObjectMatches, latent_probe, match_objects_in_scenes
+from wherewhat.metrics.probe import (
+    ObjectMatches,
+    accuracy_by_group,
+    latent_probe,
+    match_objects_in_scenes,
+)
 from wherewhat.metrics.reconstruction import ReconstructionMSE
 
 __all__ = [
@@ -85,7 +90,9 @@ class SceneObjects:
 
     ``boxes (n_i, 4)`` XYXY px, ``scores (n_i,)``, ``labels (n_i,)`` detector labels,
     ``z_what (n_i, D)``, ``depth (n_i,)``; ``gt_boxes (m_i, 4)``, ``gt_labels (m_i,)``;
-    ``images`` keeps the first few scenes' images ``(C, H, W)`` when asked (for figures).
+    ``images`` keeps the first few scenes' images ``(C, H, W)`` when asked (for figures);
+    ``levels (n_i,)``: each object's pyramid level, when the model's records give
+    ``anchor_index`` and its detector ``anchor_level`` (else empty).
     """
 
     boxes: list[Tensor] = field(default_factory=list)
@@ -96,6 +103,7 @@ class SceneObjects:
     gt_boxes: list[Tensor] = field(default_factory=list)
     gt_labels: list[Tensor] = field(default_factory=list)
     images: list[Tensor] = field(default_factory=list)
+    levels: list[Tensor] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.boxes)
@@ -111,6 +119,7 @@ class SceneObjects:
             *[[x[k] for x, k in zip(getattr(self, name), keep, strict=True)] for name in
               ("boxes", "scores", "labels", "z_what", "depth")],
             gt_boxes=self.gt_boxes, gt_labels=self.gt_labels, images=self.images,
+            levels=[x[k] for x, k in zip(self.levels, keep, strict=False)],
         )  # fmt: skip
 
     def flat_z_what(self) -> Tensor:
@@ -172,6 +181,7 @@ def encode_scenes(
     was_training = model.training
     model.train(False)
     objects = SceneObjects()
+    anchor_level = getattr(getattr(model, "detector", None), "anchor_level", None)
     try:
         for index, batch in enumerate(_scene_loader(scenes, batch_size)):
             images, gt_boxes, gt_labels = _batch_parts(batch, index)
@@ -187,6 +197,8 @@ def encode_scenes(
                     raise ValueError(f"scene batch {index}: encode records lack {missing}")
                 for key in RECORD_KEYS:
                     getattr(objects, key).append(record[key].detach().cpu())
+                if anchor_level is not None and "anchor_index" in record:
+                    objects.levels.append(anchor_level[record["anchor_index"]].long().cpu())
                 objects.gt_boxes.append(torch.as_tensor(boxes).reshape(-1, 4).float().cpu())
                 objects.gt_labels.append(torch.as_tensor(labels).reshape(-1).long().cpu())
             free = keep_images - len(objects.images)
@@ -322,8 +334,9 @@ def evaluate_ssdir(
         ``ap50_<size>``, ``n_detections`` (detection, class-agnostic); ``recon_mse``;
         ``probe_accuracy`` / ``_precision`` / ``_recall`` / ``_f1`` (macro) and ``*_std``,
         ``probe_converged``, ``probe_n_train`` / ``probe_n_test``, per size bucket ``b``
-        (:func:`size_bucket_names`) ``probe_accuracy_size_<b>`` and ``probe_n_size_<b>``;
-        per split (``train_`` /
+        (:func:`size_bucket_names`) ``probe_accuracy_size_<b>`` and ``probe_n_size_<b>``, and
+        per pyramid level ``l`` holding matched objects ``probe_accuracy_level_<l>`` /
+        ``probe_n_level_<l>`` (when the model reports levels); per split (``train_`` /
         ``test_``): ``scenes``, ``objects``, ``matched``, ``unmatched``,
         ``unmatched_fraction``, ``gt``, ``gt_missed``, ``duplicates``; ``min_iou``,
         ``present_threshold``, ``ap_score_threshold``; and ``detector_label_accuracy`` when
@@ -371,18 +384,12 @@ def evaluate_ssdir(
     elif len(torch.unique(train_y)) < 2:
         reason = "the matched train objects hold a single digit class"
     if reason is None:
-        names = size_bucket_names(size_edges)
-        sides = matched_box_sides(test, test_matches)
-        buckets = np.array(names)[np.searchsorted(np.asarray(size_edges), sides, side="left")]
         probe = latent_probe(
             train.flat_z_what()[train_matches.matched], train_y,
             test.flat_z_what()[test_matches.matched], test_y,
-            seeds=probe_seeds, max_iter=probe_max_iter, test_groups=buckets,
+            seeds=probe_seeds, max_iter=probe_max_iter,
         )  # fmt: skip
-        for name in names:
-            group = probe["by_group"].get(name, {"accuracy": float("nan"), "n": 0})
-            metrics[f"probe_accuracy_size_{name}"] = group["accuracy"]
-            metrics[f"probe_n_size_{name}"] = group["n"]
+        metrics.update(_probe_by_size_and_level(probe, test, test_matches, size_edges))
         for key in ("accuracy", "precision", "recall", "f1"):
             metrics[f"probe_{key}"] = probe[key]
             metrics[f"probe_{key}_std"] = probe[f"{key}_std"]
@@ -402,6 +409,33 @@ def evaluate_ssdir(
         test_matches=test_matches,
         all_test_objects=all_test,
     )
+
+
+def _probe_by_size_and_level(
+    probe: Mapping[str, Any],
+    test: SceneObjects,
+    matches: ObjectMatches,
+    size_edges: Sequence[float],
+) -> dict[str, float | int]:
+    """``probe_accuracy_size_<bucket>`` / ``probe_n_size_<bucket>`` for every size bucket (NaN
+    / 0 when empty) and ``probe_accuracy_level_<l>`` / ``probe_n_level_<l>`` for every pyramid
+    level holding matched objects (when the objects carry levels)."""
+    correct = probe["test_correct"]
+    names = size_bucket_names(size_edges)
+    sides = matched_box_sides(test, matches)
+    buckets = np.array(names)[np.searchsorted(np.asarray(size_edges), sides, side="left")]
+    by_size = accuracy_by_group(correct, buckets)
+    out: dict[str, float | int] = {}
+    for name in names:
+        group = by_size.get(name, {"accuracy": float("nan"), "n": 0})
+        out[f"probe_accuracy_size_{name}"] = group["accuracy"]
+        out[f"probe_n_size_{name}"] = group["n"]
+    if len(test.levels) == len(test):
+        levels = torch.cat(test.levels)[matches.matched].numpy()
+        for level, group in accuracy_by_group(correct, levels).items():
+            out[f"probe_accuracy_level_{level}"] = group["accuracy"]
+            out[f"probe_n_level_{level}"] = group["n"]
+    return out
 
 
 def size_bucket_names(edges: Sequence[float]) -> list[str]:
