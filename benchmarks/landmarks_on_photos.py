@@ -40,7 +40,12 @@ from wherewhat.data.faces import load_pts_folder, split_by_name
 from wherewhat.io import write_atomic
 from wherewhat.landmarking.detectors import PROFILE_KIND, OpenCVFaceDetector
 from wherewhat.landmarking.images import rgb_array
-from wherewhat.landmarking.photo_bench import evaluate_photos, fit_calibrations
+from wherewhat.landmarking.photo_bench import (
+    evaluate_photos,
+    fit_calibrations,
+    mean_box_shape,
+    truth_box_nme,
+)
 from wherewhat.landmarking.predictor import LandmarkPredictor
 from wherewhat.landmarking.shipped import SHIPPED_MODELS
 from wherewhat.models.landmark_release import load_release, write_release
@@ -50,6 +55,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 TARGETS = {"found_rate": 0.95, "nme_gap_points": 0.5, "photos_per_s": 100.0}
 CHECK_FACES = 5
+FLOOR_MARGIN = 0.25  # as the landmark benchmark: a path must beat its floor by this fraction
 
 
 def _split(config: dict, faces_root: str | None) -> tuple[list, list, dict]:
@@ -64,9 +70,6 @@ def _split(config: dict, faces_root: str | None) -> tuple[list, list, dict]:
 
 def _fp16_nme_change(model: torch.nn.Module, predictor: LandmarkPredictor, val: list) -> float:
     """Mean |NME(fp16 weights) - NME(fp32)| in NME points over the validation faces."""
-    from wherewhat.landmarking.photo_bench import landmark_box
-    from wherewhat.metrics.landmarks import nme
-
     with tempfile.TemporaryDirectory() as folder:
         halved = load_release(write_release(folder, "half", model, {}, torch.float16)[0])
     half = LandmarkPredictor(halved, crop_size=predictor.crop_size,
@@ -75,30 +78,19 @@ def _fp16_nme_change(model: torch.nn.Module, predictor: LandmarkPredictor, val: 
                              side_factor=predictor.side_factor, backend="torch", detector=None)  # fmt: skip
     changes = []
     for record in val:
-        box = landmark_box(record.points)[None]
         image = rgb_array(record.image_path)  # decoded once for both
-        a = full(image, boxes=box)[0].points
-        b = half(image, boxes=box)[0].points
-        target = record.points[None]
-        changes.append(
-            float(nme(torch.from_numpy(a)[None], target) - nme(torch.from_numpy(b)[None], target))
-        )
+        changes.append(truth_box_nme(full, record, image) - truth_box_nme(half, record, image))
     return 100 * abs(float(np.mean(changes)))
 
 
 def _check_faces(records: list, root: Path) -> list[dict]:
     """``{"pts", "nme"}`` per face: NME of the shipped model (ONNX) from its landmark box."""
-    from wherewhat.landmarking.photo_bench import landmark_box
-    from wherewhat.metrics.landmarks import nme
-
     shipped = LandmarkPredictor.shipped(detector=None, backend="onnx", threads=1)
-    rows = []
-    for record in records:
-        (face,) = shipped(record.image_path, boxes=landmark_box(record.points)[None])
-        value = float(nme(torch.from_numpy(face.points)[None], record.points[None])[0])
-        pts = record.image_path.with_suffix(".pts").relative_to(root).as_posix()
-        rows.append({"pts": pts, "nme": value})
-    return rows
+    return [
+        {"pts": record.image_path.with_suffix(".pts").relative_to(root).as_posix(),
+         "nme": truth_box_nme(shipped, record)}
+        for record in records
+    ]  # fmt: skip
 
 
 def _markdown(result: dict) -> str:
@@ -113,14 +105,26 @@ def _markdown(result: dict) -> str:
         "",
         "| path | faces | NME (%) |",
         "|---|---:|---:|",
+        f"| floor: mean training shape in the ground-truth boxes | {s['faces']} | "
+        f"{100 * s['floor_truth_boxes']:.2f} |",
         f"| ground-truth landmark boxes | {s['faces']} | {100 * s['nme_truth_boxes']:.2f} |",
     ]
     if s["nme_detector_boxes"] is not None:
         lines += [
+            f"| floor: mean training shape in the calibrated detector boxes | {s['found']} | "
+            f"{100 * s['floor_detector_boxes']:.2f} |",
             f"| ground-truth boxes, faces the detector found | {s['found']} | "
             f"{100 * s['nme_truth_boxes_on_found']:.2f} |",
             f"| detector boxes, calibrated | {s['found']} | {100 * s['nme_detector_boxes']:.2f} |",
         ]
+    lines += [
+        "",
+        f"A path counts when its NME is at least {FLOOR_MARGIN:.0%} below its floor: "
+        + ", ".join(
+            f"{path} {'yes' if ok else 'NO'}" for path, ok in result["clears_floor"].items()
+        )
+        + ".",
+    ]
     lines += [
         "",
         f"Found: {s['found']} of {s['faces']} ({100 * s['found_rate']:.1f} %). Detector path: "
@@ -184,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         threads=1, detector=detector, calibrations=calibrations,
     )  # fmt: skip
     print(f"evaluating on {len(val)} validation photos ...", flush=True)
-    evaluation = evaluate_photos(predictor, val).summary()
+    evaluation = evaluate_photos(predictor, val, mean_box_shape(train)).summary()
     fp16_change = _fp16_nme_change(model, predictor, val)
     checks = {
         "found_rate": {"rule": ">= 0.95", "value": round(evaluation["found_rate"], 4),
@@ -196,8 +200,20 @@ def main(argv: list[str] | None = None) -> int:
         "photos_per_s": {"rule": ">= 100", "value": round(evaluation["photos_per_s"], 1),
                          "met": evaluation["photos_per_s"] >= TARGETS["photos_per_s"]},
     }  # fmt: skip
+    clears_floor = {
+        path: evaluation[f"nme_{path}_boxes"] is not None
+        and evaluation[f"nme_{path}_boxes"]
+        <= (1 - FLOOR_MARGIN) * evaluation[f"floor_{path}_boxes"]
+        for path in ("truth", "detector")
+    }
+    for path, ok in clears_floor.items():
+        if not ok:
+            print(
+                f"!!! the {path}-box path does not clear its mean-shape floor by {FLOOR_MARGIN:.0%}"
+            )
     command = "python benchmarks/landmarks_on_photos.py " + " ".join(argv or sys.argv[1:])
     result = {
+        "clears_floor": clears_floor,
         "model": args.model,
         "data": data,
         "train_faces": len(train),

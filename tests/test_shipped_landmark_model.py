@@ -9,9 +9,8 @@ import torch
 from wherewhat.data.faces import load_pts_folder
 from wherewhat.landmarking import LandmarkPredictor
 from wherewhat.landmarking.detectors import PROFILE_KIND
-from wherewhat.landmarking.photo_bench import landmark_box
+from wherewhat.landmarking.photo_bench import truth_box_nme
 from wherewhat.landmarking.shipped import shipped_card, shipped_weights
-from wherewhat.metrics.landmarks import nme
 
 
 def test_shipped_model_is_small_weights_only_and_carded():
@@ -36,7 +35,5 @@ def test_shipped_model_gives_its_card_nme_on_the_card_faces(shared_data, backend
     }
     predictor = LandmarkPredictor.shipped(detector=None, backend=backend)
     for pts, stated in wanted.items():
-        record = records[pts]
-        (face,) = predictor(record.image_path, boxes=landmark_box(record.points)[None])
-        measured = float(nme(torch.from_numpy(face.points)[None], record.points[None])[0])
+        measured = truth_box_nme(predictor, records[pts])
         assert abs(100 * (measured - stated)) < 0.1, (pts, measured, stated)

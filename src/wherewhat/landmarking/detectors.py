@@ -84,7 +84,7 @@ class OpenCVFaceDetector:
 
     The defaults look for faces that fill at least a fifth of the photo, as a selfie or
     portrait detector does (MediaPipe's short-range face detector sees a 128 px image): the
-    search then costs about 9 ms per photo on one core. For group photos and small faces lower ``min_face``
+    search then costs about 10 ms per photo on one core. For group photos and small faces lower ``min_face``
     and raise ``detect_side`` (e.g. 0.05 and 640); the cost grows with the searched pixels.
 
     The score is n / (n + min_neighbors), n the number of raw detection windows merged into

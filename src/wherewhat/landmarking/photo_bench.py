@@ -33,6 +33,9 @@ __all__ = [
     "MIN_CALIBRATION_FACES",
     "fit_calibrations",
     "evaluate_photos",
+    "face_nme",
+    "truth_box_nme",
+    "mean_box_shape",
 ]
 
 MATCH_IOU = 0.5  # calibrated detector box vs landmark box
@@ -43,6 +46,35 @@ MIN_CALIBRATION_FACES = 20  # a median of fewer matched faces is not trusted
 def landmark_box(points: torch.Tensor) -> np.ndarray:
     """Tight XYXY box ``(4,)`` of landmarks ``(K, 2)``."""
     return torch.cat([points.min(0).values, points.max(0).values]).numpy().astype(np.float32)
+
+
+def face_nme(points: np.ndarray, record: FaceRecord) -> float:
+    """NME (a fraction) of predicted points ``(K, 2)`` against the record's landmarks."""
+    return float(nme(torch.as_tensor(points, dtype=torch.float32)[None], record.points[None])[0])
+
+
+def truth_box_nme(predictor: LandmarkPredictor, record: FaceRecord, image=None) -> float:
+    """NME of ``predictor`` on ``record``'s face cropped around its ground-truth landmark box
+    (``image``: the decoded photo, when the caller has it already)."""
+    image = rgb_array(record.image_path) if image is None else image
+    (face,) = predictor(image, boxes=landmark_box(record.points)[None], box_kind="landmarks")
+    return face_nme(face.points, record)
+
+
+def mean_box_shape(records: Sequence[FaceRecord]) -> np.ndarray:
+    """The mean landmark shape ``(K, 2)`` relative to each face's tight landmark box: centre at
+    0, the box's longer side 1 (the floor a model must beat, placed in any box)."""
+    shapes = []
+    for record in records:
+        box = landmark_box(record.points)
+        side = float((box[2:] - box[:2]).max())
+        shapes.append((record.points.numpy() - (box[:2] + box[2:]) / 2) / side)
+    return np.mean(shapes, axis=0)
+
+
+def _placed(shape: np.ndarray, box: np.ndarray) -> np.ndarray:
+    """``shape`` (:func:`mean_box_shape`) placed in the square box ``box`` ``(4,)``."""
+    return shape * float((box[2:] - box[:2]).max()) + (box[:2] + box[2:]) / 2
 
 
 def best_match(boxes: np.ndarray, target: np.ndarray, min_iou: float) -> int | None:
@@ -89,6 +121,10 @@ class PhotoEvaluation:
     nme_truth_boxes: list[float] = field(default_factory=list)  # every face
     nme_detector: list[float] = field(default_factory=list)  # faces found
     nme_truth_on_found: list[float] = field(default_factory=list)  # the same faces, truth boxes
+    # Floors: the mean training shape placed in the ground-truth box (every face) and in the
+    # calibrated detector box (faces found); given a mean shape only.
+    floor_truth_boxes: list[float] = field(default_factory=list)
+    floor_detector_boxes: list[float] = field(default_factory=list)
     # Calibrated box against the landmark box, per face found: centre offset (the larger axis)
     # and side ratio, both relative to the landmark box's longer side.
     box_offsets: list[float] = field(default_factory=list)
@@ -113,6 +149,8 @@ class PhotoEvaluation:
             "nme_detector_boxes": detector,
             "nme_truth_boxes_on_found": truth_found,
             "nme_gap_points": None if detector is None else 100 * (detector - truth_found),
+            "floor_truth_boxes": mean(self.floor_truth_boxes),
+            "floor_detector_boxes": mean(self.floor_detector_boxes),
             "box_offset_median": quantile(self.box_offsets, 0.5),
             "box_offset_p90": quantile(self.box_offsets, 0.9),
             "box_scale_p10": quantile(self.box_scales, 0.1),
@@ -129,20 +167,25 @@ class PhotoEvaluation:
         }
 
 
-def evaluate_photos(predictor: LandmarkPredictor, records: Sequence[FaceRecord]) -> PhotoEvaluation:
+def evaluate_photos(
+    predictor: LandmarkPredictor,
+    records: Sequence[FaceRecord],
+    mean_shape: np.ndarray | None = None,
+) -> PhotoEvaluation:
     """Each face through both paths: its ground-truth landmark box, and the predictor's
     detector (the detection matching the face, calibrated); timing covers the detector path
-    from decoded pixels to landmarks."""
+    from decoded pixels to landmarks. ``mean_shape`` (:func:`mean_box_shape` of the training
+    faces): also the floor of each path, that shape placed in the same box."""
     if predictor.detector is None:
         raise ValueError("evaluate_photos needs a predictor with a detector")
     result = PhotoEvaluation()
     for record in records:
         image = rgb_array(record.image_path)
         truth = landmark_box(record.points)
-        target = record.points[None]
-        (given,) = predictor(image, boxes=truth[None], box_kind="landmarks")
-        truth_nme = float(nme(torch.from_numpy(given.points)[None], target)[0])
+        truth_nme = truth_box_nme(predictor, record, image)
         result.nme_truth_boxes.append(truth_nme)
+        if mean_shape is not None:
+            result.floor_truth_boxes.append(face_nme(_placed(mean_shape, truth), record))
         began = time.perf_counter()
         faces = predictor(image)
         result.seconds_detector_path += time.perf_counter() - began
@@ -161,7 +204,8 @@ def evaluate_photos(predictor: LandmarkPredictor, records: Sequence[FaceRecord])
         offset = np.abs((placed[:2] + placed[2:]) / 2 - (truth[:2] + truth[2:]) / 2).max()
         result.box_offsets.append(float(offset) / side)
         result.box_scales.append(float((placed[2:] - placed[:2]).max()) / side)
-        points = torch.from_numpy(faces[match].points)[None]
-        result.nme_detector.append(float(nme(points, target)[0]))
+        result.nme_detector.append(face_nme(faces[match].points, record))
         result.nme_truth_on_found.append(truth_nme)
+        if mean_shape is not None:
+            result.floor_detector_boxes.append(face_nme(_placed(mean_shape, placed), record))
     return result
