@@ -1,28 +1,38 @@
-"""SSDIR benchmark: detector variant (class-agnostic, per class) x seeds, every metric, speed.
+"""SSDIR benchmark: arms (detector variant x what-encoder options) x seeds, floors, speed.
 
-Each arm trains the SSD detector, then SSDIR on it (detector frozen), and evaluates on the
-test scenes: class-agnostic AP50 / AP50:95, reconstruction MSE, the Table-2 probe (logistic
-regression on train-scene z_what, objects labelled at IoU >= 0.5, unmatched objects counted),
-training minutes, inference scenes/s at batch 1 and 32 (SSDIR forward, torch, 2 threads),
-parameters and MACs. Then the de-duplication ablation (nms / soft / none) on the first seed.
-The pipeline is :func:`wherewhat.methods.ssdir.experiment.run_ssdir_bench` (the tour runs its
-quick version); it returns typed records, written here with ``to_json()``.
+An *arm* (``--arms``; ``wherewhat.methods.ssdir.settings.ARMS``) is a detector variant
+(class-agnostic, or one class per digit) and SSDIR's options on it: ``class_agnostic`` and
+``per_class`` are the paper's per-cell what-encoder, ``per_class_eq4`` adds the paper's presence
+(eq. 4), ``glimpse`` / ``glimpse_invariance`` / ``both_invariance`` read z_what from a crop at
+each box (label-free), with or without the NT-Xent invariance term. Per seed, each detector
+variant is trained once and shared by its arms; SSDIR is trained on it (frozen) and evaluated
+on the test scenes: class-agnostic AP50 / AP50:95, reconstruction MSE, the Table-2 probe
+(logistic regression on train-scene z_what, objects labelled at IoU >= 0.5, unmatched objects
+counted) overall, per size bucket and per pyramid level, the per-class detector's own digit
+accuracy, training minutes and validation curves, scenes/s at batch 1 and 32 (2 threads),
+parameters and MACs. Floor rows: the probe on raw 16x16 pixels of the ground-truth boxes, and
+each arm's untrained encoder (first seed). Optionally the de-duplication ablation.
 
-    .venv/bin/python benchmarks/ssdir.py                  # full: 2 variants x 3 seeds + ablation
-    .venv/bin/python benchmarks/ssdir.py --seeds 0        # one seed
-    .venv/bin/python benchmarks/ssdir.py --quick          # < 3 min on 2 quiet cores
-    .venv/bin/python benchmarks/ssdir.py --seeds 1 2 --dedup-ablation \
-        --merge-with benchmarks/results/ssdir.json        # add seeds to an earlier run
+Two scene settings (``--scenes``): ``default`` (128 px, digits of 12-64 px; configs/ssd/
+default.yaml, per_class.yaml, configs/ssdir/default.yaml) and ``regime`` (256 px, digits of
+28-112 px, at or above MNIST's resolution as in the paper; configs/ssd/regime.yaml,
+configs/ssdir/regime.yaml, with the paper's reconstruction-to-KL ratio).
 
-Full settings take the model, data and epoch settings from configs/ssd/default.yaml,
-configs/ssd/per_class.yaml (must agree except num_classes) and configs/ssdir/default.yaml when
-they exist (``--no-configs`` to use the built-in defaults). Run it on a quiet machine: timings under contention are meaningless.
+    .venv/bin/python benchmarks/ssdir.py --arms class_agnostic glimpse glimpse_invariance --seeds 0
+    .venv/bin/python benchmarks/ssdir.py --arms glimpse_invariance --seeds 1 2 \
+        --no-floors --merge-with benchmarks/results/ssdir.json        # add seeds to that run
+    .venv/bin/python benchmarks/ssdir.py --scenes regime --arms per_class_eq4 --seeds 0
+    .venv/bin/python benchmarks/ssdir.py --quick                   # < 3 min on 2 quiet cores
 
-``--merge-with`` pools the new arms with those of an earlier results file of the same settings
-(seeds and ablation modes aside) and rewrites the tables; the earlier run's figures are kept.
+Trained detectors and SSDIRs are kept in ``--models-dir`` (runs/ssdir-bench) and reused by any
+later command of the same settings, so a command can add arms or seeds without retraining what
+exists. ``--merge-with`` pools the new arms with those of an earlier results file of the same
+settings (seeds, arms and ablation modes aside) and rewrites the tables; the earlier run's
+figures are kept, new arms add theirs. Run it on a quiet machine: timings under contention are
+meaningless.
 
-Writes benchmarks/results/ssdir.json and .md (``--quick``: ssdir_quick.*, so a quick check
-never overwrites the full results) and the figures as ssdir[_quick]-<variant>-<name>.png.
+Writes benchmarks/results/ssdir[_regime].json and .md (``--quick``: ssdir_quick.*, so a quick
+check never overwrites the full results) and the figures as ssdir[_regime]-<arm>-<name>.png.
 """
 
 from __future__ import annotations
@@ -36,23 +46,34 @@ from pathlib import Path
 from typing import Any
 
 from wherewhat.bench.tables import write_figures, write_results
+from wherewhat.io import png_bytes
 from wherewhat.methods.ssdir.experiment import run_ssdir_bench
-from wherewhat.methods.ssdir.markdown import ssdir_markdown
+from wherewhat.methods.ssdir.figures import probe_curves
+from wherewhat.methods.ssdir.markdown import floor_warnings, ssdir_markdown
 from wherewhat.methods.ssdir.records import (
     SSDIRBenchResult,
     merge_results,
     settings_blocking_merge,
 )
-from wherewhat.methods.ssdir.settings import DEDUP_MODES, VARIANTS, SSDIRBenchSettings
+from wherewhat.methods.ssdir.settings import ARMS, DEDUP_MODES, SIZE_EDGES, SSDIRBenchSettings
 from wherewhat.training.config_files import load_layered_config
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = ROOT / "benchmarks" / "results"
-CONFIGS = {
-    "detector": ROOT / "configs" / "ssd" / "default.yaml",
-    "detector_per_class": ROOT / "configs" / "ssd" / "per_class.yaml",
-    "ssdir": ROOT / "configs" / "ssdir" / "default.yaml",
+MODELS_DIR = ROOT / "runs" / "ssdir-bench"
+# scene setting -> the configs its settings come from
+SCENE_CONFIGS = {
+    "default": {
+        "detector": ROOT / "configs" / "ssd" / "default.yaml",
+        "detector_per_class": ROOT / "configs" / "ssd" / "per_class.yaml",
+        "ssdir": ROOT / "configs" / "ssdir" / "default.yaml",
+    },
+    "regime": {
+        "detector": ROOT / "configs" / "ssd" / "regime.yaml",
+        "ssdir": ROOT / "configs" / "ssdir" / "regime.yaml",
+    },
 }
+CONFIGS = SCENE_CONFIGS["default"]
 # Handled by the benchmark itself (the variant, the frozen detector and its checkpoint).
 _NOT_FROM_CONFIG = {"num_classes", "detector", "detector_checkpoint", "detector_args"}
 _DATA_FROM_SETTINGS = {"n_train", "n_test", "batch_size", "val_fraction", "num_workers"}
@@ -70,11 +91,13 @@ def _task_arguments(config: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in {**network, **task}.items() if k not in _NOT_FROM_CONFIG}
 
 
-def settings_from_configs(settings: SSDIRBenchSettings) -> tuple[SSDIRBenchSettings, list[str]]:
-    """Fill detector / SSDIR / data arguments and epochs from the YAML configs (when present);
-    returns the new settings and a line per config used."""
+def settings_from_configs(
+    settings: SSDIRBenchSettings, configs: Mapping[str, Path] = CONFIGS
+) -> tuple[SSDIRBenchSettings, list[str]]:
+    """Fill detector / SSDIR / data arguments and epochs from the YAML ``configs`` (when
+    present); returns the new settings and a line per config used."""
     used, changes = [], {}
-    loaded = {k: load_layered_config(p) for k, p in CONFIGS.items() if p.is_file()}
+    loaded = {k: load_layered_config(p) for k, p in configs.items() if p.is_file()}
     if "detector" in loaded:
         det = loaded["detector"]
         args = _task_arguments(det)
@@ -82,7 +105,7 @@ def settings_from_configs(settings: SSDIRBenchSettings) -> tuple[SSDIRBenchSetti
         if other is not None and _task_arguments(other) != args:
             raise SystemExit(
                 "configs disagree: the two detector configs must differ only in num_classes "
-                f"({CONFIGS['detector'].name} vs {CONFIGS['detector_per_class'].name})"
+                f"({configs['detector'].name} vs {configs['detector_per_class'].name})"
             )
         data = _init_args(det.get("data"))
         changes.update(
@@ -94,7 +117,7 @@ def settings_from_configs(settings: SSDIRBenchSettings) -> tuple[SSDIRBenchSetti
             val_fraction=float(data.get("val_fraction", settings.val_fraction)),
             detector_epochs=int((det.get("trainer") or {}).get("max_epochs", 8)),
         )
-        used.append(f"detector: {CONFIGS['detector'].relative_to(ROOT)}")
+        used.append(f"detector: {configs['detector'].relative_to(ROOT)}")
     if "ssdir" in loaded:
         cfg = loaded["ssdir"]
         args = _task_arguments(cfg)
@@ -109,15 +132,55 @@ def settings_from_configs(settings: SSDIRBenchSettings) -> tuple[SSDIRBenchSetti
             ssdir_epochs=int(trainer.get("max_epochs", settings.ssdir_epochs)),
             early_stopping_patience=patience,
         )
-        used.append(f"SSDIR: {CONFIGS['ssdir'].relative_to(ROOT)}")
+        used.append(f"SSDIR: {configs['ssdir'].relative_to(ROOT)}")
     return dataclasses.replace(settings, **changes), used
+
+
+def probe_curve_figure(result: SSDIRBenchResult) -> bytes | None:
+    """PNG of the probe against SSDIR steps for each arm's first seed, with the raw-pixel
+    floor; None when no arm measured the curve."""
+    curves: dict[str, list] = {}
+    for arm in sorted(result.arms, key=lambda a: a.seed):
+        points = arm.metrics.get("ssdir_probe_curve")
+        if points and arm.dedup == "nms" and arm.variant not in curves:
+            curves[arm.variant] = points
+    if not curves:
+        return None
+    raw = result.floors.get("raw_pixels")
+    return png_bytes(probe_curves(curves, {"raw pixels": raw["accuracy"]} if raw else None))
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny run (< 3 min, quiet 2 cores)")
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="default 0 1 2")
-    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=None)
+    parser.add_argument(
+        "--scenes",
+        choices=list(SCENE_CONFIGS),
+        default="default",
+        help="default: 128-px scenes; regime: the paper's object sizes (256 px)",
+    )
+    parser.add_argument(
+        "--arms",
+        "--variants",
+        dest="variants",
+        nargs="+",
+        choices=list(ARMS),
+        default=None,
+        help="default: class_agnostic per_class",
+    )
+    parser.add_argument(
+        "--models-dir",
+        type=Path,
+        default=MODELS_DIR,
+        help="trained models kept here and reused by later runs of the same "
+        "settings (default runs/ssdir-bench)",
+    )
+    parser.add_argument(
+        "--no-floors",
+        action="store_true",
+        help="skip the floor rows (raw-pixel and untrained-encoder probes)",
+    )
     parser.add_argument("--dedup-ablation", nargs="*", choices=list(DEDUP_MODES), default=None,
                         help="modes to compare on the first seed (none given: skip)")  # fmt: skip
     parser.add_argument("--detector-epochs", type=int, default=None)
@@ -142,9 +205,11 @@ def main(argv: list[str] | None = None) -> int:
                 f"--merge-with {args.merge_with}: not a readable results JSON ({err})"
             ) from err
 
-    settings = SSDIRBenchSettings.preset("quick" if args.quick else "full")
+    settings = SSDIRBenchSettings.preset(
+        "quick" if args.quick else "full", scenes=args.scenes, size_edges=SIZE_EDGES[args.scenes]
+    )
     if not args.quick and not args.no_configs:
-        settings, used = settings_from_configs(settings)
+        settings, used = settings_from_configs(settings, SCENE_CONFIGS[args.scenes])
         for line in used:
             print(f"settings from {line}")
     overrides = {
@@ -169,20 +234,33 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(
                 f"--merge-with {args.merge_with}: that run used other settings for {differing}"
             )
-    result = run_ssdir_bench(settings=settings, log=lambda m: print(m, flush=True))
+    result = run_ssdir_bench(
+        settings=settings, log=lambda m: print(m, flush=True),
+        models_dir=None if settings.quick else args.models_dir, floors=not args.no_floors,
+    )  # fmt: skip
 
     name = "ssdir_quick" if settings.quick else "ssdir"
-    figures = result.figures
-    if previous is not None:
-        result = merge_results(previous, result)  # figures: the earlier run's first seed
-        result.figure_files = previous.figure_files or []
-        figures = {}
-    if figures:
-        result.figure_files = write_figures(name, figures, args.results_dir)
+    if settings.scenes != "default":
+        name = f"{name}_{settings.scenes}"
+    figures, kept_files = result.figures, []
+    if previous is not None:  # an arm's figures: from the first run that had the arm
+        old_arms = set(previous.settings.variants)
+        figures = {k: v for k, v in figures.items() if k.rsplit("-", 1)[0] not in old_arms}
+        result = merge_results(previous, result)
+        kept_files = list(previous.figure_files or [])
+    curves = probe_curve_figure(result)
+    if curves is not None:  # drawn from every arm's first seed, merged runs included
+        figures["probe-curves"] = curves
+        kept_files = [f for f in kept_files if f != f"{name}-probe-curves.png"]
+    result.figure_files = kept_files + (
+        write_figures(name, figures, args.results_dir) if figures else []
+    )
     markdown = ssdir_markdown(result)
     json_path, md_path = write_results(name, result.to_json(), markdown, args.results_dir)
     print(markdown)
     print(f"wrote {json_path}, {md_path} and {len(figures)} figures")
+    for line in floor_warnings(result):
+        print(line, file=sys.stderr)
     return 0
 
 

@@ -28,8 +28,9 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
+import lightning.pytorch as pl
 import torch
-from lightning.pytorch import seed_everything
+from lightning.pytorch import Callback, seed_everything
 from torch import Tensor
 from torch.utils.data import Dataset, Subset
 
@@ -38,18 +39,20 @@ from wherewhat.data.scatter import ScatterMNISTDataModule, collate_scenes
 from wherewhat.io import png_bytes
 from wherewhat.methods.ssdir.evaluation import SSDIREvaluation, evaluate_ssdir
 from wherewhat.methods.ssdir.figures import ssdir_figures
+from wherewhat.methods.ssdir.floors import raw_pixel_probe
 from wherewhat.methods.ssdir.model import SSDIR
+from wherewhat.methods.ssdir.model_store import ModelStore, TrainingRecord
 from wherewhat.methods.ssdir.records import (
     SpeedAndSize,
     SSDIRArm,
     SSDIRBenchResult,
     assemble_result,
 )
-from wherewhat.methods.ssdir.settings import VARIANTS, SSDIRBenchSettings
+from wherewhat.methods.ssdir.settings import DETECTORS, SSDIRBenchSettings
 from wherewhat.methods.ssdir.task import SSDIRTask
 from wherewhat.models.ssd import SSDDetector
 from wherewhat.tasks.ssd import SSDTask, default_detector
-from wherewhat.training.fit import FitRecord, fit
+from wherewhat.training.fit import fit
 
 __all__ = ["run_ssdir_bench"]
 
@@ -71,6 +74,34 @@ def _split(
 # -- training ---------------------------------------------------------------------------------
 
 
+class _MonitoredCurve(Callback):
+    """The monitored validation value after every validation epoch (sanity check excluded)."""
+
+    def __init__(self, monitor: str):
+        self.monitor, self.values = monitor, []
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        value = trainer.callback_metrics.get(self.monitor)
+        if not trainer.sanity_checking and value is not None:
+            self.values.append(float(value))
+
+
+class _ProbeCurve(Callback):
+    """The probe's accuracy after every training epoch, fitted on ``train`` scenes and scored on
+    ``test`` scenes (subsets: a curve, not the final number)."""
+
+    def __init__(self, train: Dataset, test: Dataset, seed: int, batch_size: int):
+        self.train, self.test, self.seed, self.batch_size = train, test, seed, batch_size
+        self.values: list[tuple[int, float]] = []
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        metrics = evaluate_ssdir(
+            pl_module.model, self.train, self.test, probe_seeds=(self.seed,),
+            batch_size=self.batch_size,
+        ).metrics  # fmt: skip
+        self.values.append((trainer.global_step, float(metrics["probe_accuracy"])))
+
+
 def _train_task(
     task: SSDTask | SSDIRTask,
     data: ScatterMNISTDataModule,
@@ -82,10 +113,13 @@ def _train_task(
     mode: Literal["min", "max"],
     patience: int | None,
     root: Path,
-) -> FitRecord:
+    probe_curve: _ProbeCurve | None = None,
+) -> TrainingRecord:
     """:func:`fit` with the benchmark's settings: validation (and the best checkpoint by
-    ``monitor``) only when ``s.validate``."""
-    return fit(
+    ``monitor``, whose value per epoch the record keeps) only when ``s.validate``; with
+    ``probe_curve``, the probe after every epoch too."""
+    curve = _MonitoredCurve(monitor)
+    fitted = fit(
         task,
         data,
         max_epochs=epochs,
@@ -97,7 +131,9 @@ def _train_task(
         checkpoint_dir=root,
         progress=s.progress_bar,
         expected_warnings=_EXPECTED_WARNINGS,
+        callbacks=[c for c in (curve if s.validate else None, probe_curve) if c is not None],
     )
+    return TrainingRecord.of(fitted, curve.values, probe_curve.values if probe_curve else ())
 
 
 def _datamodule(settings: SSDIRBenchSettings) -> ScatterMNISTDataModule:
@@ -112,40 +148,71 @@ def _datamodule(settings: SSDIRBenchSettings) -> ScatterMNISTDataModule:
 
 
 def _train_detector(
-    variant: str, seed: int, data: ScatterMNISTDataModule, s: SSDIRBenchSettings, root: Path
-) -> tuple[SSDDetector, FitRecord]:
+    variant: str,
+    seed: int,
+    data: ScatterMNISTDataModule,
+    s: SSDIRBenchSettings,
+    root: Path,
+    store: ModelStore,
+) -> tuple[SSDDetector, TrainingRecord]:
+    """The seed's detector of ``variant``: from the store when it holds one, else trained (and
+    stored)."""
     seed_everything(seed, verbose=False)
     arguments = {
         "image_size": data.config.image_size,
         "in_channels": data.config.channels,
         **s.detector_args,
-        "num_classes": VARIANTS[variant],
+        "num_classes": DETECTORS[variant],
     }
     network, task_arguments = _split(arguments, _DETECTOR_ARGUMENTS)
     task = SSDTask(default_detector(**network), **task_arguments)
-    record = _train_task(
-        task, data, s, epochs=s.detector_epochs, max_steps=s.detector_max_steps,
-        monitor="val/map_50", mode="max", patience=None, root=root / f"detector-{variant}-{seed}",
-    )  # fmt: skip
+    identity = store.detector_identity(s, variant)
+    record = store.load("detector", variant, seed, identity, task.model)
+    if record is None:
+        record = _train_task(
+            task, data, s, epochs=s.detector_epochs, max_steps=s.detector_max_steps,
+            monitor="val/map_50", mode="max", patience=None,
+            root=root / f"detector-{variant}-{seed}",
+        )  # fmt: skip
+        store.save("detector", variant, seed, identity, task.model, record)
     return task.model.eval(), record
+
+
+def _ssdir(detector: SSDDetector, arm: str, dedup: str, s: SSDIRBenchSettings) -> SSDIRTask:
+    network, task_arguments = _split({**s.arm_ssdir_args(arm), "dedup": dedup}, _SSDIR_ARGUMENTS)
+    return SSDIRTask(SSDIR(detector, **network), **task_arguments)
 
 
 def _train_ssdir(
     detector: SSDDetector,
+    arm: str,
     dedup: str,
     seed: int,
     data: ScatterMNISTDataModule,
     s: SSDIRBenchSettings,
     root: Path,
-) -> tuple[SSDIR, FitRecord]:
+    store: ModelStore,
+) -> tuple[SSDIR, TrainingRecord]:
+    """SSDIR of ``arm`` on the frozen ``detector``: from the store, else trained (and stored)."""
     seed_everything(seed, verbose=False)
-    network, task_arguments = _split({**s.ssdir_args, "dedup": dedup}, _SSDIR_ARGUMENTS)
-    task = SSDIRTask(SSDIR(detector, **network), **task_arguments)
-    record = _train_task(
-        task, data, s, epochs=s.ssdir_epochs, max_steps=s.ssdir_max_steps, monitor="val/loss",
-        mode="min", patience=s.early_stopping_patience,
-        root=root / f"ssdir-{dedup}-{seed}-{id(detector)}",
-    )  # fmt: skip
+    task = _ssdir(detector, arm, dedup, s)
+    identity = store.ssdir_identity(s, arm, dedup)
+    record = store.load("ssdir", f"{arm}-{dedup}", seed, identity, task.model)
+    if record is None:
+        probe_curve = None
+        if s.probe_curve_scenes is not None:
+            n_train, n_test = s.probe_curve_scenes
+            probe_curve = _ProbeCurve(
+                Subset(data.train_set, range(min(n_train, len(data.train_set)))),
+                Subset(data.test_set, range(min(n_test, len(data.test_set)))),
+                seed, s.batch_size,
+            )  # fmt: skip
+        record = _train_task(
+            task, data, s, epochs=s.ssdir_epochs, max_steps=s.ssdir_max_steps, monitor="val/loss",
+            mode="min", patience=s.early_stopping_patience,
+            root=root / f"ssdir-{arm}-{dedup}-{seed}", probe_curve=probe_curve,
+        )  # fmt: skip
+        store.save("ssdir", f"{arm}-{dedup}", seed, identity, task.model, record)
     return task.model.eval(), record
 
 
@@ -185,15 +252,20 @@ def _speed_and_size(model: SSDIR, images: Tensor, s: SSDIRBenchSettings) -> Spee
     )
 
 
-def _evaluate(
-    model: SSDIR, data: ScatterMNISTDataModule, seed: int, s: SSDIRBenchSettings
-) -> SSDIREvaluation:
+def _probe_train_scenes(data: ScatterMNISTDataModule, s: SSDIRBenchSettings) -> Dataset:
+    """The train scenes whose objects fit the probe (the first ``probe_train_scenes``)."""
     train: Dataset = data.train_set
     if s.probe_train_scenes is not None and s.probe_train_scenes < len(train):
         train = Subset(train, range(s.probe_train_scenes))
+    return train
+
+
+def _evaluate(
+    model: SSDIR, data: ScatterMNISTDataModule, seed: int, s: SSDIRBenchSettings
+) -> SSDIREvaluation:
     return evaluate_ssdir(
-        model, train, data.test_set, min_iou=s.min_iou, probe_seeds=(seed,),
-        batch_size=s.batch_size, keep_images=s.figure_scenes,
+        model, _probe_train_scenes(data, s), data.test_set, min_iou=s.min_iou, probe_seeds=(seed,),
+        batch_size=s.batch_size, keep_images=s.figure_scenes, size_edges=s.size_edges,
     )  # fmt: skip
 
 
@@ -214,35 +286,56 @@ def _figures(
     return {name: png_bytes(fig) for name, fig in figures.items()}
 
 
+def _untrained_floor(
+    detector: SSDDetector,
+    arm: str,
+    seed: int,
+    data: ScatterMNISTDataModule,
+    s: SSDIRBenchSettings,
+) -> dict[str, Any]:
+    """The probe on ``arm``'s SSDIR before training (same detector and objects): the floor its
+    trained z_what must clear."""
+    seed_everything(seed, verbose=False)
+    model = _ssdir(detector, arm, "nms", s).model.eval()
+    metrics = _evaluate(model, data, seed, s).metrics
+    return {k: v for k, v in metrics.items() if k.startswith("probe_")}
+
+
 def _arm(
-    variant: str,
+    arm_name: str,
     seed: int,
     detector: SSDDetector,
-    detector_fit: FitRecord,
+    detector_fit: TrainingRecord,
     dedup: str,
     data: ScatterMNISTDataModule,
     s: SSDIRBenchSettings,
     root: Path,
     images: Tensor,
     log: Callable[[str], None],
+    store: ModelStore,
 ) -> tuple[SSDIRArm, SSDIR, SSDIREvaluation]:
-    model, ssdir_fit = _train_ssdir(detector, dedup, seed, data, s, root)
-    log(f"{variant} seed {seed} dedup {dedup}: SSDIR trained in {ssdir_fit.seconds:.0f} s")
+    model, ssdir_fit = _train_ssdir(detector, arm_name, dedup, seed, data, s, root, store)
+    log(f"{arm_name} seed {seed} dedup {dedup}: SSDIR trained in {ssdir_fit.seconds:.0f} s")
     start = time.perf_counter()
     evaluation = _evaluate(model, data, seed, s)
     eval_seconds = time.perf_counter() - start
     speed = _speed_and_size(model, images, s)
     m = evaluation.metrics
     log(
-        f"{variant} seed {seed} dedup {dedup}: AP50 {m['ap50']:.3f}, probe "
+        f"{arm_name} seed {seed} dedup {dedup}: AP50 {m['ap50']:.3f}, probe "
         f"{m['probe_accuracy']:.3f}, recon MSE {m['recon_mse']:.4f}, "
         f"{speed.scenes_per_s_batch32:.0f} scenes/s at batch {speed.speed_batch_size}"
     )
     arm = SSDIRArm(
-        variant=variant,
+        variant=arm_name,
         seed=seed,
         dedup=dedup,
-        metrics=dict(m),
+        metrics={
+            **m,  # and the validation curves, one value per epoch
+            "detector_val_map50_curve": list(detector_fit.val_curve),
+            "ssdir_val_loss_curve": list(ssdir_fit.val_curve),
+            "ssdir_probe_curve": [list(point) for point in ssdir_fit.probe_curve],
+        },
         speed=speed,
         detector_minutes=detector_fit.seconds / 60,
         ssdir_minutes=ssdir_fit.seconds / 60,
@@ -265,53 +358,85 @@ def run_ssdir_bench(
     settings: SSDIRBenchSettings | None = None,
     log: Callable[[str], None] = print,
     work_dir: str | Path | None = None,
+    models_dir: str | Path | None = None,
+    floors: bool = True,
 ) -> SSDIRBenchResult:
     """Run the SSDIR benchmark (module docstring) with ``settings`` (default: the ``quick`` or
     ``full`` preset); checkpoints live in a temporary folder under ``work_dir``.
 
-    The result's ``figures`` hold ``{"<variant>-<name>": PNG bytes}`` for the first seed of
-    every variant; ``to_json()`` gives the results file (see
+    Every seed trains each detector variant its arms need once (arms of the same variant share
+    it). With ``models_dir`` the trained detectors and SSDIRs are kept there and reused by any
+    later run of the same settings (:class:`~wherewhat.methods.ssdir.model_store.ModelStore`).
+    With ``floors`` the run measures the floor rows: the raw-pixel probe (once) and each arm's
+    untrained-encoder probe (first seed).
+
+    The result's ``figures`` hold ``{"<arm>-<name>": PNG bytes}`` for the first seed of every
+    arm; ``to_json()`` gives the results file (see
     :class:`~wherewhat.methods.ssdir.records.SSDIRBenchResult`).
     """
     s = settings or SSDIRBenchSettings.preset("quick" if quick else "full")
     s.check()
+    store = ModelStore(models_dir)
     start = time.perf_counter()
     arms: list[SSDIRArm] = []
     figures: dict[str, bytes] = {}
     ablation: list[SSDIRArm] = []
+    floor_rows: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="ssdir-bench-", dir=work_dir) as tmp:
         root = Path(tmp)
         data = _datamodule(s)
         log(f"data: {len(data.train_set)} train / {len(data.test_set)} test scenes")
         images = _test_batch(data, 32)["image"]
-        kept: tuple[SSDDetector, FitRecord, SSDIRArm | None] | None = None
-        for variant in s.variants:
-            for seed in s.seeds:
-                detector, detector_fit = _train_detector(variant, seed, data, s, root)
-                log(f"{variant} seed {seed}: detector trained in {detector_fit.seconds:.0f} s")
+        if floors:
+            floor_rows["raw_pixels"] = raw_pixel_probe(
+                _probe_train_scenes(data, s), data.test_set, seeds=(s.seeds[0],),
+                size_edges=s.size_edges,
+            )  # fmt: skip
+            log(f"floor: raw-pixel probe {floor_rows['raw_pixels']['accuracy']:.3f}")
+            floor_rows["untrained_encoder"] = {}
+        detectors: dict[tuple[str, int], tuple[SSDDetector, TrainingRecord]] = {}
+
+        def detector_of(variant: str, seed: int) -> tuple[SSDDetector, TrainingRecord]:
+            if (variant, seed) not in detectors:
+                detectors[variant, seed] = _train_detector(variant, seed, data, s, root, store)
+                log(f"{variant} seed {seed}: detector ready "
+                    f"(trained in {detectors[variant, seed][1].seconds:.0f} s)")  # fmt: skip
+            return detectors[variant, seed]
+
+        for seed in s.seeds:
+            for arm_name in s.variants:
+                detector, detector_fit = detector_of(s.arm_detector(arm_name), seed)
+                if floors and seed == s.seeds[0]:
+                    untrained = _untrained_floor(detector, arm_name, seed, data, s)
+                    floor_rows["untrained_encoder"][arm_name] = untrained
+                    log(f"floor: {arm_name} untrained probe {untrained['probe_accuracy']:.3f}")
                 arm, model, evaluation = _arm(
-                    variant, seed, detector, detector_fit, "nms", data, s, root, images, log
-                )
+                    arm_name, seed, detector, detector_fit, "nms", data, s, root, images, log,
+                    store,
+                )  # fmt: skip
                 arms.append(arm)
                 if seed == s.seeds[0]:
                     for name, png in _figures(model, evaluation, data, s, seed).items():
-                        figures[f"{variant}-{name}"] = png
-                    if variant == s.ablation_variant:
-                        kept = (detector, detector_fit, arm)
+                        figures[f"{arm_name}-{name}"] = png
                 del model, evaluation
+            # later seeds need none of this seed's detectors, except the ablation's
+            ablation_key = (s.arm_detector(s.ablation_variant), s.seeds[0])
+            for key in [k for k in detectors if k[1] == seed]:
+                if not (s.dedup_ablation and key == ablation_key):
+                    del detectors[key]
         if s.dedup_ablation:
-            if kept is None:  # the ablation variant was not among the arms
-                seed = s.seeds[0]
-                detector, detector_fit = _train_detector(s.ablation_variant, seed, data, s, root)
-                kept = (detector, detector_fit, None)
-            detector, detector_fit, nms_arm = kept
+            seed = s.seeds[0]
+            detector, detector_fit = detector_of(s.arm_detector(s.ablation_variant), seed)
+            nms_arm = next(
+                (a for a in arms if a.variant == s.ablation_variant and a.seed == seed), None
+            )
             for dedup in s.dedup_ablation:
                 if dedup == "nms" and nms_arm is not None:
                     ablation.append(nms_arm)
                     continue
                 arm, _, _ = _arm(
-                    s.ablation_variant, s.seeds[0], detector, detector_fit, dedup, data, s,
-                    root, images, log,
+                    s.ablation_variant, seed, detector, detector_fit, dedup, data, s, root,
+                    images, log, store,
                 )  # fmt: skip
                 ablation.append(arm)
     result = assemble_result(
@@ -321,5 +446,6 @@ def run_ssdir_bench(
         seconds=time.perf_counter() - start,
         threads=torch.get_num_threads(),
     )
+    result.floors = floor_rows
     result.figures = figures
     return result

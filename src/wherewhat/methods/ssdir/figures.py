@@ -35,6 +35,7 @@ from wherewhat.report.figures import (
 )
 
 __all__ = [
+    "probe_curves",
     "reconstruction_panels",
     "glimpse_panels",
     "tsne_embedding",
@@ -271,3 +272,24 @@ def ssdir_figures(
     if z_what is not None and labels is not None and len(z_what) >= 3:
         figures["tsne"] = zwhat_tsne(z_what, labels, seed=seed, max_points=tsne_points)
     return figures
+
+
+def probe_curves(
+    curves: dict[str, Sequence[Sequence[float]]], floors: dict[str, float] | None = None
+) -> Figure:
+    """The probe's accuracy against SSDIR training steps, a line per arm (``curves``: arm ->
+    ``[(step, accuracy), ...]``), with the floors as dashed horizontal lines."""
+    fig = new_figure(6.0, 3.6)
+    ax = fig.add_subplot(1, 1, 1)
+    for arm, points in curves.items():
+        if len(points):
+            steps, accuracy = zip(*points, strict=True)
+            ax.plot(steps, accuracy, marker="o", label=arm)
+    for index, (name, value) in enumerate((floors or {}).items()):
+        ax.axhline(value, linestyle="--", color=f"C{7 + index % 3}", label=f"floor: {name}")
+    ax.set_xlabel("SSDIR training step")
+    ax.set_ylabel("z_what probe accuracy (subset)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig

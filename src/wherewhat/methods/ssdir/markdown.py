@@ -7,12 +7,20 @@ import math
 from typing import Any
 
 from wherewhat.bench.tables import format_markdown_table, target_rows
+from wherewhat.methods.ssdir.evaluation import size_bucket_names
 from wherewhat.methods.ssdir.records import SSDIRBenchResult, VariantSummary
 
-__all__ = ["ssdir_markdown", "summary_rows"]
+__all__ = ["FLOOR_MARGIN", "floor_rows", "floor_warnings", "ssdir_markdown", "summary_rows"]
+
+# An arm's probe must beat its untrained encoder's by this much before arms are compared.
+FLOOR_MARGIN = 0.05
+_SCENES = {
+    "default": "128 px, 1-9 digits of 12-64 px",
+    "regime": "256 px, 1-9 digits of 28-112 px: at or above MNIST's resolution, as in the paper",
+}
 
 _ARM_COLUMNS = [
-    ("variant", "detector"), ("seed", "seed"), ("ap50", "AP50"), ("ap", "AP50:95"),
+    ("variant", "arm"), ("seed", "seed"), ("ap50", "AP50"), ("ap", "AP50:95"),
     ("probe_accuracy", "probe acc"), ("probe_f1", "probe F1"),
     ("test_unmatched", "unmatched obj"), ("test_gt_missed", "missed digits"),
     ("recon_mse", "recon MSE"), ("train_minutes", "train min"),
@@ -38,7 +46,7 @@ def summary_rows(result: SSDIRBenchResult) -> list[dict[str, Any]]:
             return _plus_minus(summary, key)
 
         rows.append({
-            "detector": variant, "seeds": len(summary.seeds), "AP50": pm("ap50"),
+            "arm": variant, "seeds": len(summary.seeds), "AP50": pm("ap50"),
             "AP50:95": pm("ap"), "probe accuracy": pm("probe_accuracy"),
             "probe precision": pm("probe_precision"), "probe recall": pm("probe_recall"),
             "probe F1": pm("probe_f1"), "unmatched (test)": pm("test_unmatched_fraction"),
@@ -49,15 +57,81 @@ def summary_rows(result: SSDIRBenchResult) -> list[dict[str, Any]]:
     return rows
 
 
+def floor_rows(result: SSDIRBenchResult) -> list[dict[str, Any]]:
+    """Floor rows of the summary table: the raw-pixel probe and each untrained encoder."""
+    floors, rows = result.floors, []
+    raw = floors.get("raw_pixels")
+    if raw:
+        rows.append({"arm": f"floor: raw {raw['side']}x{raw['side']} pixels of the "
+                     "ground-truth boxes", "probe accuracy": f"{raw['accuracy']:.4g}"})  # fmt: skip
+    for arm, values in (floors.get("untrained_encoder") or {}).items():
+        rows.append({"arm": f"floor: {arm}, untrained encoder",
+                     "probe accuracy": f"{values['probe_accuracy']:.4g}"})  # fmt: skip
+    return rows
+
+
+def floor_warnings(result: SSDIRBenchResult) -> list[str]:
+    """A line per arm whose probe does not clear its untrained encoder's by
+    :data:`FLOOR_MARGIN` (such an arm's differences from the others mean nothing)."""
+    untrained = result.floors.get("untrained_encoder") or {}
+    lines = []
+    for arm, summary in result.summary.items():
+        floor = (untrained.get(arm) or {}).get("probe_accuracy")
+        probe = summary.mean("probe_accuracy")
+        if floor is None:
+            continue
+        if not (math.isfinite(probe) and probe >= floor + FLOOR_MARGIN):
+            lines.append(
+                f"WARNING: arm {arm} does not clear its floor: probe {probe:.3f} against "
+                f"{floor:.3f} untrained (margin {FLOOR_MARGIN}); do not compare it with others."
+            )
+    return lines
+
+
+def _breakdown_rows(result: SSDIRBenchResult, kind: str, groups: list[str]) -> list[dict]:
+    """Probe accuracy per size bucket (``kind="size"``) or pyramid level of each arm, with the
+    per-class detector's own digit accuracy and the raw-pixel floor per bucket."""
+    rows = []
+    raw = result.floors.get("raw_pixels")
+    if kind == "size" and raw:
+        row = {"arm": "floor: raw pixels", "detector digit acc": "-"}
+        for g in groups:
+            value, n = raw.get(f"accuracy_size_{g}", math.nan), raw.get(f"n_size_{g}", 0)
+            row[f"{g} (n)"] = f"{value:.3f} ({n})" if math.isfinite(value) else "-"
+        rows.append(row)
+    for arm, summary in result.summary.items():
+        accuracy = summary.mean("detector_label_accuracy")
+        row = {"arm": arm,
+               "detector digit acc": f"{accuracy:.3f}" if math.isfinite(accuracy) else "-"}  # fmt: skip
+        for g in groups:
+            value, n = (
+                summary.mean(f"probe_accuracy_{kind}_{g}"),
+                summary.mean(f"probe_n_{kind}_{g}"),
+            )
+            row[f"{g} (n)"] = f"{value:.3f} ({n:.0f})" if math.isfinite(value) else "-"
+        rows.append(row)
+    return rows
+
+
+def _table(rows: list[dict[str, Any]]) -> str:
+    return format_markdown_table(rows, list(rows[0])) if rows else "(no arm)"
+
+
+def _levels(result: SSDIRBenchResult) -> list[str]:
+    found = {k.removeprefix("probe_accuracy_level_") for a in result.arms for k in a.metrics
+             if k.startswith("probe_accuracy_level_")}  # fmt: skip
+    return sorted(found, key=int)
+
+
 def ssdir_markdown(result: SSDIRBenchResult) -> str:
     """The benchmark's markdown: summary per variant, targets, every arm, dedup ablation."""
     s = result.settings
     document = result.to_json()
     machine = result.machine
     lines = [
-        f"# SSDIR on scattered MNIST ({'quick' if s.quick else 'full'} run)",
+        f"# SSDIR on scattered MNIST ({'quick' if s.quick else 'full'} run, {s.scenes} scenes)",
         "",
-        f"{s.n_train:,} train / {s.n_test:,} test scenes (128 px, 1-9 digits of 12-64 px), "
+        f"{s.n_train:,} train / {s.n_test:,} test scenes ({_SCENES.get(s.scenes, s.scenes)}), "
         f"seeds {result.seeds}. AP is class-agnostic COCO AP of SSDIR's objects; the probe is "
         f"a logistic regression on train-scene z_what, objects labelled by their best "
         f"ground-truth IoU >= {s.min_iou} (unmatched objects left out and counted); "
@@ -67,9 +141,28 @@ def ssdir_markdown(result: SSDIRBenchResult) -> str:
         "",
     ]
     summary = summary_rows(result)
-    lines.append(format_markdown_table(summary, list(summary[0])))
+    lines.append(format_markdown_table([*summary, *floor_rows(result)], list(summary[0])))
+    warnings = floor_warnings(result)
+    lines += ["", *warnings] if warnings else []
     targets = target_rows(document["targets"], document)
     lines += ["", format_markdown_table(targets, ["quantity", "target", "measured", "met"])]
+    sizes = size_bucket_names(s.size_edges)
+    lines += [
+        "",
+        "Probe accuracy per size bucket (longer side of the matched digit's box, px; mean over "
+        "seeds, n = test objects), next to the per-class detector's own digit accuracy on the "
+        "same objects: a probe cannot be credited above what its detector already knows.",
+        "",
+        _table(_breakdown_rows(result, "size", sizes)),
+    ]
+    levels = _levels(result)
+    if levels:
+        lines += [
+            "",
+            "Probe accuracy per pyramid level of the object's anchor (0 = finest):",
+            "",
+            _table(_breakdown_rows(result, "level", levels)),
+        ]
     lines += ["", "Every arm:", "", format_markdown_table(document["arms"], _ARM_COLUMNS)]
     if result.dedup_ablation:
         ablation = document["dedup_ablation"]
