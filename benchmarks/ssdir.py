@@ -215,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     overrides = {
         "seeds": tuple(args.seeds) if args.seeds else None,
         "variants": tuple(args.variants) if args.variants else None,
-        "dedup_ablation": None if args.dedup_ablation is None else tuple(args.dedup_ablation),
+        "dedup_ablation": tuple(args.dedup_ablation or ()),  # not given: no ablation
         "detector_epochs": args.detector_epochs,
         "ssdir_epochs": args.ssdir_epochs,
         "detector_max_steps": args.detector_steps,

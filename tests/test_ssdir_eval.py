@@ -507,8 +507,9 @@ def test_run_ssdir_bench_end_to_end_on_a_tiny_setting():
 @pytest.mark.slow
 def test_arms_share_their_seeds_detector_and_a_stored_run_is_reused(tmp_path):
     settings = SSDIRBenchSettings.preset(
-        "quick", n_train=32, n_test=8, batch_size=8, detector_max_steps=3, ssdir_max_steps=2,
+        "quick", n_train=32, n_test=8, batch_size=8, detector_max_steps=3, ssdir_max_steps=4,
         variants=("class_agnostic", "glimpse_invariance"), tsne_points=50, figure_scenes=2,
+        probe_curve_scenes=(16, 8),
     )  # fmt: skip
     logged: list[str] = []
     first = run_ssdir_bench(settings=settings, log=logged.append, models_dir=tmp_path,
@@ -517,6 +518,8 @@ def test_arms_share_their_seeds_detector_and_a_stored_run_is_reused(tmp_path):
     assert {a.variant for a in first.arms} == {"class_agnostic", "glimpse_invariance"}
     assert len(list(tmp_path.glob("detector-*.pt"))) == 1
     assert len(list(tmp_path.glob("ssdir-*.pt"))) == 2
+    for arm in first.arms:  # one epoch of 4 steps: one point of the probe curve
+        assert [step for step, _ in arm.metrics["ssdir_probe_curve"]] == [4]
     again = run_ssdir_bench(settings=settings, log=lambda message: None, models_dir=tmp_path,
                             floors=False)  # fmt: skip
     for a, b in zip(first.arms, again.arms, strict=True):  # stored: same weights and records
