@@ -52,6 +52,9 @@ __all__ = [
     "DEFAULT_MIN_IOU",
     "DEFAULT_SIZE_EDGES",
     "size_bucket_names",
+    "size_buckets",
+    "scene_batches",
+    "batch_parts",
     "matched_box_sides",
     "AP_SCORE_THRESHOLD",
     "ObjectEncoder",
@@ -133,13 +136,13 @@ class SceneObjects:
         return match_objects_in_scenes(self.boxes, self.gt_boxes, self.gt_labels, min_iou)
 
 
-def _scene_loader(scenes: Dataset | DataLoader | Iterable, batch_size: int) -> Iterable:
+def scene_batches(scenes: Dataset | DataLoader | Iterable, batch_size: int) -> Iterable:
     if isinstance(scenes, DataLoader) or not isinstance(scenes, Dataset):
         return scenes
     return DataLoader(scenes, batch_size=batch_size, shuffle=False, collate_fn=collate_scenes)
 
 
-def _batch_parts(batch: Any, index: int) -> tuple[Tensor, list[Tensor], list[Tensor]]:
+def batch_parts(batch: Any, index: int) -> tuple[Tensor, list[Tensor], list[Tensor]]:
     """Images, GT boxes and GT labels of a batch, or a ``ValueError`` naming the batch."""
     if not isinstance(batch, Mapping) or not {"image", "boxes", "labels"} <= set(batch):
         raise ValueError(
@@ -183,8 +186,8 @@ def encode_scenes(
     objects = SceneObjects()
     anchor_level = getattr(getattr(model, "detector", None), "anchor_level", None)
     try:
-        for index, batch in enumerate(_scene_loader(scenes, batch_size)):
-            images, gt_boxes, gt_labels = _batch_parts(batch, index)
+        for index, batch in enumerate(scene_batches(scenes, batch_size)):
+            images, gt_boxes, gt_labels = batch_parts(batch, index)
             records = model.encode(images, score_threshold=score_threshold)
             if len(records) != len(images):
                 raise ValueError(
@@ -422,9 +425,7 @@ def _probe_by_size_and_level(
     level holding matched objects (when the objects carry levels)."""
     correct = probe["test_correct"]
     names = size_bucket_names(size_edges)
-    sides = matched_box_sides(test, matches)
-    buckets = np.array(names)[np.searchsorted(np.asarray(size_edges), sides, side="left")]
-    by_size = accuracy_by_group(correct, buckets)
+    by_size = accuracy_by_group(correct, size_buckets(matched_box_sides(test, matches), size_edges))
     out: dict[str, float | int] = {}
     for name in names:
         group = by_size.get(name, {"accuracy": float("nan"), "n": 0})
@@ -444,6 +445,13 @@ def size_bucket_names(edges: Sequence[float]) -> list[str]:
         raise ValueError(f"size edges must increase, got {list(edges)}")
     inner = [f"{a:g}_{b:g}" for a, b in zip(edges[:-1], edges[1:], strict=True)]
     return [f"le{edges[0]:g}", *inner, f"gt{edges[-1]:g}"]
+
+
+def size_buckets(sides: np.ndarray, edges: Sequence[float]) -> np.ndarray:
+    """The :func:`size_bucket_names` bucket of each box side ``(N,)`` px (a side equal to an
+    edge falls in the lower bucket)."""
+    names = np.array(size_bucket_names(edges))
+    return names[np.searchsorted(np.asarray(edges), np.asarray(sides), side="left")]
 
 
 def matched_box_sides(objects: SceneObjects, matches: ObjectMatches) -> np.ndarray:

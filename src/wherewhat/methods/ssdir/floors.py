@@ -14,7 +14,6 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
@@ -22,9 +21,10 @@ from torch.utils.data import DataLoader, Dataset
 from wherewhat.geometry.transformer import extract
 from wherewhat.methods.ssdir.evaluation import (
     DEFAULT_SIZE_EDGES,
-    _batch_parts,
-    _scene_loader,
+    batch_parts,
+    scene_batches,
     size_bucket_names,
+    size_buckets,
 )
 from wherewhat.metrics.probe import accuracy_by_group, latent_probe
 
@@ -42,8 +42,8 @@ def box_pixels(
         digit labels and ``(N,)`` the box's longer side in px (for size buckets).
     """
     pixels, labels, sides = [], [], []
-    for index, batch in enumerate(_scene_loader(scenes, batch_size)):
-        images, boxes, digit = _batch_parts(batch, index)
+    for index, batch in enumerate(scene_batches(scenes, batch_size)):
+        images, boxes, digit = batch_parts(batch, index)
         counts = torch.tensor([len(b) for b in boxes])
         if int(counts.sum()) == 0:
             continue
@@ -77,10 +77,7 @@ def raw_pixel_probe(
     test_x, test_y, test_sides = box_pixels(test_scenes, side)
     probe = latent_probe(train_x, train_y, test_x, test_y, seeds=seeds, max_iter=max_iter)
     names = size_bucket_names(size_edges)
-    buckets = np.array(names)[
-        np.searchsorted(np.asarray(size_edges), test_sides.numpy(), side="left")
-    ]
-    by_size = accuracy_by_group(probe["test_correct"], buckets)
+    by_size = accuracy_by_group(probe["test_correct"], size_buckets(test_sides.numpy(), size_edges))
     out: dict[str, Any] = {
         "accuracy": float(probe["accuracy"]),
         "f1": float(probe["f1"]),
