@@ -26,6 +26,7 @@ from wherewhat.bench import (
     write_results,
 )
 from wherewhat.bench import suite as bench_suite
+from wherewhat.bench.step_compute import measure_training_step
 from wherewhat.errors import ConfigError, DataFormatError
 
 
@@ -170,6 +171,34 @@ def test_training_throughput_leaves_model_untouched():
     assert float(result) == pytest.approx(6 * 3 / result.seconds)
     assert torch.get_num_threads() == before_threads
     assert all(torch.equal(a, b) for a, b in zip(before_weights, model.parameters(), strict=True))
+
+
+def test_training_step_compute_counts_hand_flops_and_leaves_model_and_random_state():
+    torch.manual_seed(0)
+    # dropout draws random numbers; batch norm would update its statistics in place
+    model = nn.Sequential(nn.Linear(16, 4), nn.BatchNorm1d(4), nn.Dropout(0.5)).eval()
+    before = [t.detach().clone() for t in (*model.parameters(), *model.buffers())]
+    batch = torch.rand(8, 16)
+
+    def loss(net, x):
+        return net(x).square().sum()
+
+    torch.manual_seed(1)
+    expected_next = torch.rand(3)
+    torch.manual_seed(1)
+    compute = measure_training_step(model, batch, threads=1, repeats=2, step=loss)
+    assert torch.equal(torch.rand(3), expected_next)
+    # forward 2 x 8 x 16 x 4 FLOPs and the weight gradient as many; the input needs none
+    assert compute.step_gflop == pytest.approx(2 * (2 * 8 * 16 * 4) / 1e9)
+    assert compute.threads == 1 and compute.step_seconds > 0
+    rate = compute.step_gflop / compute.step_seconds / compute.peak_gflops
+    assert compute.fraction_of_peak == pytest.approx(rate)
+    assert set(compute.to_json("det")) == {
+        "det_step_gflop", "det_step_seconds", "det_step_fraction_of_peak",
+    }  # fmt: skip
+    after = (*model.parameters(), *model.buffers())
+    assert all(torch.equal(a, b) for a, b in zip(before, after, strict=True))
+    assert all(p.grad is None for p in model.parameters()) and not model.training
 
 
 def test_peak_gflops_is_positive_and_cached():

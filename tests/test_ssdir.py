@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import warnings
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -248,6 +249,26 @@ def test_elbo_is_finite_and_improves_on_a_tiny_overfit_run():
     assert terms["objects_per_image"].item() == pytest.approx(
         sum(len(b) for b in batch["boxes"]) / 4
     )
+
+
+def test_losses_stay_float32_and_close_to_float32_ones_under_bf16_autocast():
+    batch = scenes(2)
+    detector = tiny_detector()
+    torch.manual_seed(0)
+    ssdir = SSDIRTask(SSDIR(tiny_detector(), **SMALL)).train()
+    detector_task = SSDTask(detector).train()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*self.log.*")  # no trainer attached
+        for task in (detector_task, ssdir):
+            torch.manual_seed(1)
+            reference = task.training_step(batch, 0)
+            torch.manual_seed(1)
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                mixed = task.training_step(batch, 0)
+            assert reference.dtype == mixed.dtype == torch.float32
+            # bf16 matmuls keep ~3 digits; the sums over pixels stay float32
+            assert mixed.item() == pytest.approx(reference.item(), rel=0.02)
+            mixed.backward()
 
 
 def test_detector_stays_frozen_and_outside_the_optimizer():

@@ -41,6 +41,7 @@ from wherewhat.methods.ssdir.records import (
     SSDIRBenchResult,
     assemble_result,
     merge_results,
+    regime_block,
     summarize,
 )
 from wherewhat.methods.ssdir.settings import SSDIRBenchSettings
@@ -429,7 +430,7 @@ def test_headline_takes_the_best_label_free_arm_and_the_faithful_arm_and_floors_
     assert headline.best_label_free_arm == "glimpse_invariance"
     assert headline.probe_accuracy_class_agnostic == pytest.approx(0.94)
     assert headline.label_free_margin_over_raw_pixels == pytest.approx(0.07)
-    assert headline.probe_accuracy_per_class == pytest.approx(0.92)  # eq. 4 arm first
+    assert headline.probe_accuracy_per_class is None  # default scenes: not the paper's regime
     text = ssdir_markdown(result)
     # the cells arm is within 0.05 of its untrained floor: named loudly; the glimpse one is not
     assert "WARNING: arm class_agnostic does not clear its floor" in text
@@ -440,6 +441,53 @@ def test_headline_takes_the_best_label_free_arm_and_the_faithful_arm_and_floors_
     assert document["arm_settings"]["per_class_eq4"]["detector"] == "per_class"
     again = SSDIRBenchResult.from_json(json.loads(json.dumps(document)))
     assert again.floors == result.floors and again.headline == headline
+
+
+def test_the_faithful_arm_comes_from_the_regime_run_and_a_default_run_carries_it():
+    def arm(variant, acc, recon):
+        return made_up_arm(variant=variant, seed=0, dedup="nms", ap50=0.9, ap=0.6,
+                           probe_accuracy=acc, recon_mse=recon, detector_label_accuracy=0.98)  # fmt: skip
+
+    arms = [arm("per_class", 0.95, 0.010), arm("per_class_eq4", 0.97, 0.011)]
+    variants = ("per_class", "per_class_eq4")
+    default = assemble_result(
+        arms, [], SSDIRBenchSettings.preset("quick", variants=variants), 60.0, 2
+    )
+    assert default.faithful is None and default.headline.probe_accuracy_per_class is None
+    with pytest.raises(ValueError, match="ssdir.json: expected a regime run"):
+        regime_block(default, "ssdir.json")
+    regime = assemble_result(
+        arms, [], SSDIRBenchSettings.preset("quick", variants=variants, scenes="regime"), 60.0, 2
+    )
+    regime.floors = {"raw_pixels": {"accuracy": 0.86},
+                     "untrained_encoder": {"per_class_eq4": {"probe_accuracy": 0.5}}}  # fmt: skip
+    assert regime.headline.probe_accuracy_per_class == pytest.approx(0.97)  # eq. 4 arm first
+    assert regime.headline.recon_mse_per_class == pytest.approx(0.011)
+    block = regime_block(regime, "ssdir_regime.json")
+    assert block["arm"] == "per_class_eq4" and block["seeds"] == [0]
+    assert block["detector_label_accuracy"] == pytest.approx(0.98)
+    assert (block["raw_pixel_floor"], block["untrained_encoder_floor"]) == (0.86, 0.5)
+
+    label_free = assemble_result(
+        [arm("glimpse", 0.93, 0.003)], [],
+        SSDIRBenchSettings.preset("quick", variants=("glimpse",)), 60.0, 2,
+    )  # fmt: skip
+    label_free.regime = block
+    headline = label_free.headline
+    assert headline.probe_accuracy_per_class == pytest.approx(0.97)
+    assert headline.recon_mse_per_class == pytest.approx(0.011)
+    assert headline.probe_accuracy_class_agnostic == pytest.approx(0.93)
+    text = ssdir_markdown(label_free)
+    assert "| per_class_eq4 (seeds [0]) | 0.97 | 0.011 | 0.98 | 0.9 |" in text
+    assert "| floor: untrained encoder | 0.5 |" in text
+    assert "| probe_accuracy_per_class | >= 0.97 | 0.970 | yes |" in text
+    again = SSDIRBenchResult.from_json(json.loads(json.dumps(label_free.to_json())))
+    assert again.regime == block and again.headline == headline
+    later = assemble_result(
+        [made_up_arm(variant="glimpse", seed=1, dedup="nms", probe_accuracy=0.95)], [],
+        SSDIRBenchSettings.preset("quick", variants=("glimpse",), seeds=(1,)), 60.0, 2,
+    )  # fmt: skip
+    assert merge_results(again, later).regime == block
 
 
 def test_results_of_two_runs_merge_into_the_pooled_seeds():
@@ -500,6 +548,10 @@ def test_run_ssdir_bench_end_to_end_on_a_tiny_setting():
     assert {"class_agnostic-reconstructions"} <= set(result["figures"])
     arm = result["arms"][0]
     assert arm["ssdir_steps"] == 3 and arm["detector_best_val_map50"] is not None
+    # one validation per epoch, each read after the detector computed its AP
+    assert arm["detector_val_map50_curve"] == [pytest.approx(arm["detector_best_val_map50"])]
+    assert arm["train_tflop"] > 0 and 0 < arm["ssdir_step_fraction_of_peak"] < 1
+    assert 0 < arm["detector_step_fraction_of_peak"] < 1
     assert 0 <= result["floors"]["raw_pixels"]["accuracy"] <= 1
     assert set(result["floors"]["untrained_encoder"]) == {"class_agnostic"}
 

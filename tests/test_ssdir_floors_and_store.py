@@ -69,6 +69,14 @@ def test_model_store_round_trip_and_fingerprints(tmp_path):
     assert a != store.ssdir_identity(settings, "glimpse", "nms")
     longer = dataclasses.replace(settings, ssdir_max_steps=settings.ssdir_max_steps + 1)
     assert store.detector_identity(longer, "class_agnostic") == identity
+    # float32 is not named (files stored before the setting existed stay valid); bf16 is
+    assert "precision" not in identity
+    bf16 = dataclasses.replace(settings, precision="bf16-mixed")
+    assert store.detector_identity(bf16, "class_agnostic")["precision"] == "bf16-mixed"
+    assert store.load("detector", "class_agnostic", 0,
+                      store.detector_identity(bf16, "class_agnostic"), fresh) is None  # fmt: skip
+    with pytest.raises(ValueError, match="precision"):
+        dataclasses.replace(settings, precision="16-mixed").check()
     # a file that is not a stored model is named
     bad = store._path("detector", "class_agnostic", 2, identity)
     torch.save({"weights": {}}, bad)

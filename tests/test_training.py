@@ -26,6 +26,7 @@ from wherewhat.training.callbacks import (
 )
 from wherewhat.training.checkpoint_io import AtomicCheckpointIO
 from wherewhat.training.harness import run_lightning_cli
+from wherewhat.training.precision import float32_loss, to_float32
 from wherewhat.training.run_dir import RUN_DIR_ENV
 
 REPO = Path(__file__).resolve().parents[1]
@@ -320,3 +321,17 @@ def test_two_process_cpu_ddp_run_writes_a_checkpoint(tmp_path):
     (run_dir,) = (tmp_path / "ddp").iterdir()  # both processes wrote into one run directory
     checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
     assert checkpoint["global_step"] == 3
+
+
+def test_to_float32_casts_floating_tensors_through_containers_and_float32_loss_stops_autocast():
+    half = torch.ones(2, dtype=torch.bfloat16)
+    single, index = torch.ones(2), torch.arange(2)
+    out = to_float32({"a": half, "b": [half, (single, index)], "c": None, "d": 3})
+    assert out["a"].dtype == out["b"][0].dtype == torch.float32
+    assert out["b"][1][0] is single and out["b"][1][1] is index  # nothing copied or cast
+    assert isinstance(out["b"][1], tuple) and out["c"] is None and out["d"] == 3
+    weight = torch.rand(2, 2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert (single @ weight).dtype == torch.bfloat16
+        with float32_loss(single):
+            assert (single @ weight).dtype == torch.float32

@@ -20,6 +20,7 @@ from torchmetrics.detection import MeanAveragePrecision
 
 from wherewhat.models.spec import build_module, module_spec
 from wherewhat.models.ssd import SSDDetector, SSDInference, validate_targets
+from wherewhat.training.precision import float32_loss, to_float32
 from wherewhat.training.schedules import adamw_warmup_cosine
 
 __all__ = ["DEFAULT_WIDTH_MULT", "SSDTask", "default_detector"]
@@ -110,8 +111,9 @@ class SSDTask(pl.LightningModule):
 
     def _loss(self, batch: dict, batch_idx: int, stage: str) -> tuple[dict, dict[str, Tensor]]:
         images, targets = self.targets_of(batch, batch_idx)
-        outputs = self.model(images)
-        losses = self.model.loss(outputs, targets)
+        outputs = to_float32(self.model(images))  # bf16 under mixed precision
+        with float32_loss(images):
+            losses = self.model.loss(outputs, targets)
         on_step = stage == "train"
         for name, value in losses.items():
             self.log(

@@ -35,6 +35,7 @@ from torch import Tensor
 from torch.utils.data import Dataset, Subset
 
 from wherewhat.bench import count_macs, count_parameters, measure_latency_torch
+from wherewhat.bench.step_compute import StepCompute, measure_training_step
 from wherewhat.data.scatter import ScatterMNISTDataModule, collate_scenes
 from wherewhat.io import png_bytes
 from wherewhat.methods.ssdir.evaluation import SSDIREvaluation, evaluate_ssdir
@@ -75,12 +76,16 @@ def _split(
 
 
 class _MonitoredCurve(Callback):
-    """The monitored validation value after every validation epoch (sanity check excluded)."""
+    """The monitored validation value after every validation epoch (sanity check excluded).
+
+    Read at ``on_validation_end``: callbacks' ``on_validation_epoch_end`` runs before the
+    task's, where the detector computes its AP, so a value read there is the previous epoch's.
+    """
 
     def __init__(self, monitor: str):
         self.monitor, self.values = monitor, []
 
-    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         value = trainer.callback_metrics.get(self.monitor)
         if not trainer.sanity_checking and value is not None:
             self.values.append(float(value))
@@ -129,6 +134,7 @@ def _train_task(
         mode=mode,
         patience=patience,
         checkpoint_dir=root,
+        precision=s.precision,
         progress=s.progress_bar,
         expected_warnings=_EXPECTED_WARNINGS,
         callbacks=[c for c in (curve if s.validate else None, probe_curve) if c is not None],
@@ -147,6 +153,13 @@ def _datamodule(settings: SSDIRBenchSettings) -> ScatterMNISTDataModule:
     return data
 
 
+def _train_batch(data: ScatterMNISTDataModule, s: SSDIRBenchSettings) -> dict[str, Any]:
+    """The first training batch in file order (no sampling: measuring it draws no random
+    number)."""
+    count = min(s.batch_size, len(data.train_set))
+    return collate_scenes([data.train_set[i] for i in range(count)])
+
+
 def _train_detector(
     variant: str,
     seed: int,
@@ -154,9 +167,9 @@ def _train_detector(
     s: SSDIRBenchSettings,
     root: Path,
     store: ModelStore,
-) -> tuple[SSDDetector, TrainingRecord]:
+) -> tuple[SSDDetector, TrainingRecord, StepCompute]:
     """The seed's detector of ``variant``: from the store when it holds one, else trained (and
-    stored)."""
+    stored); with its training step's FLOPs and time (measured before SSDIR freezes it)."""
     seed_everything(seed, verbose=False)
     arguments = {
         "image_size": data.config.image_size,
@@ -175,7 +188,10 @@ def _train_detector(
             root=root / f"detector-{variant}-{seed}",
         )  # fmt: skip
         store.save("detector", variant, seed, identity, task.model, record)
-    return task.model.eval(), record
+    compute = measure_training_step(
+        task, _train_batch(data, s), s.threads, bf16=s.precision == "bf16-mixed"
+    )
+    return task.model.eval(), record, compute
 
 
 def _ssdir(detector: SSDDetector, arm: str, dedup: str, s: SSDIRBenchSettings) -> SSDIRTask:
@@ -192,8 +208,9 @@ def _train_ssdir(
     s: SSDIRBenchSettings,
     root: Path,
     store: ModelStore,
-) -> tuple[SSDIR, TrainingRecord]:
-    """SSDIR of ``arm`` on the frozen ``detector``: from the store, else trained (and stored)."""
+) -> tuple[SSDIR, TrainingRecord, StepCompute]:
+    """SSDIR of ``arm`` on the frozen ``detector``: from the store, else trained (and stored);
+    with its training step's FLOPs and time."""
     seed_everything(seed, verbose=False)
     task = _ssdir(detector, arm, dedup, s)
     identity = store.ssdir_identity(s, arm, dedup)
@@ -213,7 +230,21 @@ def _train_ssdir(
             root=root / f"ssdir-{arm}-{dedup}-{seed}", probe_curve=probe_curve,
         )  # fmt: skip
         store.save("ssdir", f"{arm}-{dedup}", seed, identity, task.model, record)
-    return task.model.eval(), record
+    compute = measure_training_step(
+        task, _train_batch(data, s), s.threads, bf16=s.precision == "bf16-mixed"
+    )
+    return task.model.eval(), record, compute
+
+
+def _compute_metrics(prefix: str, compute: StepCompute, fit: TrainingRecord) -> dict[str, float]:
+    """A training's step FLOPs, time and fraction of peak, its total TFLOP (step FLOPs x
+    steps), and the loop's wall seconds per step (validation and probe curves included, so an
+    upper bound of the loop's own step time)."""
+    return {
+        **compute.to_json(prefix),
+        f"{prefix}_train_tflop": compute.step_gflop * fit.steps / 1e3,
+        f"{prefix}_loop_seconds_per_step": fit.seconds / max(fit.steps, 1),
+    }
 
 
 # -- measuring --------------------------------------------------------------------------------
@@ -306,6 +337,7 @@ def _arm(
     seed: int,
     detector: SSDDetector,
     detector_fit: TrainingRecord,
+    detector_compute: StepCompute,
     dedup: str,
     data: ScatterMNISTDataModule,
     s: SSDIRBenchSettings,
@@ -314,7 +346,9 @@ def _arm(
     log: Callable[[str], None],
     store: ModelStore,
 ) -> tuple[SSDIRArm, SSDIR, SSDIREvaluation]:
-    model, ssdir_fit = _train_ssdir(detector, arm_name, dedup, seed, data, s, root, store)
+    model, ssdir_fit, ssdir_compute = _train_ssdir(
+        detector, arm_name, dedup, seed, data, s, root, store
+    )
     log(f"{arm_name} seed {seed} dedup {dedup}: SSDIR trained in {ssdir_fit.seconds:.0f} s")
     start = time.perf_counter()
     evaluation = _evaluate(model, data, seed, s)
@@ -326,6 +360,8 @@ def _arm(
         f"{m['probe_accuracy']:.3f}, recon MSE {m['recon_mse']:.4f}, "
         f"{speed.scenes_per_s_batch32:.0f} scenes/s at batch {speed.speed_batch_size}"
     )
+    detector_compute_metrics = _compute_metrics("detector", detector_compute, detector_fit)
+    ssdir_compute_metrics = _compute_metrics("ssdir", ssdir_compute, ssdir_fit)
     arm = SSDIRArm(
         variant=arm_name,
         seed=seed,
@@ -335,6 +371,10 @@ def _arm(
             "detector_val_map50_curve": list(detector_fit.val_curve),
             "ssdir_val_loss_curve": list(ssdir_fit.val_curve),
             "ssdir_probe_curve": [list(point) for point in ssdir_fit.probe_curve],
+            **detector_compute_metrics,
+            **ssdir_compute_metrics,
+            "train_tflop": detector_compute_metrics["detector_train_tflop"]
+            + ssdir_compute_metrics["ssdir_train_tflop"],
         },
         speed=speed,
         detector_minutes=detector_fit.seconds / 60,
@@ -394,9 +434,9 @@ def run_ssdir_bench(
             )  # fmt: skip
             log(f"floor: raw-pixel probe {floor_rows['raw_pixels']['accuracy']:.3f}")
             floor_rows["untrained_encoder"] = {}
-        detectors: dict[tuple[str, int], tuple[SSDDetector, TrainingRecord]] = {}
+        detectors: dict[tuple[str, int], tuple[SSDDetector, TrainingRecord, StepCompute]] = {}
 
-        def detector_of(variant: str, seed: int) -> tuple[SSDDetector, TrainingRecord]:
+        def detector_of(variant: str, seed: int) -> tuple[SSDDetector, TrainingRecord, StepCompute]:
             if (variant, seed) not in detectors:
                 detectors[variant, seed] = _train_detector(variant, seed, data, s, root, store)
                 log(f"{variant} seed {seed}: detector ready "
@@ -405,14 +445,16 @@ def run_ssdir_bench(
 
         for seed in s.seeds:
             for arm_name in s.variants:
-                detector, detector_fit = detector_of(s.arm_detector(arm_name), seed)
+                detector, detector_fit, detector_compute = detector_of(
+                    s.arm_detector(arm_name), seed
+                )
                 if floors and seed == s.seeds[0]:
                     untrained = _untrained_floor(detector, arm_name, seed, data, s)
                     floor_rows["untrained_encoder"][arm_name] = untrained
                     log(f"floor: {arm_name} untrained probe {untrained['probe_accuracy']:.3f}")
                 arm, model, evaluation = _arm(
-                    arm_name, seed, detector, detector_fit, "nms", data, s, root, images, log,
-                    store,
+                    arm_name, seed, detector, detector_fit, detector_compute, "nms", data, s,
+                    root, images, log, store,
                 )  # fmt: skip
                 arms.append(arm)
                 if seed == s.seeds[0]:
@@ -426,7 +468,9 @@ def run_ssdir_bench(
                     del detectors[key]
         if s.dedup_ablation:
             seed = s.seeds[0]
-            detector, detector_fit = detector_of(s.arm_detector(s.ablation_variant), seed)
+            detector, detector_fit, detector_compute = detector_of(
+                s.arm_detector(s.ablation_variant), seed
+            )
             nms_arm = next(
                 (a for a in arms if a.variant == s.ablation_variant and a.seed == seed), None
             )
@@ -435,8 +479,8 @@ def run_ssdir_bench(
                     ablation.append(nms_arm)
                     continue
                 arm, _, _ = _arm(
-                    s.ablation_variant, seed, detector, detector_fit, dedup, data, s, root,
-                    images, log, store,
+                    s.ablation_variant, seed, detector, detector_fit, detector_compute, dedup,
+                    data, s, root, images, log, store,
                 )  # fmt: skip
                 ablation.append(arm)
     result = assemble_result(

@@ -74,7 +74,10 @@ class ModelStore:
     @staticmethod
     def detector_identity(s: SSDIRBenchSettings, variant: str) -> dict[str, Any]:
         values = s.to_json()
-        return {"variant": variant, **{k: values[k] for k in _DETECTOR_FIELDS}}
+        identity = {"variant": variant, **{k: values[k] for k in _DETECTOR_FIELDS}}
+        if s.precision != "32-true":  # named only when not the default: older files stay valid
+            identity["precision"] = s.precision
+        return identity
 
     @staticmethod
     def ssdir_identity(s: SSDIRBenchSettings, arm: str, dedup: str) -> dict[str, Any]:

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = [
-    "ARMS", "DEDUP_MODES", "DETECTORS", "INVARIANCE_WEIGHT", "SIZE_EDGES", "SSDIRBenchSettings",
+    "ARMS", "DEDUP_MODES", "DETECTORS", "INVARIANCE_WEIGHT", "PRECISIONS", "SIZE_EDGES",
+    "SSDIRBenchSettings",
 ]  # fmt: skip
 
 # detector variant -> SSDDetector.num_classes
@@ -42,6 +43,7 @@ ARMS: dict[str, tuple[str, dict[str, Any]]] = {
     ),
 }  # fmt: skip
 DEDUP_MODES = ("nms", "soft", "none")
+PRECISIONS = ("32-true", "bf16-mixed")
 # Fields that are tuples here and lists in a results file.
 _TUPLE_FIELDS = (
     "variants", "seeds", "dedup_ablation", "latency_timing", "throughput_timing", "size_edges",
@@ -103,6 +105,8 @@ class SSDIRBenchSettings:
     glimpses_shown: int = 24
     tsne_points: int = 2000
     progress_bar: bool = False
+    # training precision: "32-true" or "bf16-mixed" (autocast; losses stay float32)
+    precision: str = "32-true"
 
     @classmethod
     def preset(cls, name: str, **changes: Any) -> SSDIRBenchSettings:
@@ -167,6 +171,8 @@ class SSDIRBenchSettings:
             raise ValueError(f"unknown dedup mode(s) {bad}; choose from {list(DEDUP_MODES)}")
         if not self.seeds:
             raise ValueError("at least one seed is needed")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.n_train < self.batch_size or self.n_test < 1:
             raise ValueError(
                 f"need n_train >= batch_size and n_test >= 1, got {self.n_train}, "

@@ -27,6 +27,7 @@ from torchmetrics import MeanSquaredError
 
 from wherewhat.methods.ssdir.model import SSDIR, check_images
 from wherewhat.models.spec import build_module, module_spec
+from wherewhat.training.precision import float32_loss, to_float32
 
 __all__ = ["SSDIRTask"]
 
@@ -90,8 +91,9 @@ class SSDIRTask(pl.LightningModule):
 
     def _step(self, batch: Batch, batch_idx: int, stage: str) -> Tensor:
         images = self._checked_images(batch, batch_idx, stage)
-        outputs = self.model(images)
-        terms = self.model.loss(images, outputs)
+        outputs = to_float32(self.model(images))  # bf16 under mixed precision
+        with float32_loss(images):
+            terms = self.model.loss(images, outputs)
         on_step = stage == "train"
         for name in _LOGGED:
             self.log(
