@@ -202,6 +202,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--probe-train-scenes", type=int, default=None)
     parser.add_argument("--no-configs", action="store_true", help="ignore configs/*.yaml")
     parser.add_argument("--progress", action="store_true", help="Lightning progress bars")
+    parser.add_argument("--digits-root", type=Path, default=None,
+                        help="folder of MNIST's four IDX files: scenes from the full MNIST "
+                        "(default: the 5,000 embedded digits)")  # fmt: skip
     parser.add_argument("--precision", choices=PRECISIONS, default=None,
                         help="training precision (default 32-true; bf16-mixed: autocast, "
                         "losses in float32, about 1.7-1.9x faster on CPUs with AMX)")  # fmt: skip
@@ -244,6 +247,12 @@ def main(argv: list[str] | None = None) -> int:
     settings = dataclasses.replace(
         settings, **{k: v for k, v in overrides.items() if v is not None}
     )
+    if args.digits_root is not None:
+        if not args.digits_root.is_dir():
+            raise SystemExit(f"--digits-root {args.digits_root}: not a folder (expected MNIST's "
+                             "four IDX files in it)")  # fmt: skip
+        data_args = {**settings.data_args, "digits_root": str(args.digits_root.resolve())}
+        settings = dataclasses.replace(settings, data_args=data_args)
     if previous is not None:  # fail now, not after hours of training
         differing = settings_blocking_merge(previous.settings, settings)
         if differing:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+from types import SimpleNamespace
 
 import lightning.pytorch as pl
 import numpy as np
@@ -145,6 +146,24 @@ class FakeEncoder(nn.Module):
         return {"reconstruction": images / 2}
 
 
+class PerClassFakeEncoder(FakeEncoder):
+    """:class:`FakeEncoder` behind a per-class detector: each object's detector label is its
+    class + 1, but ``wrong_class``'s objects get the next class's label."""
+
+    def __init__(self, wrong_class: int):
+        super().__init__()
+        self.detector = SimpleNamespace(num_classes=NUM_CLASSES)
+        self.wrong_class = wrong_class
+
+    def encode(self, images: torch.Tensor, score_threshold: float | None = None) -> list[dict]:
+        records = super().encode(images, score_threshold)
+        for record in records:
+            classes = record["z_what"].argmax(-1)  # one-hot x 3 + small noise
+            wrong = classes == self.wrong_class
+            record["labels"] = torch.where(wrong, (classes + 1) % NUM_CLASSES, classes) + 1
+        return records
+
+
 @pytest.fixture(scope="module")
 def splits() -> tuple[SceneList, SceneList]:
     return SceneList(make_scenes(30, offset=0)), SceneList(make_scenes(12, offset=5))
@@ -180,6 +199,19 @@ def test_exact_boxes_and_separable_z_what_give_perfect_scores(splits):
     for name, count in zip(names, counts, strict=True):
         value = m[f"probe_accuracy_size_{name}"]
         assert value == 1.0 if count else value != value  # an empty bucket: NaN
+
+
+def test_detector_digit_accuracy_counts_wrong_labels_on_test_and_train_objects(splits):
+    train, test = splits
+    m = evaluate_ssdir(PerClassFakeEncoder(wrong_class=2), train, test, batch_size=5).metrics
+
+    def expected(scenes: SceneList) -> float:
+        labels = torch.cat([s["labels"] for s in scenes.scenes])
+        return 1.0 - float((labels == 2).float().mean())
+
+    assert m["detector_label_accuracy"] == pytest.approx(expected(test))
+    assert m["detector_label_accuracy_train"] == pytest.approx(expected(train))
+    assert m["detector_label_accuracy"] < 1.0
 
 
 def test_size_buckets_are_named_and_cut_by_their_upper_edge():
@@ -435,7 +467,7 @@ def test_headline_takes_the_best_label_free_arm_and_the_faithful_arm_and_floors_
     # the cells arm is within 0.05 of its untrained floor: named loudly; the glimpse one is not
     assert "WARNING: arm class_agnostic does not clear its floor" in text
     assert "arm glimpse_invariance does not" not in text
-    assert "floor: raw 16x16 pixels" in text and "| floor: raw pixels | - | 0.500 (3) |" in text
+    assert "floor: raw 16x16 pixels" in text and "| floor: raw pixels | - | - | 0.500 (3) |" in text
     document = result.to_json()
     assert document["arm_settings"]["glimpse_invariance"]["ssdir_args"]["what_input"] == "glimpse"
     assert document["arm_settings"]["per_class_eq4"]["detector"] == "per_class"
@@ -478,7 +510,7 @@ def test_the_faithful_arm_comes_from_the_regime_run_and_a_default_run_carries_it
     assert headline.recon_mse_per_class == pytest.approx(0.011)
     assert headline.probe_accuracy_class_agnostic == pytest.approx(0.93)
     text = ssdir_markdown(label_free)
-    assert "| per_class_eq4 (seeds [0]) | 0.97 | 0.011 | 0.98 | 0.9 |" in text
+    assert "| per_class_eq4 (seeds [0]) | 0.97 | 0.011 | 0.98 | - | 0.9 |" in text
     assert "| floor: untrained encoder | 0.5 |" in text
     assert "| probe_accuracy_per_class | >= 0.97 | 0.970 | yes |" in text
     again = SSDIRBenchResult.from_json(json.loads(json.dumps(label_free.to_json())))
@@ -551,7 +583,7 @@ def test_run_ssdir_bench_end_to_end_on_a_tiny_setting():
     # one validation per epoch, each read after the detector computed its AP
     assert arm["detector_val_map50_curve"] == [pytest.approx(arm["detector_best_val_map50"])]
     assert arm["train_tflop"] > 0 and 0 < arm["ssdir_step_fraction_of_peak"] < 1
-    assert 0 < arm["detector_step_fraction_of_peak"] < 1
+    assert 0 < arm["detector_loop_fraction_of_peak"] < 1
     assert 0 <= result["floors"]["raw_pixels"]["accuracy"] <= 1
     assert set(result["floors"]["untrained_encoder"]) == {"class_agnostic"}
 

@@ -342,8 +342,9 @@ def evaluate_ssdir(
         ``probe_n_level_<l>`` (when the model reports levels); per split (``train_`` /
         ``test_``): ``scenes``, ``objects``, ``matched``, ``unmatched``,
         ``unmatched_fraction``, ``gt``, ``gt_missed``, ``duplicates``; ``min_iou``,
-        ``present_threshold``, ``ap_score_threshold``; and ``detector_label_accuracy`` when
-        the detector has one class per digit. The probe is skipped (``probe_*`` NaN, a
+        ``present_threshold``, ``ap_score_threshold``; and ``detector_label_accuracy`` (and
+        ``detector_label_accuracy_train``, on the train scenes' objects) when the detector has
+        one class per digit. The probe is skipped (``probe_*`` NaN, a
         ``probe_skipped`` reason) only when the matched train objects hold fewer than two
         classes or either split has no matched object.
     """
@@ -375,8 +376,9 @@ def evaluate_ssdir(
     metrics.update(_split_counts("test", test, test_matches, min_iou))
     metrics.update(_split_counts("train", train, train_matches, min_iou))
     num_classes = getattr(getattr(model, "detector", None), "num_classes", 1)
-    if num_classes > 1:
+    if num_classes > 1:  # on the test digits, and on the train scenes' (the digits it saw)
         metrics["detector_label_accuracy"] = detector_label_accuracy(test, test_matches)
+        metrics["detector_label_accuracy_train"] = detector_label_accuracy(train, train_matches)
 
     probe = None
     train_y = train_matches.labels[train_matches.matched]

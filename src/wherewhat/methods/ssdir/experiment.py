@@ -237,13 +237,16 @@ def _train_ssdir(
 
 
 def _compute_metrics(prefix: str, compute: StepCompute, fit: TrainingRecord) -> dict[str, float]:
-    """A training's step FLOPs, time and fraction of peak, its total TFLOP (step FLOPs x
-    steps), and the loop's wall seconds per step (validation and probe curves included, so an
-    upper bound of the loop's own step time)."""
+    """A training's step FLOPs (on the first training batch), that step's measured time and
+    fraction of peak, its total TFLOP (step FLOPs x steps), and the loop's wall seconds per
+    step with its fraction of peak (validation and probe curves included in the loop's time,
+    so that fraction is a lower bound)."""
+    loop_seconds = fit.seconds / max(fit.steps, 1)
     return {
         **compute.to_json(prefix),
         f"{prefix}_train_tflop": compute.step_gflop * fit.steps / 1e3,
-        f"{prefix}_loop_seconds_per_step": fit.seconds / max(fit.steps, 1),
+        f"{prefix}_loop_seconds_per_step": loop_seconds,
+        f"{prefix}_loop_fraction_of_peak": compute.step_gflop / loop_seconds / compute.peak_gflops,
     }
 
 

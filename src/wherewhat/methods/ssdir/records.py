@@ -44,8 +44,8 @@ SUMMARY_KEYS = (
     "ap50", "ap", "recon_mse", "probe_accuracy", "probe_precision", "probe_recall", "probe_f1",
     "test_unmatched_fraction", "test_gt_missed", "test_duplicates", "detector_minutes",
     "ssdir_minutes", "train_minutes", "scenes_per_s_batch1", "scenes_per_s_batch32",
-    "detector_label_accuracy", "train_tflop", "detector_step_fraction_of_peak",
-    "ssdir_step_fraction_of_peak",
+    "detector_label_accuracy", "detector_label_accuracy_train", "train_tflop", "detector_loop_fraction_of_peak",
+    "ssdir_loop_fraction_of_peak",
 )  # fmt: skip
 # Probe per size bucket and per pyramid level (and their counts), averaged the same way.
 _BREAKDOWN_PREFIXES = ("probe_accuracy_size_", "probe_n_size_", "probe_accuracy_level_",
@@ -478,7 +478,8 @@ def regime_block(regime: SSDIRBenchResult, results_file: str) -> dict[str, Any]:
     for key in ("probe_accuracy", "recon_mse"):
         block[key] = _finite(faithful, key)
         block[f"{key}_std"] = _finite(faithful, key, std=True)
-    for key in ("detector_label_accuracy", "ap50", "train_minutes"):
+    for key in ("detector_label_accuracy", "detector_label_accuracy_train", "ap50",
+                "train_minutes"):  # fmt: skip
         block[key] = _finite(faithful, key)
     block["raw_pixel_floor"] = (floors.get("raw_pixels") or {}).get("accuracy")
     block["untrained_encoder_floor"] = untrained.get("probe_accuracy")
