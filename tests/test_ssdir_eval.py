@@ -478,7 +478,8 @@ def test_headline_takes_the_best_label_free_arm_and_the_faithful_arm_and_floors_
 def test_the_faithful_arm_comes_from_the_regime_run_and_a_default_run_carries_it():
     def arm(variant, acc, recon):
         return made_up_arm(variant=variant, seed=0, dedup="nms", ap50=0.9, ap=0.6,
-                           probe_accuracy=acc, recon_mse=recon, detector_label_accuracy=0.98)  # fmt: skip
+                           probe_accuracy=acc, recon_mse=recon,
+                           detector_label_accuracy=0.98)  # fmt: skip
 
     arms = [arm("per_class", 0.95, 0.010), arm("per_class_eq4", 0.97, 0.011)]
     variants = ("per_class", "per_class_eq4")

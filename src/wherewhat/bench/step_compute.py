@@ -62,9 +62,9 @@ def measure_training_step(
     ``batch``, with ``threads`` torch threads. ``step(module, batch)`` gives the loss (default
     the Lightning ``training_step``; its ``self.log`` warnings outside a trainer are
     silenced). ``bf16``: the step under bfloat16 autocast on the CPU, as bf16 mixed-precision
-    training runs it, against the bfloat16 peak. Every step runs on a copy (a Lightning module's copy leaves its trainer
-    behind), and the random state is restored: weights, batch-norm statistics and what a run
-    draws next stay as they were."""
+    training runs it, against the bfloat16 peak. Every step runs on a copy (a Lightning
+    module's copy leaves its trainer behind), and the random state is restored: weights,
+    batch-norm statistics and what a run draws next stay as they were."""
     plain = step or (lambda module, batch: module.training_step(batch, 0))
 
     def step_in_precision(module: nn.Module, batch: Any) -> torch.Tensor:

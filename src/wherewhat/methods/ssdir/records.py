@@ -44,8 +44,8 @@ SUMMARY_KEYS = (
     "ap50", "ap", "recon_mse", "probe_accuracy", "probe_precision", "probe_recall", "probe_f1",
     "test_unmatched_fraction", "test_gt_missed", "test_duplicates", "detector_minutes",
     "ssdir_minutes", "train_minutes", "scenes_per_s_batch1", "scenes_per_s_batch32",
-    "detector_label_accuracy", "detector_label_accuracy_train", "train_tflop", "detector_loop_fraction_of_peak",
-    "ssdir_loop_fraction_of_peak",
+    "detector_label_accuracy", "detector_label_accuracy_train", "train_tflop",
+    "detector_loop_fraction_of_peak", "ssdir_loop_fraction_of_peak",
 )  # fmt: skip
 # Probe per size bucket and per pyramid level (and their counts), averaged the same way.
 _BREAKDOWN_PREFIXES = ("probe_accuracy_size_", "probe_n_size_", "probe_accuracy_level_",
@@ -245,10 +245,10 @@ def summarize(arms: Sequence[SSDIRArm], variants: Sequence[str]) -> dict[str, Va
 class Headline:
     """The issue's numbers. ``probe_accuracy_per_class`` and ``recon_mse_per_class``: the
     faithful arm (``per_class_eq4``, else ``per_class``, in the paper's regime: a regime run's
-    own arm, or a default-scene run's ``regime`` block); ``probe_accuracy_class_agnostic``: the best label-free arm (highest
-    mean probe among the arms on the class-agnostic detector), named in ``best_label_free_arm``,
-    whose AP50, reconstruction MSE and scenes/s at batch 32 follow, and its margin over the
-    raw-pixel floor. Training minutes of one seed: detector + SSDIR, mean over all arms. None:
+    own arm, or a default-scene run's ``regime`` block); ``probe_accuracy_class_agnostic``:
+    the best label-free arm (highest mean probe among the arms on the class-agnostic
+    detector), named in ``best_label_free_arm``, whose AP50, reconstruction MSE and scenes/s at
+    batch 32 follow, and its margin over the raw-pixel floor. Training minutes of one seed: detector + SSDIR, mean over all arms. None:
     not run (or no finite value)."""
 
     probe_accuracy_per_class: float | None
