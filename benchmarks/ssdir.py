@@ -216,7 +216,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="an earlier results JSON of the same settings to add these seeds to")  # fmt: skip
     args = parser.parse_args(argv)
     if args.combine:
-        path = _combine(args.results_dir / "ssdir.json", args.results_dir / "ssdir_regime.json")
+        regime_file = args.results_dir / "ssdir_regime.json"
+        regime = _read_result(regime_file, "regime results")
+        path = _combine(args.results_dir / "ssdir.json", regime, regime_file.name)
         print(f"rewrote {path} and its markdown with the regime run's faithful arm")
         return 0
     previous = None
@@ -291,17 +293,17 @@ def main(argv: list[str] | None = None) -> int:
         print(line, file=sys.stderr)
     default_file = args.results_dir / "ssdir.json"
     if not settings.quick and settings.scenes == "regime" and default_file.exists():
-        _combine(default_file, json_path)
+        _combine(default_file, result, json_path.name)
         print(f"rewrote {default_file} and its markdown with this run's faithful arm")
     return 0
 
 
-def _combine(default_file: Path, regime_file: Path) -> Path:
-    """Rewrite the default-scene results (JSON and markdown) with the regime run's faithful
-    arm as their ``regime`` block; nothing else changes."""
+def _combine(default_file: Path, regime: SSDIRBenchResult, regime_name: str) -> Path:
+    """Rewrite the default-scene results (JSON and markdown) with the faithful arm of the
+    regime run (written as ``regime_name``) as their ``regime`` block; nothing else changes."""
     combined = _read_result(default_file, "default-scene results")
     try:
-        block = regime_block(_read_result(regime_file, "regime results"), regime_file.name)
+        block = regime_block(regime, regime_name)
     except ValueError as err:  # not a regime run with a per-class arm: named in the message
         raise SystemExit(str(err)) from err
     combined.regime = block

@@ -29,14 +29,9 @@ from torch import Tensor, nn
 
 from wherewhat.methods.spatial_prediction.head import SpatialPrediction, SpatialPredictionConfig
 from wherewhat.models.spec import configurable
+from wherewhat.training.precision import float32_loss
 
 __all__ = ["SSLMethod", "SimCLR", "BYOL", "build_ssl_method"]
-
-
-def _float32(reference: Tensor) -> torch.autocast:
-    """Autocast off on ``reference``'s device: under bf16 mixed precision the losses (cosine
-    similarities over a temperature, a few hundredths apart) are computed in float32."""
-    return torch.autocast(device_type=reference.device.type, enabled=False)
 
 
 def _feature_dim(backbone: nn.Module, feature_dim: int | None) -> int:
@@ -144,7 +139,7 @@ class SimCLR(SSLMethod):
         # One backbone pass over both views so BatchNorm normalises them with shared statistics.
         z = self.projector(self.backbone(torch.cat([view_a, view_b])))
         z_a, z_b = z.chunk(2)
-        with _float32(z):
+        with float32_loss(z):  # cosine similarities over a temperature, hundredths apart
             return self.criterion(z_a.float(), z_b.float())
 
 
@@ -198,7 +193,7 @@ class BYOL(SSLMethod):
         with torch.no_grad():
             z_a, z_b = self.target_projector(self.target_backbone(both)).chunk(2)
         # criterion = -mean cos, so 2 + criterion(a) + criterion(b) = mean of the two 2 - 2 cos.
-        with _float32(p_a):
+        with float32_loss(p_a):
             p_a, p_b, z_a, z_b = p_a.float(), p_b.float(), z_a.float(), z_b.float()
             return 2 + self.criterion(p_a, z_b) + self.criterion(p_b, z_a)
 
