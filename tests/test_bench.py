@@ -169,6 +169,9 @@ def test_training_throughput_leaves_model_untouched():
     result = measure_training_throughput(model, loss_fn, (images, labels), steps=3, threads=asked)
     assert result.batch_size == 6 and result.steps == 3 and result.threads == asked
     assert float(result) == pytest.approx(6 * 3 / result.seconds)
+    assert len(result.step_seconds) == 3
+    assert sum(result.step_seconds) == pytest.approx(result.seconds)
+    assert min(result.step_seconds) <= result.median_step_seconds <= max(result.step_seconds)
     assert torch.get_num_threads() == before_threads
     assert all(torch.equal(a, b) for a, b in zip(before_weights, model.parameters(), strict=True))
 
@@ -194,7 +197,7 @@ def test_training_step_compute_counts_hand_flops_and_leaves_model_and_random_sta
     rate = compute.step_gflop / compute.step_seconds / compute.peak_gflops
     assert compute.fraction_of_peak == pytest.approx(rate)
     assert set(compute.to_json("det")) == {
-        "det_step_gflop", "det_step_seconds", "det_step_fraction_of_peak",
+        "det_step_gflop", "det_step_seconds", "det_step_fraction_of_peak", "det_peak_gflops",
     }  # fmt: skip
     after = (*model.parameters(), *model.buffers())
     assert all(torch.equal(a, b) for a, b in zip(before, after, strict=True))

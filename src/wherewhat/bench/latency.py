@@ -216,9 +216,15 @@ class ThroughputResult:
     warmup: int
     seconds: float
     threads: int
+    step_seconds: tuple[float, ...] = ()  # each timed step's wall time
 
     def __float__(self) -> float:
         return self.samples_per_s
+
+    @property
+    def median_step_seconds(self) -> float:
+        """The median timed step: unlike the mean, one slow step does not move it."""
+        return float(np.median(self.step_seconds))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -268,6 +274,7 @@ def measure_training_throughput(
         warmup=warmup,
         seconds=seconds,
         threads=used,
+        step_seconds=tuple(times),
     )
     log.info(
         "training: batch %d, %d thread(s): %.1f samples/s",

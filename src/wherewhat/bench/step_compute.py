@@ -25,7 +25,7 @@ class StepCompute:
 
     ``step_gflop``: FLOPs of forward, loss and backward (FlopCounterMode's: matmul / linear /
     conv only, so element-wise work is not counted and the fraction is a lower bound);
-    ``step_seconds``: mean wall time of a whole step (forward, loss, backward, optimizer
+    ``step_seconds``: median wall time of a whole step (forward, loss, backward, optimizer
     update; no data loading); ``peak_gflops``: the measured matrix-product peak at ``threads``
     threads, in float32, or in bfloat16 for a step under bf16 autocast (``bf16``).
     """
@@ -41,11 +41,13 @@ class StepCompute:
         return self.step_gflop / self.step_seconds / self.peak_gflops
 
     def to_json(self, prefix: str) -> dict[str, float]:
-        """``<prefix>_step_gflop``, ``_step_seconds`` and ``_step_fraction_of_peak``."""
+        """``<prefix>_step_gflop``, ``_step_seconds``, ``_step_fraction_of_peak`` and the
+        ``_peak_gflops`` it was measured against."""
         return {
             f"{prefix}_step_gflop": self.step_gflop,
             f"{prefix}_step_seconds": self.step_seconds,
             f"{prefix}_step_fraction_of_peak": self.fraction_of_peak,
+            f"{prefix}_peak_gflops": self.peak_gflops,
         }
 
 
@@ -53,12 +55,13 @@ def measure_training_step(
     module: nn.Module,
     batch: Any,
     threads: int,
-    repeats: int = 3,
+    repeats: int = 5,
     step: Callable[[nn.Module, Any], torch.Tensor] | None = None,
     bf16: bool = False,
 ) -> StepCompute:
-    """FLOPs and mean time (one warm-up, then ``repeats`` timed steps, see
-    :func:`~wherewhat.bench.latency.measure_training_throughput`) of a training step on
+    """FLOPs and median time (two warm-up steps, then ``repeats`` timed ones, see
+    :func:`~wherewhat.bench.latency.measure_training_throughput`; the median, because a single
+    slow step, such as one that meets new tensor shapes, skews a mean) of a training step on
     ``batch``, with ``threads`` torch threads. ``step(module, batch)`` gives the loss (default
     the Lightning ``training_step``; its ``self.log`` warnings outside a trainer are
     silenced). ``bf16``: the step under bfloat16 autocast on the CPU, as bf16 mixed-precision
@@ -77,7 +80,7 @@ def measure_training_step(
         warnings.filterwarnings("ignore", message=".*self.log.*")  # no trainer attached
         flops = training_step_flops(trainee, batch, lambda b: step(trainee, b))
         timed = measure_training_throughput(
-            trainee, step, batch, steps=repeats, warmup=1, threads=threads
+            trainee, step, batch, steps=repeats, warmup=2, threads=threads
         )
         peak = peak_matmul_gflops(threads, dtype=torch.bfloat16 if bf16 else torch.float32)
-    return StepCompute(flops / 1e9, timed.seconds / repeats, threads, peak, bf16)
+    return StepCompute(flops / 1e9, timed.median_step_seconds, threads, peak, bf16)
