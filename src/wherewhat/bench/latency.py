@@ -216,7 +216,7 @@ class ThroughputResult:
     warmup: int
     seconds: float
     threads: int
-    step_seconds: tuple[float, ...] = ()  # each timed step's wall time
+    step_seconds: tuple[float, ...]  # each timed step's wall time
 
     def __float__(self) -> float:
         return self.samples_per_s

@@ -60,8 +60,8 @@ def measure_training_step(
     bf16: bool = False,
 ) -> StepCompute:
     """FLOPs and median time (two warm-up steps, then ``repeats`` timed ones, see
-    :func:`~wherewhat.bench.latency.measure_training_throughput`; the median, because a single
-    slow step, such as one that meets new tensor shapes, skews a mean) of a training step on
+    :func:`~wherewhat.bench.latency.measure_training_throughput`; the median, because one slow
+    step skews a mean) of a training step on
     ``batch``, with ``threads`` torch threads. ``step(module, batch)`` gives the loss (default
     the Lightning ``training_step``; its ``self.log`` warnings outside a trainer are
     silenced). ``bf16``: the step under bfloat16 autocast on the CPU, as bf16 mixed-precision
