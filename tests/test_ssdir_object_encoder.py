@@ -13,6 +13,7 @@ from wherewhat.geometry import extract
 from wherewhat.methods.ssdir.model import SSDIR
 from wherewhat.methods.ssdir.object_encoder import jittered_box_affines, nt_xent, object_crops
 from wherewhat.methods.ssdir.parts import present_probability
+from wherewhat.training.precision import to_float32
 
 
 def test_unjittered_view_is_the_plain_box_crop_and_jitter_moves_it():
@@ -125,3 +126,32 @@ def test_level_shares_say_which_levels_receive_objects():
     low, high = best_level(small), best_level(large)
     assert low < high and shares[low] >= 0.5 and shares[high] >= 0.5
     assert matched_level_shares([], detector.anchors, detector.anchor_level, levels).sum() == 0
+
+
+def test_invariance_views_are_encoded_in_the_forward_pass_precision():
+    """Under bf16 autocast the two jittered views go through the encoder in bf16 (its
+    convolutions are the term's cost), while the term itself stays float32 and close to the
+    float32 value; without autocast everything is float32."""
+    batch = scenes(2)
+    images = batch["image"]
+    detector = tiny_detector()
+    set_oracle(detector, batch["boxes"])
+    torch.manual_seed(0)
+    model = SSDIR(detector, what_input="glimpse", what_crop_size=16, invariance_weight=1.0,
+                  **SMALL).train()  # fmt: skip
+    encoded: list[torch.dtype] = []
+    model.glimpse_encoder.register_forward_hook(lambda m, args, out: encoded.append(out.dtype))
+    terms = {}
+    for name, enabled in (("float32", False), ("bf16", True)):
+        encoded.clear()
+        torch.manual_seed(1)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=enabled):
+            outputs = to_float32(model(images))
+        with torch.autocast("cpu", enabled=False):  # as the task computes the loss
+            terms[name] = model.loss(images, outputs)["invariance"]
+        want = torch.bfloat16 if enabled else torch.float32
+        assert outputs["autocast_dtype"] == (torch.bfloat16 if enabled else None)
+        assert encoded == [want] * 3  # the forward pass's z_what, then the two views
+        assert terms[name].dtype == torch.float32
+    assert terms["float32"].item() > 0
+    assert terms["bf16"].item() == pytest.approx(terms["float32"].item(), rel=0.05)

@@ -92,6 +92,12 @@ def check_images(images: Tensor, channels: int, size: tuple[int, int]) -> None:
         raise ValueError(f"expected pixel values in [0, 1], got [{low:.4g}, {high:.4g}]")
 
 
+def _autocast_dtype(images: Tensor) -> torch.dtype | None:
+    """The dtype autocast is on with for ``images``' device, or None when it is off."""
+    device = images.device.type
+    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
+
+
 @configurable
 class SSDIR(nn.Module):
     """SSDIR on a frozen detector that follows the ``SSDDetector`` contract.
@@ -325,12 +331,16 @@ class SSDIR(nn.Module):
             return images.new_zeros(())
         boxes, index = outputs["object_boxes"].detach(), outputs["image_index"]
         shift, log_scale, degrees = self.invariance_jitter
+        # The views are encoded in the precision the forward pass ran in: the encoder's
+        # convolutions are this term's cost, and the loss around it is kept in float32.
+        dtype = outputs.get("autocast_dtype")
         views = []
         for _ in range(2):
             affines = jittered_box_affines(boxes, self.what_crop_size, shift, log_scale, degrees)
-            what = self._object_what(images, outputs["features"], boxes, index,
-                                     outputs["anchor_index"], affines)  # fmt: skip
-            views.append(self.projector(what))
+            with torch.autocast(images.device.type, dtype=dtype, enabled=dtype is not None):
+                what = self._object_what(images, outputs["features"], boxes, index,
+                                         outputs["anchor_index"], affines)  # fmt: skip
+                views.append(self.projector(what).float())
         return nt_xent(views[0], views[1], self.invariance_temperature)
 
     def forward(self, images: Tensor, *, sample: bool | None = None) -> dict[str, Any]:
@@ -348,7 +358,9 @@ class SSDIR(nn.Module):
             ``depth_mean, depth (B, S)``; ``background_what_mean, background_what (B, D)`` or
             None; ``image_index, anchor_index, cell_index (N,)``; ``object_boxes (N, 4)``;
             ``object_scores (N,)`` beta; ``object_depth (N,)``; ``glimpses (N, C, g, g)``;
-            ``weights (N,)`` merge weights; ``reconstruction (B, C, H, W)``.
+            ``weights (N,)`` merge weights; ``reconstruction (B, C, H, W)``;
+            ``autocast_dtype`` the autocast dtype this pass ran under, or None (the loss's
+            invariance term encodes its views in it).
         """
         check_images(images, self.in_channels, self.input_size)
         sample = self.training if sample is None else sample
@@ -427,6 +439,7 @@ class SSDIR(nn.Module):
             "glimpses": glimpses,
             "weights": weights,
             "reconstruction": reconstruction,
+            "autocast_dtype": _autocast_dtype(images),
         }
 
     # -- loss ------------------------------------------------------------------------------------
