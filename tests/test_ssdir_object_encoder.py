@@ -128,7 +128,8 @@ def test_level_shares_say_which_levels_receive_objects():
     assert matched_level_shares([], detector.anchors, detector.anchor_level, levels).sum() == 0
 
 
-def test_invariance_views_are_encoded_in_the_forward_pass_precision():
+@pytest.mark.parametrize("what_input", ["glimpse", "both"])
+def test_invariance_views_are_encoded_in_the_forward_pass_precision(what_input):
     """Under bf16 autocast the two jittered views go through the encoder in bf16 (its
     convolutions are the term's cost), while the term itself stays float32 and close to the
     float32 value; without autocast everything is float32."""
@@ -137,7 +138,7 @@ def test_invariance_views_are_encoded_in_the_forward_pass_precision():
     detector = tiny_detector()
     set_oracle(detector, batch["boxes"])
     torch.manual_seed(0)
-    model = SSDIR(detector, what_input="glimpse", what_crop_size=16, invariance_weight=1.0,
+    model = SSDIR(detector, what_input=what_input, what_crop_size=16, invariance_weight=1.0,
                   **SMALL).train()  # fmt: skip
     encoded: list[torch.dtype] = []
     model.glimpse_encoder.register_forward_hook(lambda m, args, out: encoded.append(out.dtype))
