@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["float32_loss", "to_float32"]
+__all__ = ["autocast_dtype", "float32_loss", "to_float32"]
 
 
 def to_float32(value: Any) -> Any:
@@ -27,3 +27,10 @@ def float32_loss(reference: Tensor) -> torch.autocast:
     """Autocast off on ``reference``'s device: a loss of sums over thousands of pixels or of
     log-probabilities stays in float32 (bfloat16 keeps about 3 significant digits)."""
     return torch.autocast(device_type=reference.device.type, enabled=False)
+
+
+def autocast_dtype(device_type: str) -> torch.dtype | None:
+    """The dtype autocast is on with for ``device_type`` ("cpu", "cuda"), or None when off."""
+    if not torch.is_autocast_enabled(device_type):
+        return None
+    return torch.get_autocast_dtype(device_type)

@@ -65,6 +65,7 @@ from wherewhat.methods.ssdir.parts import (
 )
 from wherewhat.models.spec import configurable
 from wherewhat.models.ssd import SSDDetector
+from wherewhat.training.precision import autocast_dtype
 
 __all__ = ["SSDIR", "Likelihood", "WhatInput", "check_images", "load_detector"]
 
@@ -90,12 +91,6 @@ def check_images(images: Tensor, channels: int, size: tuple[int, int]) -> None:
     low, high = images.min().item(), images.max().item()
     if low < 0.0 or high > 1.0:
         raise ValueError(f"expected pixel values in [0, 1], got [{low:.4g}, {high:.4g}]")
-
-
-def _autocast_dtype(images: Tensor) -> torch.dtype | None:
-    """The dtype autocast is on with for ``images``' device, or None when it is off."""
-    device = images.device.type
-    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
 
 
 @configurable
@@ -439,7 +434,7 @@ class SSDIR(nn.Module):
             "glimpses": glimpses,
             "weights": weights,
             "reconstruction": reconstruction,
-            "autocast_dtype": _autocast_dtype(images),
+            "autocast_dtype": autocast_dtype(images.device.type),
         }
 
     # -- loss ------------------------------------------------------------------------------------
